@@ -1,0 +1,52 @@
+"""The ``fcn`` command: one entry point, one module per subcommand.
+
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``; it is
+imported only when its command runs or help is asked for, so ``fcn --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+class CLIError(Exception):
+    """A bad flag, file or value; the message names it. Exit status 2."""
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcn", description="Fully Convolutional Networks for semantic segmentation."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Import only the module of the command being run (all of them for top-level help).
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if wanted is None or wanted == name:
+            importlib.import_module(module_name).add_arguments(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args))
+    except CLIError as exc:
+        print(f"fcn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fcn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

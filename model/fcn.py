@@ -1,0 +1,281 @@
+"""FCN-32s, FCN-16s, FCN-8s and FCN-8s at-once on a VGG16 trunk.
+
+Layer for layer the networks of the reference implementation
+(shelhamer/fcn.berkeleyvision.org, ``voc-fcn*/net.py``): same names, same paddings,
+same crop offsets, so weights map one to one by parameter name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# (name, channels at width 1.0) of the 13 VGG16 convolutions; None marks a 2x2 max pool.
+VGG16_LAYERS: tuple[tuple[str, int] | None, ...] = (
+    ("conv1_1", 64), ("conv1_2", 64), None,
+    ("conv2_1", 128), ("conv2_2", 128), None,
+    ("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256), None,
+    ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512), None,
+    ("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512), None,
+)  # fmt: skip
+FC_CHANNELS = 4096
+# conv1_1 pads by 100 so that even a 1x1 input leaves a non-empty map after pool5 and fc6.
+CONV1_1_PAD = 100
+ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count of a layer under the width multiplier (at least 1)."""
+    return max(1, round(channels * width))
+
+
+def bilinear_kernel(size: int) -> Tensor:
+    """The reference's 2-D bilinear upsampling kernel (``surgery.upsample_filt``)."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    ramp = 1 - (torch.arange(size, dtype=torch.float64) - center).abs() / factor
+    return torch.outer(ramp, ramp).float()
+
+
+def fill_bilinear(weight: Tensor) -> None:
+    """Initialise a transposed-conv weight [C, C, k, k] to per-channel bilinear interpolation."""
+    channels_in, channels_out, kh, kw = weight.shape
+    if channels_in != channels_out or kh != kw:
+        raise ValueError(
+            f"bilinear init needs a square [C, C, k, k] weight, got {tuple(weight.shape)}"
+        )
+    with torch.no_grad():
+        weight.zero_()
+        kernel = bilinear_kernel(kh).to(weight.device, weight.dtype)
+        for c in range(channels_in):
+            weight[c, c] = kernel
+
+
+def crop(x: Tensor, offset: int, like: Tensor) -> Tensor:
+    """Caffe's Crop layer: ``x[..., off:off + H, off:off + W]`` with H, W taken from ``like``.
+
+    The sizes come from the runtime shape of ``like`` so the slice stays symbolic when traced.
+    """
+    height, width = like.shape[-2], like.shape[-1]
+    return x[:, :, offset : offset + height, offset : offset + width]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a network: recorded in checkpoints and ONNX metadata."""
+
+    arch: str
+    num_classes: int
+    width: float = 1.0
+    learn_upsampling: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(
+            arch=str(data["arch"]),
+            num_classes=int(data["num_classes"]),
+            width=float(data.get("width", 1.0)),
+            learn_upsampling=bool(data.get("learn_upsampling", False)),
+        )
+
+
+class FCN(nn.Module):
+    """The shared VGG16 trunk, fc6/fc7 as convolutions and ``score_fr``.
+
+    Subclasses add the skips and the upsampling. ``forward`` takes a preprocessed float
+    image [N, 3, H, W] and returns logits [N, C, H, W] for any H, W >= 1.
+    """
+
+    arch: ClassVar[str]
+    # The transposed convolutions, frozen unless ``learn_upsampling``.
+    upsampling_layers: ClassVar[tuple[str, ...]]
+    # Skip score layers that start at zero (besides score_fr).
+    skip_layers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if not width > 0:
+            raise ValueError(f"width must be positive, got {width}")
+        self.num_classes = num_classes
+        self.width = width
+        self.learn_upsampling = learn_upsampling
+
+        channels = 3
+        for layer in VGG16_LAYERS:
+            if layer is None:
+                continue
+            name, out = layer
+            out = scaled(out, width)
+            pad = CONV1_1_PAD if name == "conv1_1" else 1
+            self.add_module(name, nn.Conv2d(channels, out, kernel_size=3, padding=pad))
+            channels = out
+        fc = scaled(FC_CHANNELS, width)
+        self.fc6 = nn.Conv2d(channels, fc, kernel_size=7)
+        self.fc7 = nn.Conv2d(fc, fc, kernel_size=1)
+        self.drop6 = nn.Dropout(0.5)
+        self.drop7 = nn.Dropout(0.5)
+        self.score_fr = nn.Conv2d(fc, num_classes, kernel_size=1)
+
+    def _init_weights(self) -> None:
+        """Kaiming for the trunk (used when no pretrained weights are loaded), zero scores,
+        bilinear upsampling (the reference's fillers)."""
+        for name, module in self.named_children():
+            if name in self.upsampling_layers:
+                assert isinstance(module, nn.ConvTranspose2d)
+                fill_bilinear(module.weight)
+                module.weight.requires_grad_(self.learn_upsampling)
+            elif name.startswith("score"):
+                assert isinstance(module, nn.Conv2d)
+                nn.init.zeros_(module.weight)
+                assert module.bias is not None
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                assert module.bias is not None
+                nn.init.zeros_(module.bias)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.arch, self.num_classes, self.width, self.learn_upsampling)
+
+    def _upsampling(self, kernel_size: int, stride: int) -> nn.ConvTranspose2d:
+        c = self.num_classes
+        return nn.ConvTranspose2d(c, c, kernel_size, stride=stride, bias=False)
+
+    def trunk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Return (pool3, pool4, pool5)."""
+        pools: list[Tensor] = []
+        for layer in VGG16_LAYERS:
+            if layer is None:
+                # ceil_mode as in Caffe: floor pooling breaks the crop offsets for many sizes.
+                x = F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+                pools.append(x)
+            else:
+                x = F.relu(getattr(self, layer[0])(x), inplace=True)
+        return pools[2], pools[3], pools[4]
+
+    def score(self, pool5: Tensor) -> Tensor:
+        h = self.drop6(F.relu(self.fc6(pool5), inplace=True))
+        h = self.drop7(F.relu(self.fc7(h), inplace=True))
+        return self.score_fr(h)  # type: ignore[no-any-return]
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def learnable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+
+class FCN32s(FCN):
+    """Single stream: score_fr upsampled 32x (k64 s32), cropped at 19."""
+
+    arch = "fcn32s"
+    upsampling_layers = ("upscore",)
+
+    def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
+        super().__init__(num_classes, width, learn_upsampling)
+        self.upscore = self._upsampling(64, 32)
+        self._init_weights()
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, _, pool5 = self.trunk(x)
+        return crop(self.upscore(self.score(pool5)), 19, x)
+
+
+class FCN16s(FCN):
+    """score_fr upsampled 2x plus score_pool4 (cropped at 5), then 16x (k32 s16), cropped at 27."""
+
+    arch = "fcn16s"
+    upsampling_layers = ("upscore2", "upscore16")
+    skip_layers = ("score_pool4",)
+
+    def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
+        super().__init__(num_classes, width, learn_upsampling)
+        self.score_pool4 = nn.Conv2d(scaled(512, width), num_classes, kernel_size=1)
+        self.upscore2 = self._upsampling(4, 2)
+        self.upscore16 = self._upsampling(32, 16)
+        self._init_weights()
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, pool4, pool5 = self.trunk(x)
+        upscore2 = self.upscore2(self.score(pool5))
+        fuse_pool4 = upscore2 + crop(self.score_pool4(pool4), 5, upscore2)
+        return crop(self.upscore16(fuse_pool4), 27, x)
+
+
+class FCN8s(FCN):
+    """Two skips: pool4 (cropped at 5) at stride 16 and pool3 (cropped at 9) at stride 8,
+    then 8x (k16 s8), cropped at 31."""
+
+    arch = "fcn8s"
+    upsampling_layers = ("upscore2", "upscore_pool4", "upscore8")
+    skip_layers = ("score_pool4", "score_pool3")
+
+    def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
+        super().__init__(num_classes, width, learn_upsampling)
+        self.score_pool4 = nn.Conv2d(scaled(512, width), num_classes, kernel_size=1)
+        self.score_pool3 = nn.Conv2d(scaled(256, width), num_classes, kernel_size=1)
+        self.upscore2 = self._upsampling(4, 2)
+        self.upscore_pool4 = self._upsampling(4, 2)
+        self.upscore8 = self._upsampling(16, 8)
+        self._init_weights()
+
+    def scale_pools(self, pool3: Tensor, pool4: Tensor) -> tuple[Tensor, Tensor]:
+        """Identity here; the at-once variant scales both before scoring."""
+        return pool3, pool4
+
+    def forward(self, x: Tensor) -> Tensor:
+        pool3, pool4, pool5 = self.trunk(x)
+        pool3, pool4 = self.scale_pools(pool3, pool4)
+        upscore2 = self.upscore2(self.score(pool5))
+        fuse_pool4 = upscore2 + crop(self.score_pool4(pool4), 5, upscore2)
+        upscore_pool4 = self.upscore_pool4(fuse_pool4)
+        fuse_pool3 = upscore_pool4 + crop(self.score_pool3(pool3), 9, upscore_pool4)
+        return crop(self.upscore8(fuse_pool3), 31, x)
+
+
+class FCN8sAtOnce(FCN8s):
+    """FCN-8s trained in one stage: pool4 scaled by 0.01 and pool3 by 0.0001 before scoring.
+
+    The scales are Caffe ``Scale`` layers with ``lr_mult: 0``: fixed per-channel buffers
+    named ``scale_pool4`` and ``scale_pool3`` so Caffe weights map onto them by name.
+    """
+
+    arch = "fcn8s-atonce"
+    POOL4_SCALE = 0.01
+    POOL3_SCALE = 0.0001
+
+    scale_pool4: Tensor
+    scale_pool3: Tensor
+
+    def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
+        super().__init__(num_classes, width, learn_upsampling)
+        self.register_buffer("scale_pool4", torch.full((scaled(512, width),), self.POOL4_SCALE))
+        self.register_buffer("scale_pool3", torch.full((scaled(256, width),), self.POOL3_SCALE))
+
+    def scale_pools(self, pool3: Tensor, pool4: Tensor) -> tuple[Tensor, Tensor]:
+        return pool3 * self.scale_pool3[:, None, None], pool4 * self.scale_pool4[:, None, None]
+
+
+NETWORKS: dict[str, type[FCN]] = {cls.arch: cls for cls in (FCN32s, FCN16s, FCN8s, FCN8sAtOnce)}
+
+
+def build_fcn(spec: ModelSpec) -> FCN:
+    """Build the network that ``spec`` names, freshly initialised."""
+    try:
+        cls = NETWORKS[spec.arch]
+    except KeyError:
+        raise ValueError(
+            f"unknown architecture {spec.arch!r}; choose one of {', '.join(ARCHS)}"
+        ) from None
+    return cls(spec.num_classes, spec.width, spec.learn_upsampling)

@@ -1,0 +1,1 @@
+"""FCN segmentation service: ONNX Runtime behind FastAPI; never imports torch or model/."""
