@@ -1,0 +1,115 @@
+"""``fcn predict``: palette PNG label maps (pixel = class id, the checkpoint's colours) and
+overlays, for single images and folders, with bad inputs named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.cli import main
+from model.fcn import ModelSpec, build_fcn
+from model.palette import palette_bytes
+from model.predict import overlay_image, predict
+from model.preprocessing import CAFFE, Normalize
+
+PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    net = build_fcn(ModelSpec("fcn16s", 4, 1 / 32))
+    for name in ("score_fr", "score_pool4"):
+        torch.nn.init.normal_(getattr(net, name).weight, std=0.5)
+        torch.nn.init.zeros_(getattr(net, name).bias)
+    ckpt = Checkpoint(net.spec, net.state_dict(), ["sky", "roof", "tree", "car"], PALETTE, CAFFE)
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 41, 3), dtype=np.uint8)).save(folder / "a.jpg")
+    Image.fromarray(rng.integers(0, 255, (17, 9), dtype=np.uint8), mode="L").save(folder / "b.png")
+    Image.fromarray(rng.integers(0, 255, (12, 20, 4), dtype=np.uint8), mode="RGBA").save(
+        folder / "c.webp"
+    )
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def expected_labels(checkpoint: Path, path: Path) -> np.ndarray:
+    ckpt = load_checkpoint(checkpoint)
+    with Image.open(path) as img:
+        image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        logits = ckpt.build_model().eval()(Normalize(ckpt.preprocessing)(image))
+    return logits.argmax(1)[0].numpy()
+
+
+def test_label_maps_are_palette_pngs_of_class_ids(
+    checkpoint: Path, photos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    written = predict(checkpoint, [photos], out)
+    assert [p.name for p in written] == ["a.png", "b.png", "c.png"]
+    classes_seen: set[int] = set()
+    for source, size in (
+        (photos / "a.jpg", (41, 30)),
+        (photos / "b.png", (9, 17)),
+        (photos / "c.webp", (20, 12)),
+    ):
+        with Image.open(out / f"{source.stem}.png") as label:
+            assert (label.mode, label.size) == ("P", size)
+            assert label.getpalette()[: 3 * 256] == palette_bytes(PALETTE)  # type: ignore[index]
+            labels = np.asarray(label)
+        assert np.array_equal(labels, expected_labels(checkpoint, source))
+        classes_seen |= set(np.unique(labels).tolist())
+        with Image.open(out / f"{source.stem}_overlay.jpg") as overlay:
+            assert overlay.size == size
+    assert len(classes_seen) >= 2  # a real test of the colours, not one flat map
+
+
+def test_overlay_blends_image_and_class_colour() -> None:
+    image = np.full((2, 3, 3), 100, dtype=np.uint8)
+    labels = np.array([[0, 1, 1], [2, 3, 0]])
+    blended = overlay_image(image, labels, PALETTE, alpha=0.5)
+    assert blended[0, 1].tolist() == [150, 50, 50]
+    assert blended[1, 2].tolist() == [55, 60, 65]
+    assert np.array_equal(overlay_image(image, labels, PALETTE, alpha=0.0), image)
+
+
+def test_command_with_a_single_image_and_no_overlay(
+    checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = ["predict", "--checkpoint", str(checkpoint), str(photos / "b.png"), "--out", str(out)]
+    assert main([*args, "--no-overlay"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"]
+    assert "wrote 1 label maps" in capsys.readouterr().out
+
+
+def test_bad_inputs_are_named(
+    checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "out")
+    base = ["predict", "--checkpoint", str(checkpoint), "--out", out]
+    assert main([*base, str(tmp_path / "none.jpg")]) == 2
+    assert f"{tmp_path / 'none.jpg'}: no such image or folder" in capsys.readouterr().err
+    (photos / "a.png").write_bytes(b"broken")
+    assert main([*base, str(photos)]) == 2
+    assert "a.png and" in capsys.readouterr().err  # two images would write a.png
+    (photos / "a.jpg").unlink()
+    assert main([*base, str(photos)]) == 2
+    assert f"{photos / 'a.png'}: unreadable image" in capsys.readouterr().err
+    assert main([*base, "--alpha", "2", str(photos)]) == 2
+    assert "--alpha must be in [0, 1]" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(tmp_path / "x.pt"), "--out", out, str(photos)]) == 2
+    assert "x.pt: no such checkpoint file" in capsys.readouterr().err
