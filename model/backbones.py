@@ -127,3 +127,30 @@ def init_from_parent(child: FCN, parent_state: Mapping[str, Tensor]) -> list[str
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
     return copied
+
+
+def initialize(net: FCN, init: str) -> Preprocessing:
+    """Initialise ``net`` as a config's ``init`` says and return the preprocessing its
+    weights expect.
+
+    ``imagenet``: torchvision's ImageNet VGG16 (downloaded once); ``vgg16:PATH``: a saved
+    torchvision VGG16 state dict; ``checkpoint:PATH``: a previous stage's checkpoint (its
+    preprocessing carries over); ``none``: the random trunk init of a fresh network (for
+    small-width models; torchvision's normalisation).
+    """
+    scheme, _, arg = init.partition(":")
+    if scheme in ("vgg16", "checkpoint") and not arg:
+        raise WeightsError(f"init {init!r}: {scheme}: needs a path, e.g. {scheme}:weights.pt")
+    if init == "imagenet":
+        return load_vgg16(net, torchvision_vgg16_state_dict("imagenet"))
+    if scheme == "vgg16":
+        return load_vgg16(net, torchvision_vgg16_state_dict(Path(arg)))
+    if scheme == "checkpoint":
+        from model.checkpoint import load_checkpoint
+
+        parent = load_checkpoint(arg)
+        init_from_parent(net, parent.state_dict)
+        return parent.preprocessing
+    if init == "none":
+        return TORCHVISION
+    raise WeightsError(f"unknown init {init!r}; use imagenet, vgg16:PATH, checkpoint:PATH or none")

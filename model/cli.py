@@ -12,7 +12,12 @@ import sys
 from collections.abc import Sequence
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("model.data", "check a data set, or write a synthetic one in VOC's layout"),
+    "train": ("model.train", "train an FCN (SGD, the paper's solver; torchrun for many GPUs)"),
+    "eval": ("model.evaluate", "a checkpoint's four metrics, per-class IoU and confusion matrix"),
+    "predict": ("model.predict", "label-map PNGs and overlays for images"),
+}
 
 
 class CLIError(Exception):

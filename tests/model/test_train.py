@@ -1,0 +1,218 @@
+"""Training runs on CPU: the loss falls and mean IU beats the majority class, checkpoints
+hold what eval and export need, resume is exact, a bad file stops the run before any step,
+and two torchrun processes (gloo) train one model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.cli import main
+from model.config import TrainConfig
+from model.datasets import DataError, voc_dataset
+from model.metrics import ConfusionMatrix
+from model.preprocessing import TORCHVISION, Normalize
+from model.synthetic import SYNTH_CLASSES, write_synthetic
+from model.train import BEST, LAST, LOG, PLOT, TrainingError, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("data") / "synth", 24, 8, (48, 48), seed=0)
+
+
+@pytest.fixture(scope="module")
+def synth96(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Larger images: objects big enough for a tiny net to learn in 200 steps."""
+    return write_synthetic(tmp_path_factory.mktemp("data") / "synth96", 24, 8, (96, 96), seed=0)
+
+
+def tiny_config(data: Path, out: Path, **changes: object) -> TrainConfig:
+    config = TrainConfig(
+        arch="fcn32s",
+        width=1 / 32,
+        init="none",
+        data=str(data),
+        loss="mean",
+        lr=1e-3,
+        batch_size=2,
+        max_iter=4,
+        val_every=4,
+        log_every=1,
+        workers=0,
+        out=str(out),
+        progress=False,
+    )
+    return replace(config, **changes)
+
+
+def log_records(out: Path, split: str) -> list[dict[str, object]]:
+    lines = (out / LOG).read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def majority_mean_iu(data: Path, split: str) -> float:
+    """Mean IU of predicting the most frequent class everywhere."""
+    dataset = voc_dataset(data, split)
+    targets = [dataset[i][1] for i in range(len(dataset))]
+    counts = torch.bincount(torch.cat([t.flatten() for t in targets]).long(), minlength=256)
+    majority = int(counts[: dataset.num_classes].argmax())
+    confusion = ConfusionMatrix(dataset.num_classes)
+    for t in targets:
+        confusion.update(t, torch.full_like(t, majority))
+    return confusion.compute().mean_iu
+
+
+def test_short_run_learns_and_writes_everything(synth96: Path, tmp_path: Path) -> None:
+    """From a random trunk: AdamW leaves the all-background solution within 200 steps."""
+    out = tmp_path / "run"
+    config = tiny_config(
+        synth96, out, arch="fcn8s", width=1 / 16, optimizer="adamw", lr=2e-3, max_iter=200,
+        val_every=100, log_every=20, batch_size=8,
+    )  # fmt: skip
+    best = train(config)
+    assert best == out / BEST
+    losses = [float(r["loss"]) for r in log_records(out, "train")]  # type: ignore[arg-type]
+    assert len(losses) == 10
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
+    val = log_records(out, "val")
+    assert [r["iteration"] for r in val] == [100, 200]
+    # Held-out images: the majority class everywhere scores about 0.15.
+    baseline = majority_mean_iu(synth96, "val")
+    ckpt = load_checkpoint(out / LAST)
+    assert ckpt.metrics["mean_iu"] == pytest.approx(val[-1]["mean_iu"])
+    assert ckpt.metrics["mean_iu"] > baseline + 0.15, (ckpt.metrics, baseline)
+    assert set(ckpt.metrics) == {
+        "pixel_accuracy",
+        "mean_accuracy",
+        "mean_iu",
+        "frequency_weighted_iu",
+    }
+    # What evaluation and export read: classes, palette, preprocessing, data set, config.
+    assert ckpt.classes == list(SYNTH_CLASSES)
+    assert ckpt.palette[:2] == [(0, 0, 0), (128, 0, 0)]
+    assert ckpt.preprocessing == TORCHVISION
+    assert ckpt.dataset == f"voc:{synth96} (train, 24 images)"
+    assert TrainConfig.from_dict(ckpt.config) == config
+    assert ckpt.iteration == 200
+    assert ckpt.training_state is not None
+    assert set(ckpt.training_state) >= {"optimizer", "scaler", "rng", "best_mean_iu"}
+    assert (out / PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best_ckpt = load_checkpoint(out / BEST)
+    assert best_ckpt.metrics["mean_iu"] == max(r["mean_iu"] for r in val)  # type: ignore[type-var]
+    assert not list(out.glob("*.tmp"))
+
+
+def test_resume_repeats_the_uninterrupted_run(synth: Path, tmp_path: Path) -> None:
+    """Stop at 3, resume to 7 (with a worker process this time): same losses, same weights."""
+    settings = {
+        "arch": "fcn16s", "max_iter": 7, "crop_size": [32, 32], "scale_range": [0.75, 1.25],
+        "flip": True, "seed": 3, "val_every": 2,
+    }  # fmt: skip
+    whole = tmp_path / "whole"
+    train(tiny_config(synth, whole, **settings))
+    parts = tmp_path / "parts"
+    train(tiny_config(synth, parts, **{**settings, "max_iter": 3}))
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(parts / LAST),
+                "--max-iter",
+                "7",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+
+    def losses(out: Path) -> list[float]:
+        return [float(r["loss"]) for r in log_records(out, "train")]  # type: ignore[arg-type]
+
+    assert len(losses(whole)) == 7
+    assert losses(parts) == losses(whole)
+    a, b = load_checkpoint(whole / LAST), load_checkpoint(parts / LAST)
+    assert b.iteration == 7
+    for name, value in a.state_dict.items():
+        assert torch.equal(value, b.state_dict[name]), name
+    assert a.training_state is not None
+    assert b.training_state is not None
+    momentum_a = a.training_state["optimizer"]["state"]
+    momentum_b = b.training_state["optimizer"]["state"]
+    for key in momentum_a:
+        assert torch.equal(momentum_a[key]["momentum_buffer"], momentum_b[key]["momentum_buffer"])
+    assert b.config["workers"] == 1
+
+
+def test_an_existing_run_is_not_overwritten(synth: Path, tmp_path: Path) -> None:
+    config = tiny_config(synth, tmp_path / "run", max_iter=1)
+    train(config)
+    with pytest.raises(
+        TrainingError, match=r"already holds a run \(last.pt\); continue it with --resume"
+    ):
+        train(config)
+
+
+def test_bad_data_stops_the_run_before_any_step(
+    synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    data = Path(shutil.copytree(synth, tmp_path / "data"))
+    broken = data / "SegmentationClass" / "val_000003.png"
+    broken.unlink()
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=f"{broken}: missing label file for val_000003.jpg"):
+        train(tiny_config(data, out))
+    assert not out.exists()
+    args = ["train", "--data", str(data), "--out", str(out), "--init", "none", "--width", "0.03125"]
+    assert main(args) == 2
+    assert f"{broken}: missing label file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_torchrun_two_processes_on_gloo(synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "model.cli", "train", "--data", str(synth), "--arch", "fcn32s", "--width", "0.03125",
+        "--init", "none", "--loss", "mean", "--lr", "0.001", "--max-iter", "3", "--val-every", "3",
+        "--log-every", "1", "--batch-size", "2", "--workers", "0", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [BEST, LAST, LOG, PLOT]
+    ckpt = load_checkpoint(out / LAST)
+    assert ckpt.iteration == 3
+    assert ckpt.training_state is not None
+    assert ckpt.training_state["world_size"] == 2
+    assert len(ckpt.training_state["rng"]) == 2  # each rank's RNG, for an exact resume
+    # Rank 0 logs alone: one record per iteration, not two.
+    assert [r["iteration"] for r in log_records(out, "train")] == [1, 2, 3]
+    # The validation metrics were reduced over both ranks: they equal one process's
+    # evaluation of the saved weights on the whole validation set.
+    net = ckpt.build_model().eval()
+    normalize = Normalize(ckpt.preprocessing)
+    val = voc_dataset(synth, "val")
+    confusion = ConfusionMatrix(len(SYNTH_CLASSES))
+    with torch.no_grad():
+        for i in range(len(val)):
+            image, target = val[i]
+            confusion.update(target, net(normalize(image[None])).argmax(1)[0])
+    assert ckpt.metrics == pytest.approx(confusion.compute().summary())
