@@ -142,7 +142,14 @@ def initialize(net: FCN, init: str) -> Preprocessing:
     if scheme in ("vgg16", "checkpoint") and not arg:
         raise WeightsError(f"init {init!r}: {scheme}: needs a path, e.g. {scheme}:weights.pt")
     if init == "imagenet":
-        return load_vgg16(net, torchvision_vgg16_state_dict("imagenet"))
+        try:
+            state = torchvision_vgg16_state_dict("imagenet")
+        except OSError as exc:  # offline, or the download was cut short
+            raise WeightsError(
+                f"init imagenet: downloading torchvision's VGG16 weights failed ({exc}); "
+                "without internet, use vgg16:PATH with a saved copy"
+            ) from exc
+        return load_vgg16(net, state)
     if scheme == "vgg16":
         return load_vgg16(net, torchvision_vgg16_state_dict(Path(arg)))
     if scheme == "checkpoint":

@@ -177,5 +177,5 @@ def run(args: argparse.Namespace) -> int:
         )
     except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
-    print(f"wrote {len(written)} label maps to {args.out}")
+    print(f"wrote {len(written)} label map{'s' if len(written) != 1 else ''} to {args.out}")
     return 0

@@ -93,7 +93,7 @@ def test_command_with_a_single_image_and_no_overlay(
     args = ["predict", "--checkpoint", str(checkpoint), str(photos / "b.png"), "--out", str(out)]
     assert main([*args, "--no-overlay"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["b.png"]
-    assert "wrote 1 label maps" in capsys.readouterr().out
+    assert "wrote 1 label map to" in capsys.readouterr().out
 
 
 def test_bad_inputs_are_named(

@@ -41,6 +41,9 @@ def test_voc_layout_and_classes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert classes["classes"] == list(SYNTH_CLASSES)
     assert classes["palette"] == [list(c) for c in voc_colormap(len(SYNTH_CLASSES))]
     assert not list(tmp_path.glob(".synth*"))  # no temporary folder left behind
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkdtemp's 0700
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path: Path) -> None:

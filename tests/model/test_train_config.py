@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model.backbones import WeightsError, initialize
-from model.checkpoint import Checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.cli import main
 from model.config import ConfigError, TrainConfig, add_config_arguments, amp_dtype, flag_overrides
 from model.fcn import FCN8s, FCN16s, FCN32s, ModelSpec, build_fcn
@@ -182,3 +182,20 @@ def test_initialize_dispatches_on_the_scheme(tmp_path: Path) -> None:
         initialize(before, "vgg16:")
     with pytest.raises(WeightsError, match="nothing.pt: no such VGG16 weights file"):
         initialize(before, f"vgg16:{tmp_path / 'nothing.pt'}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_training_and_eval_on_cuda(synth_voc: Path, tmp_path: Path, amp: str) -> None:
+    from model.evaluate import evaluate
+    from model.train import train
+
+    config = TrainConfig(
+        arch="fcn8s", width=1 / 16, init="none", data=str(synth_voc), loss="mean", max_iter=3,
+        val_every=3, batch_size=2, crop_size=[32], workers=0, out=str(tmp_path / "run"),
+        progress=False, device="cuda", amp=amp,
+    )  # fmt: skip
+    best = train(config)
+    result = evaluate(best, synth_voc, device="cuda", amp=amp, workers=0)
+    assert result.metrics.summary() == pytest.approx(load_checkpoint(best).metrics)
