@@ -49,4 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m model.cli``: run the importable module, whose CLIError subcommands raise.
+    from model.cli import main as cli_main
+
+    sys.exit(cli_main())
