@@ -12,7 +12,9 @@ import sys
 from collections.abc import Sequence
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert-caffe": ("model.convert_caffe", "convert a reference Caffe FCN to a checkpoint"),
+}
 
 
 class CLIError(Exception):
