@@ -315,3 +315,17 @@ def test_caffe_vgg16_refuses_other_files(tmp_path: Path) -> None:
     vgg = write_net(tmp_path / "vgg.caffemodel", cw.vgg16_layers(WIDTH, classes=10), v1=True)
     with pytest.raises(CaffeModelError, match=r"layer 'conv1_1' blob 0 .*fcn32s at width 0.0625"):
         load_caffe_vgg16(FCN32s(width=2 * WIDTH), vgg)
+
+
+def test_caffe_vgg16_loads_into_a_network_of_another_dtype(tmp_path: Path) -> None:
+    # Tensors that cannot take the file's float32 bytes in place (float64 here, CUDA
+    # alike) are copied into instead.
+    layers = cw.vgg16_layers(WIDTH, classes=10, seed=5)
+    path = write_net(tmp_path / "vgg.caffemodel", layers)
+    net = FCN32s(width=WIDTH).double()
+    load_caffe_vgg16(net, path)
+    blobs = {layer.name: layer.blobs for layer in layers}
+    assert net.conv5_3.weight.dtype == torch.float64
+    assert torch.equal(net.conv5_3.weight.float(), torch.from_numpy(blobs["conv5_3"][0]))
+    fc7 = torch.from_numpy(blobs["fc7"][0]).reshape(net.fc7.weight.shape)
+    assert torch.equal(net.fc7.weight.float(), fc7)
