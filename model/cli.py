@@ -12,7 +12,9 @@ import sys
 from collections.abc import Sequence
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert-caffe": ("model.convert_caffe", "convert a reference Caffe FCN to a checkpoint"),
+}
 
 
 class CLIError(Exception):
@@ -49,4 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m model.cli``: run the importable module, whose CLIError subcommands raise.
+    from model.cli import main as cli_main
+
+    sys.exit(cli_main())
