@@ -49,4 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m model.cli` this file is __main__, a second copy of the module whose
+    # CLIError is not the one subcommands raise: run the importable model.cli instead.
+    sys.exit(importlib.import_module("model.cli").main())
