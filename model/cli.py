@@ -12,7 +12,10 @@ import sys
 from collections.abc import Sequence
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("model.cli_export", "export a checkpoint to a verified ONNX model (+ Triton)"),
+    "verify-onnx": ("model.cli_verify_onnx", "check an ONNX model against its checkpoint"),
+}
 
 
 class CLIError(Exception):
