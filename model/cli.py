@@ -14,6 +14,8 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert-caffe": ("model.convert_caffe", "convert a reference Caffe FCN to a checkpoint"),
+    "export": ("model.cli_export", "export a checkpoint to a verified ONNX model (+ Triton)"),
+    "verify-onnx": ("model.cli_verify_onnx", "check an ONNX model against its checkpoint"),
 }
 
 

@@ -7,36 +7,63 @@ graph, so a server only moves bytes; the ``fcn.*`` metadata makes the file self-
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import json
 import logging
 import os
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import torch
 from torch import Tensor, nn
 
 from model.checkpoint import Checkpoint
+from model.contract import DIMS, INPUT, LABELS, SCHEMA, SCORES
 from model.fcn import FCN
 from model.files import atomic_path
 from model.preprocessing import Normalize, Preprocessing
 
-SCHEMA = "1"
-INPUT = "image"
-LABELS = "labels"
-SCORES = "scores"
+if TYPE_CHECKING:
+    from model.verify import VerificationReport
+
 # Below this opset the exporter's translations are not maintained.
 MIN_OPSET = 18
-# Symbolic dimension names of the contract, written onto the graph's inputs and outputs.
-DIMS = ("N", "H", "W")
+# The traced example: batch 2 and sizes other than 1, so torch.export does not specialise
+# N, H or W; verification runs on other sizes so a constant traced from it would show.
+EXAMPLE_SHAPE = (2, 67, 91, 3)
 
 
 class ExportError(RuntimeError):
     """The export could not produce a model file; nothing was written."""
+
+
+class OutputPathError(ExportError):
+    """The model file cannot be written where asked; the message names the path."""
+
+
+class VerificationError(ExportError):
+    """The exported graph failed verification against PyTorch; nothing was written."""
+
+    def __init__(self, report: VerificationReport):
+        super().__init__(f"verification failed: {'; '.join(report.failures)}")
+        self.report = report
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A written model file with how it was made and, unless skipped, its verification."""
+
+    path: Path
+    export_seconds: float
+    size_bytes: int
+    report: VerificationReport | None
 
 
 class SegmentationGraph(nn.Module):
@@ -95,9 +122,10 @@ def metadata(checkpoint: Checkpoint, *, fp16: bool, with_scores: bool) -> dict[s
 def _quiet_exporter() -> Iterator[None]:
     """The exporter reports progress and known-harmless notices on stdout, logging and
     warnings; keep them out of our CLI's output and out of strict test runs."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with (
             warnings.catch_warnings(),
@@ -106,7 +134,8 @@ def _quiet_exporter() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _name_dims(model: onnx.ModelProto) -> None:
@@ -118,7 +147,7 @@ def _name_dims(model: onnx.ModelProto) -> None:
     """
     for value in [*model.graph.input, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
-        names = {4: ("N", "H", "W", None), 3: ("N", "H", "W")}.get(len(dims))
+        names: Sequence[str | None] | None = {4: (*DIMS, None), 3: DIMS}.get(len(dims))
         if value.name == SCORES:
             names = ("N", None, "H", "W")
         if names is None:
@@ -136,13 +165,13 @@ def build_onnx(
     opset: int | None = None,
 ) -> onnx.ModelProto:
     """Trace the checkpoint's network into an in-memory ONNX model of the contract."""
-    if opset is not None and opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} is too old; use {MIN_OPSET} or newer")
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not MIN_OPSET <= opset <= newest:
+        raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET} to {newest}")
     graph = SegmentationGraph(
         checkpoint.build_model(), checkpoint.preprocessing, fp16=fp16, with_scores=with_scores
     ).eval()
-    # Batch 2 and sizes other than 1, so torch.export does not specialise N, H or W.
-    example = torch.zeros(2, 67, 91, 3, dtype=torch.uint8)
+    example = torch.zeros(EXAMPLE_SHAPE, dtype=torch.uint8)
     dims = {i: torch.export.Dim(name, min=1) for i, name in enumerate(DIMS)}
     outputs = [LABELS, SCORES] if with_scores else [LABELS]
     try:
@@ -170,7 +199,61 @@ def build_onnx(
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = "fcn-segmentation"
+    model.doc_string = f"FCN {checkpoint.spec.arch}, ONNX contract schema {SCHEMA}"
     return model
+
+
+def _unwritable(target: Path, exc: OSError) -> OutputPathError:
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.exists():
+        return OutputPathError(f"{target}: folder {folder} does not exist")
+    if not folder.is_dir():
+        return OutputPathError(f"{target}: {folder} is not a folder")
+    return OutputPathError(f"{target}: cannot write in {folder} ({exc.strerror or exc})")
+
+
+def export_model(
+    checkpoint: Checkpoint,
+    out: str | os.PathLike[str],
+    *,
+    fp16: bool = False,
+    with_scores: bool = False,
+    opset: int | None = None,
+    verify: bool = True,
+    cases: Sequence[tuple[int, int, int]] | None = None,
+) -> ExportResult:
+    """Export to a temporary file beside ``out``, verify it, then rename it onto ``out``.
+
+    Raises ``ExportError`` (``VerificationError`` when verification fails) and then leaves
+    ``out`` as it was. ``cases`` are the (N, H, W) batches verification compares.
+    """
+    target = Path(out)
+    if target.is_dir():
+        raise OutputPathError(f"{target}: is a folder; give the path of the .onnx file to write")
+    with contextlib.ExitStack() as stack:
+        # The temporary file comes first: an unwritable --out fails before a long export.
+        try:
+            tmp = stack.enter_context(atomic_path(target))
+        except OSError as exc:
+            raise _unwritable(target, exc) from exc
+        start = time.perf_counter()
+        model = build_onnx(checkpoint, fp16=fp16, with_scores=with_scores, opset=opset)
+        try:
+            onnx.save_model(model, tmp)
+        except OSError as exc:
+            raise _unwritable(target, exc) from exc
+        seconds = time.perf_counter() - start
+        del model  # at full width the proto holds every weight: free it before verifying
+        report = None
+        if verify:
+            from model.verify import DEFAULT_CASES, verify_onnx
+
+            report = verify_onnx(tmp, checkpoint, cases=cases or DEFAULT_CASES)
+            report = dataclasses.replace(report, model=target)
+            if not report.passed:
+                raise VerificationError(report)
+        size = tmp.stat().st_size
+    return ExportResult(target, seconds, size, report)
 
 
 def export_onnx(
@@ -180,15 +263,10 @@ def export_onnx(
     fp16: bool = False,
     with_scores: bool = False,
     opset: int | None = None,
+    verify: bool = True,
 ) -> Path:
-    """Export ``checkpoint`` to ``out`` atomically (one file, no external data)."""
-    target = Path(out)
-    if not target.parent.is_dir():
-        raise ExportError(f"{target}: folder {target.parent} does not exist")
-    model = build_onnx(checkpoint, fp16=fp16, with_scores=with_scores, opset=opset)
-    try:
-        with atomic_path(target) as tmp:
-            onnx.save_model(model, tmp)
-    except OSError as exc:
-        raise ExportError(f"{target}: cannot write ({exc.strerror or exc})") from exc
-    return target
+    """Export ``checkpoint`` to ``out`` (one file, no external data), verified unless asked not."""
+    result = export_model(
+        checkpoint, out, fp16=fp16, with_scores=with_scores, opset=opset, verify=verify
+    )
+    return result.path
