@@ -13,6 +13,9 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "convert-caffe": ("model.convert_caffe", "convert a reference Caffe FCN to a checkpoint"),
+    "export": ("model.cli_export", "export a checkpoint to a verified ONNX model (+ Triton)"),
+    "verify-onnx": ("model.cli_verify_onnx", "check an ONNX model against its checkpoint"),
     "data": ("model.data", "check a data set, or write a synthetic one in VOC's layout"),
     "train": ("model.train", "train an FCN (SGD, the paper's solver; torchrun for many GPUs)"),
     "eval": ("model.evaluate", "a checkpoint's four metrics, per-class IoU and confusion matrix"),
@@ -54,4 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m model.cli``: run the importable module, whose CLIError subcommands raise.
+    from model.cli import main as cli_main
+
+    sys.exit(cli_main())

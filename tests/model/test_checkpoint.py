@@ -90,3 +90,10 @@ def test_a_failed_save_leaves_the_previous_file_intact(tmp_path: Path) -> None:
         save_checkpoint(bad, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_written_files_get_the_usual_permissions_not_private_temp_ones(tmp_path: Path) -> None:
+    path = save_checkpoint(make_checkpoint(), tmp_path / "ckpt.pt")
+    reference = tmp_path / "plain"
+    reference.write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777

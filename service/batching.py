@@ -1,0 +1,279 @@
+"""The batcher: a bounded queue of decoded images, run on the model in batches of one H x W.
+
+One worker task forms each batch on the event loop (same H x W, at most ``max_batch_size``,
+waiting at most ``max_delay_s`` and only while more requests are still decoding) and runs it
+on a dedicated inference thread, one batch at a time. Every request owns a future: it gets
+its slice of the batch's labels, or the batch's error, and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.errors import (
+    ClientGoneError,
+    InferenceError,
+    NotReadyError,
+    OverloadedError,
+    RequestTimeoutError,
+)
+from service.metrics import Metrics
+
+logger = logging.getLogger("fcn.service")
+
+# [N, H, W, 3] uint8 -> [N, H, W] labels; blocking (runs on the inference thread).
+Predict = Callable[[NDArray[np.uint8]], NDArray[Any]]
+Disconnected = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One request's labels (H x W) and what it cost."""
+
+    labels: NDArray[Any]
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Request:
+    image: NDArray[np.uint8]  # H, W, 3
+    future: asyncio.Future[Prediction]
+    enqueued: float  # loop.time()
+    disconnected: Disconnected | None
+
+
+class Batcher:
+    """Queue, group and run requests; ``start()`` and ``stop()`` inside a running loop."""
+
+    def __init__(
+        self,
+        predict: Predict,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        retry_after_s: int,
+        metrics: Metrics,
+    ):
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._predict = predict
+        self._retry_after = str(retry_after_s)
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._held: deque[_Request] = deque()  # taken from the queue, other H x W: next batches
+        self._running: list[_Request] = []
+        self._waiting = 0  # submitted, not yet running or dropped
+        self._incoming = 0  # admitted, still decoding
+        self._closed = False
+        self._worker: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcn-inference")
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the model."""
+        return self._waiting
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request is waiting or running."""
+        return self._waiting > 0 or bool(self._running)
+
+    def start(self) -> None:
+        """Start the worker task on the running loop."""
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="fcn-batcher")
+
+    def call(self, fn: Callable[[], Any]) -> Awaitable[Any]:
+        """Run ``fn`` on the inference thread (warm-up uses it, so nothing runs beside it)."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _check_capacity(self, pending: int) -> None:
+        """Refuse (503) when closed or when ``pending`` requests fill the queue."""
+        if self._closed:
+            raise NotReadyError("the service is shutting down", headers={"Retry-After": "0"})
+        if pending >= self.max_queue:
+            raise OverloadedError(
+                f"{pending} requests are waiting for the model (the limit); retry later",
+                headers={"Retry-After": self._retry_after},
+            )
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Admit a request that is about to decode (503 when the queue is full, counting
+        those decoding), and let a forming batch wait for it."""
+        self._check_capacity(self._waiting + self._incoming)
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+
+    async def predict(
+        self,
+        image: NDArray[np.uint8],
+        *,
+        timeout_s: float,
+        disconnected: Disconnected | None = None,
+    ) -> Prediction:
+        """Queue ``image`` (H x W x 3) and wait for its labels, at most ``timeout_s``."""
+        self._check_capacity(self._waiting)
+        loop = asyncio.get_running_loop()
+        request = _Request(image, loop.create_future(), loop.time(), disconnected)
+        self._queue.put_nowait(request)
+        self._count_waiting(+1)
+        try:
+            async with asyncio.timeout(timeout_s):
+                # Cancelling this wait (timeout, client gone) cancels the future, so the
+                # worker drops the request if it has not reached the model yet.
+                return await request.future
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"no result within {timeout_s:g} s; the service is busy"
+            ) from None
+
+    async def stop(self, timeout_s: float) -> None:
+        """Refuse new requests, let queued and running ones finish for ``timeout_s``, stop."""
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.busy and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        leftovers = [*self._running, *self._held]
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        while not self._queue.empty():
+            leftovers.append(self._queue.get_nowait())
+        for request in leftovers:
+            if not request.future.done():
+                request.future.set_exception(
+                    NotReadyError("the service shut down before the result")
+                )
+        self._held.clear()
+        self._running = []
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _count_waiting(self, delta: int) -> None:
+        self._waiting += delta
+        self._metrics.queue_depth.set(self._waiting)
+
+    async def _alive(self, request: _Request) -> bool:
+        """False (and the request dropped) when its caller timed out or its client left."""
+        reason = None
+        if request.future.done():
+            reason = "cancelled"
+        elif request.disconnected is not None and await request.disconnected():
+            reason = "disconnected"
+            request.future.set_exception(ClientGoneError("the client disconnected"))
+        if reason is None:
+            return True
+        self._count_waiting(-1)
+        self._metrics.dropped.labels(reason).inc()
+        return False
+
+    async def _next(self) -> _Request:
+        while True:
+            request = self._held.popleft() if self._held else await self._queue.get()
+            if await self._alive(request):
+                return request
+
+    async def _collect(self) -> list[_Request]:
+        """The oldest live request and up to ``max_batch_size - 1`` more of its H x W."""
+        loop = asyncio.get_running_loop()
+        first = await self._next()
+        batch = [first]
+        shape = first.image.shape
+        for request in [r for r in self._held if r.image.shape == shape]:
+            if len(batch) >= self.max_batch_size:
+                break
+            self._held.remove(request)
+            if await self._alive(request):
+                batch.append(request)
+        deadline = first.enqueued + self.max_delay_s
+        while len(batch) < self.max_batch_size:
+            if self._queue.empty():
+                # Wait only for requests that are on their way (decoding), never idly.
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self._incoming == 0:
+                    break
+                try:
+                    request = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                request = self._queue.get_nowait()
+            if request.image.shape != shape:
+                self._held.append(request)
+            elif await self._alive(request):
+                batch.append(request)
+        return batch
+
+    def _run_batch(self, images: list[NDArray[np.uint8]]) -> tuple[NDArray[Any], float]:
+        """On the inference thread: stack, run, check the shape; returns labels and seconds."""
+        batch = images[0][None] if len(images) == 1 else np.stack(images)  # [N, H, W, 3]
+        start = time.perf_counter()
+        labels = self._predict(batch)
+        seconds = time.perf_counter() - start
+        if labels.shape != batch.shape[:3]:
+            raise RuntimeError(f"labels of shape {labels.shape} for images {batch.shape}")
+        return labels, seconds
+
+    async def _execute(self, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        self._running = batch
+        self._count_waiting(-len(batch))
+        self._metrics.batch_size.observe(len(batch))
+        self._metrics.batches_running.inc()
+        started = loop.time()
+        try:
+            labels, seconds = await loop.run_in_executor(
+                self._executor, self._run_batch, [r.image for r in batch]
+            )
+        except Exception as exc:
+            height, width = batch[0].image.shape[:2]
+            logger.exception(
+                "inference failed on a batch of %d at %dx%d", len(batch), height, width
+            )
+            self._metrics.batch_failures.inc()
+            detail = (str(exc).strip().splitlines() or [""])[0][:300]
+            message = (
+                f"inference failed on this batch of {len(batch)} image(s) of {width}x{height}: "
+                f"{type(exc).__name__}: {detail}"
+            )
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(InferenceError(message))
+            return
+        finally:
+            self._metrics.batches_running.dec()
+            self._running = []
+        self._metrics.busy_seconds.inc(seconds)
+        for i, request in enumerate(batch):
+            if not request.future.done():
+                prediction = Prediction(labels[i], started - request.enqueued, seconds, len(batch))
+                request.future.set_result(prediction)
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                batch = await self._collect()
+                await self._execute(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop the service
+                logger.exception("batcher error")

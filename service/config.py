@@ -1,0 +1,152 @@
+"""The service's settings: one pydantic-settings class, read from ``FCN_*`` environment variables.
+
+Tests and embedders pass a ``Settings`` to ``create_app``; the server reads the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Short names users may write in FCN_PROVIDERS, and the ONNX Runtime names they stand for.
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+KNOWN_PROVIDERS = frozenset(PROVIDER_ALIASES.values())
+Format = Literal["png", "overlay", "json"]
+SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def _split(value: object) -> object:
+    """Accept ``a,b`` as well as a JSON-style list from the environment."""
+    if isinstance(value, str):
+        text = value.strip().strip("[]")
+        return [part.strip().strip("\"'") for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the environment variable is ``FCN_`` + the upper-case name."""
+
+    model_config = SettingsConfigDict(env_prefix="FCN_", extra="ignore", frozen=True)
+
+    # The model and where it runs.
+    model_path: Path = Field(description="The schema-1 ONNX file to serve (required).")
+    model_name: str = Field("", description="Name reported to clients; default: file stem.")
+    providers: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("CUDAExecutionProvider", "CPUExecutionProvider"),
+        description="Execution providers in order of preference: tensorrt, cuda, cpu.",
+    )
+    require_gpu: bool = Field(False, description="Refuse to start when no GPU provider runs.")
+    device_id: int = Field(0, ge=0, description="CUDA / TensorRT device ordinal.")
+    gpu_mem_limit_mb: int = Field(
+        4096, ge=0, description="Upper bound of the CUDA memory arena in MiB (0: no bound)."
+    )
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
+        "HEURISTIC", description="cuDNN algorithm search; EXHAUSTIVE re-tunes every new shape."
+    )
+    trt_fp16: bool = Field(False, description="Let TensorRT build fp16 engines.")
+    trt_cache_dir: Path | None = Field(None, description="Where TensorRT caches its engines.")
+    intra_op_threads: int = Field(
+        0, ge=0, description="CPU threads per inference (0: the CPUs this process may use)."
+    )
+    warmup_sizes: Annotated[tuple[tuple[int, int], ...], NoDecode] = Field(
+        ((375, 500),),
+        description="HxW sizes run once at start-up, comma separated; empty: no warm-up.",
+    )
+
+    # Batching and limits.
+    max_batch_size: int = Field(
+        0, ge=0, description="Most requests per batch (0: 1 on CPU, 8 on a GPU provider)."
+    )
+    max_delay_ms: float = Field(
+        5.0, ge=0, description="Longest a batch waits for requests that are still decoding."
+    )
+    max_queue: int = Field(
+        64, ge=1, description="Requests decoding or waiting for the model; beyond it: 503."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Budget from body received to labels ready; beyond it: 504."
+    )
+    max_upload_bytes: int = Field(20 * 2**20, ge=1, description="Largest request body.")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest image, width x height.")
+    max_side: int = Field(
+        0, ge=0, description="Segment larger images at this longest side (0: full size)."
+    )
+
+    # Responses.
+    default_format: Format = Field("png", description="Format when neither ?format= nor Accept.")
+    overlay_alpha: float = Field(0.5, ge=0, le=1, description="Default weight of class colours.")
+    jpeg_quality: int = Field(90, ge=1, le=95, description="Quality of JPEG overlays.")
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After header of 503 responses.")
+
+    # The process.
+    host: str = Field("0.0.0.0", description="Address fcn-serve binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Port fcn-serve binds.")
+    workers: int = Field(1, ge=1, description="Server processes fcn-serve starts.")
+    drain_delay_s: float = Field(
+        0.0, ge=0, description="After SIGTERM, keep serving this long while /readyz says 503."
+    )
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="Then, longest wait for queued and running requests."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log.")
+    access_log: bool = Field(True, description="Log one line per request.")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _parse_providers(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names: list[str] = []
+        for item in value:
+            name = PROVIDER_ALIASES.get(item.lower(), item)
+            if name not in KNOWN_PROVIDERS:
+                choices = ", ".join(sorted(PROVIDER_ALIASES))
+                raise ValueError(f"unknown execution provider {item!r}; use {choices}")
+            if name not in names:
+                names.append(name)
+        if not names:
+            raise ValueError("name at least one execution provider")
+        return tuple(names)
+
+    @field_validator("warmup_sizes", mode="before")
+    @classmethod
+    def _parse_sizes(cls, value: object) -> object:
+        items = _split(value)
+        if not isinstance(items, (list, tuple)):
+            return items
+        sizes: list[object] = []
+        for item in items:
+            if not isinstance(item, str):
+                sizes.append(item)
+                continue
+            match = SIZE.match(item)
+            if match is None:
+                raise ValueError(f"warm-up size {item!r} is not HxW, e.g. 375x500")
+            sizes.append((int(match[1]), int(match[2])))
+        return sizes
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _positive_sizes(cls, value: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        for height, width in value:
+            if height < 1 or width < 1:
+                raise ValueError(f"warm-up size {height}x{width} must be at least 1x1")
+        return value
+
+    @property
+    def name(self) -> str:
+        """The model's public name."""
+        return self.model_name or self.model_path.stem

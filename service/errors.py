@@ -1,0 +1,130 @@
+"""Every error the service reports, the one table mapping them to HTTP, and the one handler.
+
+Clients always get ``{"error": {"code": ..., "message": ...}}`` with an honest status.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+
+class ServiceError(Exception):
+    """A failure the service reports on purpose; ``headers`` go into the response."""
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class StartupError(RuntimeError):
+    """The model cannot be served (file, schema, provider); the process must not start."""
+
+
+class BadImageError(ServiceError):
+    """The body is not a decodable image (corrupt, truncated, empty)."""
+
+
+class BodyTooLargeError(ServiceError):
+    """The body is larger than FCN_MAX_UPLOAD_BYTES."""
+
+
+class ImageTooLargeError(ServiceError):
+    """The image has more pixels than allowed, or looks like a decompression bomb."""
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """The content type or the image format is not one the service reads."""
+
+
+class NotAcceptableError(ServiceError):
+    """The Accept header names no format the service produces."""
+
+
+class InvalidParameterError(ServiceError):
+    """A query parameter or form field is wrong."""
+
+
+class OverloadedError(ServiceError):
+    """The queue is full."""
+
+
+class NotReadyError(ServiceError):
+    """The model is still loading or warming up, or the service is draining."""
+
+
+class RequestTimeoutError(ServiceError):
+    """The labels were not ready within FCN_REQUEST_TIMEOUT_S."""
+
+
+class InferenceError(ServiceError):
+    """ONNX Runtime failed on the batch this request was part of."""
+
+
+class ClientGoneError(ServiceError):
+    """The client disconnected before its image reached the model."""
+
+
+# The one table: error -> (HTTP status, code). A subclass maps through its nearest listed base.
+ERRORS: dict[type[Exception], tuple[int, str]] = {
+    BadImageError: (400, "bad_image"),
+    BodyTooLargeError: (413, "body_too_large"),
+    ImageTooLargeError: (413, "image_too_large"),
+    UnsupportedMediaTypeError: (415, "unsupported_media_type"),
+    NotAcceptableError: (406, "not_acceptable"),
+    InvalidParameterError: (422, "invalid_parameter"),
+    RequestValidationError: (422, "invalid_parameter"),
+    ClientGoneError: (499, "client_closed_request"),
+    ClientDisconnect: (499, "client_closed_request"),
+    InferenceError: (500, "inference_failed"),
+    OverloadedError: (503, "overloaded"),
+    NotReadyError: (503, "not_ready"),
+    RequestTimeoutError: (504, "timeout"),
+}
+INTERNAL = (500, "internal_error")
+
+
+def classify(exc: Exception) -> tuple[int, str]:
+    """HTTP status and error code of ``exc`` (routing errors keep their own status)."""
+    for cls in type(exc).__mro__:
+        if cls in ERRORS:
+            return ERRORS[cls]
+    if isinstance(exc, HTTPException):
+        return exc.status_code, HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    return INTERNAL
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, ServiceError):
+        return exc.message
+    if isinstance(exc, RequestValidationError):
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error.get("loc", ()) if part != "query")
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        return "; ".join(problems) or "invalid request"
+    if isinstance(exc, HTTPException):
+        return str(exc.detail)
+    return "internal error; the service logged the details"
+
+
+async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+    """Render any exception as the JSON error body of the contract."""
+    # Unexpected exceptions reach here through Starlette's ServerErrorMiddleware, which
+    # re-raises them after the response so that the server logs the traceback.
+    status, code = classify(exc)
+    headers = dict(getattr(exc, "headers", None) or {})
+    body = {"error": {"code": code, "message": _message(exc)}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Route every error of ``app`` through ``handle_error``."""
+    for cls in (ServiceError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(cls, handle_error)

@@ -1,0 +1,145 @@
+"""HTTP routes: thin adapters from requests to the pipeline; errors go to the one handler."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service import uploads
+from service.pipeline import SegmentQuery, negotiate
+from service.state import Service
+
+router = APIRouter()
+
+IMAGE_TYPES = ["image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff", "image/gif"]
+# FastAPI cannot see a body this route streams itself; describe it for /docs.
+SEGMENT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+            **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
+        },
+    }
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": text}
+    for code, text in {
+        400: "undecodable image",
+        406: "no acceptable response format",
+        413: "body or image too large",
+        415: "unsupported content or image type",
+        422: "bad parameter",
+        503: "not ready or overloaded (Retry-After)",
+        504: "timed out",
+    }.items()
+}
+
+
+def get_service(request: Request) -> Service:
+    """The app's Service."""
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+@router.post(
+    "/segment",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}},
+            "description": "label map PNG, overlay or JSON",
+        },
+        **ERROR_RESPONSES,
+    },
+    openapi_extra=SEGMENT_BODY,
+)
+async def segment(
+    request: Request, query: Annotated[SegmentQuery, Query()], service: ServiceDep
+) -> Response:
+    """Segment one image: the labels at the image's own width and height."""
+    settings = service.settings
+    service.health.check_serving(settings.retry_after_s)
+    choice = negotiate(query, request.headers.get("accept"), settings.default_format)
+    request.state.format = choice.format
+    body = await uploads.read_body(request, settings.max_upload_bytes)
+    result = await service.segmenter.segment(
+        body,
+        request.headers.get("content-type"),
+        query,
+        choice,
+        disconnected=request.is_disconnected,
+    )
+    return Response(result.content, media_type=result.media_type, headers=result.headers)
+
+
+def _health(ok: bool, state: str, reason: str, retry_after_s: int) -> JSONResponse:
+    headers = {} if ok else {"Retry-After": str(retry_after_s)}
+    status = 200 if ok else 503
+    return JSONResponse({"status": state, "reason": reason}, status_code=status, headers=headers)
+
+
+@router.get("/livez")
+@router.get("/v2/health/live")
+async def livez(service: ServiceDep) -> JSONResponse:
+    """200 while the process can serve (even before the model is warm)."""
+    health = service.health
+    return _health(health.alive, health.state, health.reason, service.settings.retry_after_s)
+
+
+@router.get("/readyz")
+@router.get("/v2/health/ready")
+async def readyz(service: ServiceDep) -> JSONResponse:
+    """200 once the model is loaded and warm and the service is not draining."""
+    health = service.health
+    return _health(health.ready, health.state, health.reason, service.settings.retry_after_s)
+
+
+@router.get("/v1/model")
+async def model(service: ServiceDep) -> dict[str, Any]:
+    """The model's metadata, where it runs, its input contract and the batching settings."""
+    runtime, settings = service.runtime, service.settings
+    return {
+        **runtime.info.to_dict(),
+        "state": service.health.state,
+        "runtime": {
+            "provider": runtime.provider,
+            "providers": list(runtime.providers),
+            "requested": list(runtime.requested),
+            "intra_op_threads": runtime.threads,
+            "labels": runtime.label_type,
+        },
+        "input": {
+            "content_types": list(uploads.ACCEPTED_TYPES),
+            "multipart_field": uploads.FIELD,
+            "image_formats": IMAGE_TYPES,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_pixels": settings.max_pixels,
+            "max_side": settings.max_side,
+            "tensor": {"name": "image", "dtype": "uint8", "shape": ["N", "H", "W", 3]},
+        },
+        "batching": {
+            "max_batch_size": service.batcher.max_batch_size,
+            "max_delay_ms": settings.max_delay_ms,
+            "max_queue": settings.max_queue,
+            "request_timeout_s": settings.request_timeout_s,
+        },
+    }
+
+
+@router.get("/metrics")
+async def metrics(service: ServiceDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,140 @@
+"""Tiny real ONNX models for the service tests, exported once per session.
+
+The export (torch) runs here, in the test process; the service code under test never imports
+torch, which ``test_server.py`` checks in a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from tests.service.support import NUM_CLASSES, PALETTE
+
+CLASSES = [f"class{i}" for i in range(NUM_CLASSES)]
+
+
+def _checkpoint():  # type: ignore[no-untyped-def]
+    import torch
+
+    from model.checkpoint import Checkpoint
+    from model.fcn import ModelSpec, build_fcn
+    from model.preprocessing import CAFFE
+
+    spec = ModelSpec("fcn8s", NUM_CLASSES, 1 / 32)
+    torch.manual_seed(0)
+    net = build_fcn(spec)
+    # Random score layers (they start at zero) so that images get several classes.
+    for name in ("score_fr", *net.skip_layers):
+        layer = getattr(net, name)
+        torch.nn.init.normal_(layer.weight)
+        torch.nn.init.normal_(layer.bias)
+    colors = [tuple(c) for c in PALETTE]
+    return Checkpoint(spec, net.state_dict(), CLASSES, colors, CAFFE, dataset="synthetic")
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FCN-8s at width 1/32, 5 classes: labels only."""
+    from model.export import export_onnx
+
+    return export_onnx(_checkpoint(), tmp_path_factory.mktemp("onnx") / "fcn8s-tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def model_with_scores_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same network exported with its ``scores`` output too."""
+    from model.export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "fcn8s-tiny-scores.onnx"
+    return export_onnx(_checkpoint(), path, with_scores=True)
+
+
+@pytest.fixture(scope="session")
+def session(model_path: Path) -> ort.InferenceSession:
+    """A plain ORT session on the tiny model: the reference the service must match."""
+    return ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+
+
+def _failing_graph(metadata: dict[str, str] | None) -> onnx.ModelProto:
+    """A schema-1 graph that only runs on images 8 (or 1) pixels wide: labels = max(RGB) // 64.
+
+    Any other width makes ONNX Runtime fail in a broadcasting Add: a real inference error.
+    """
+    nodes = [
+        helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", ["pixels", "axes"], ["brightest"], keepdims=0),
+        helper.make_node("Add", ["brightest", "zeros"], ["checked"]),
+        helper.make_node("Div", ["checked", "step"], ["scaled"]),
+        helper.make_node("Floor", ["scaled"], ["classes"]),
+        helper.make_node("Cast", ["classes"], ["labels"], to=TensorProto.UINT8),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "width-8-only",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+        [helper.make_tensor_value_info("labels", TensorProto.UINT8, ["N", "H", "W"])],
+        initializer=[
+            helper.make_tensor("axes", TensorProto.INT64, [1], [3]),
+            helper.make_tensor("zeros", TensorProto.FLOAT, [1, 1, 8], [0.0] * 8),
+            helper.make_tensor("step", TensorProto.FLOAT, [], [64.0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model
+
+
+@pytest.fixture(scope="session")
+def failing_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hand-built schema-1 model that fails on every width but 1 and 8."""
+    metadata = {
+        "fcn.schema": "1",
+        "fcn.arch": "width8",
+        "fcn.classes": json.dumps(["dark", "dim", "light", "bright"]),
+        "fcn.palette": json.dumps(PALETTE[:4]),
+    }
+    path = tmp_path_factory.mktemp("onnx") / "width8.onnx"
+    onnx.save(_failing_graph(metadata), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def unlabelled_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid ONNX graph of the right shape but with no fcn.* metadata."""
+    path = tmp_path_factory.mktemp("onnx") / "plain.onnx"
+    onnx.save(_failing_graph(None), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def big_image() -> bytes:
+    """A 2000x2000 BMP: quick to decode, then 0.1 s or more of inference on two CPU threads."""
+    from tests.service.support import encode, pattern
+
+    return encode(np.tile(pattern(100, 100), (20, 20, 1)), "BMP")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def cuda_works(model_path: Path) -> bool:
+    """Whether ONNX Runtime really runs this model on CUDA here."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    probe = ort.InferenceSession(
+        model_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    return bool(probe.get_providers()[0] == "CUDAExecutionProvider")

@@ -1,0 +1,248 @@
+"""The batcher on a real ONNX Runtime session: grouping, slices, limits and failures.
+
+A gate (a threading.Event) in front of the real session holds the inference thread, so the
+tests decide what is queued when the next batch forms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from service.batching import Batcher, Prediction
+from service.errors import (
+    InferenceError,
+    NotReadyError,
+    OverloadedError,
+    RequestTimeoutError,
+)
+from service.metrics import Metrics
+from service.runtime import Runtime, load_runtime
+from tests.service.support import pattern
+
+pytestmark = pytest.mark.anyio
+
+
+def runtime_of(path: Path) -> Runtime:
+    return load_runtime(
+        path,
+        name=path.stem,
+        providers=["CPUExecutionProvider"],
+        require_gpu=False,
+        device_id=0,
+        gpu_mem_limit_mb=0,
+        cudnn_conv_algo_search="HEURISTIC",
+        trt_fp16=False,
+        trt_cache_dir=None,
+        intra_op_threads=2,
+    )
+
+
+@pytest.fixture(scope="module")
+def runtime(model_path: Path) -> Runtime:
+    return runtime_of(model_path)
+
+
+class Gate:
+    """The real session behind a gate; records the batch shapes it ran."""
+
+    def __init__(self, run: Callable[[NDArray[np.uint8]], NDArray[Any]]):
+        self.run = run
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, batch: NDArray[np.uint8]) -> NDArray[Any]:
+        self.entered.set()
+        assert self.open.wait(30)
+        self.shapes.append(batch.shape)
+        return self.run(batch)
+
+
+@contextlib.asynccontextmanager
+async def started(gate: Gate, **options: Any) -> AsyncIterator[Batcher]:
+    values: dict[str, Any] = {
+        "max_batch_size": 8,
+        "max_delay_s": 0.0,
+        "max_queue": 16,
+        "retry_after_s": 2,
+        "metrics": Metrics(),
+    }
+    values.update(options)
+    batcher = Batcher(gate, **values)
+    batcher.start()
+    try:
+        yield batcher
+    finally:
+        gate.open.set()
+        await batcher.stop(5)
+
+
+async def hold(batcher: Batcher, gate: Gate, image: np.ndarray) -> asyncio.Task[Prediction]:
+    """Submit ``image`` and wait until the inference thread is held on it."""
+    task = asyncio.ensure_future(batcher.predict(image, timeout_s=30))
+    while not gate.entered.is_set():
+        await asyncio.sleep(0.001)
+    return task
+
+
+async def queued(batcher: Batcher, count: int) -> None:
+    while batcher.waiting < count:
+        await asyncio.sleep(0.001)
+
+
+async def test_requests_are_grouped_by_size_and_get_their_own_slice(runtime: Runtime) -> None:
+    gate = Gate(runtime.run)
+    async with started(gate) as batcher:
+        first = await hold(batcher, gate, pattern(16, 16, seed=99))
+        sizes = [(20, 30), (24, 16), (20, 30), (24, 16), (20, 30)]
+        images = [pattern(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+        tasks = [asyncio.ensure_future(batcher.predict(im, timeout_s=30)) for im in images]
+        await queued(batcher, len(images))
+        gate.open.set()
+        results = await asyncio.gather(first, *tasks)
+    # The held request alone, then the oldest size with its kind, then the other size.
+    assert gate.shapes == [(1, 16, 16, 3), (3, 20, 30, 3), (2, 24, 16, 3)]
+    for image, result in zip(images, results[1:], strict=True):
+        alone = runtime.run(image[None])[0]
+        assert result.labels.shape == image.shape[:2]
+        assert result.labels.tobytes() == alone.tobytes()
+    assert [r.batch_size for r in results] == [1, 3, 2, 3, 2, 3]
+
+
+async def test_batches_hold_at_most_max_batch_size(runtime: Runtime) -> None:
+    gate = Gate(runtime.run)
+    async with started(gate, max_batch_size=2) as batcher:
+        first = await hold(batcher, gate, pattern(8, 8))
+        tasks = [
+            asyncio.ensure_future(batcher.predict(pattern(12, 12, seed=i), timeout_s=30))
+            for i in range(5)
+        ]
+        await queued(batcher, 5)
+        gate.open.set()
+        await asyncio.gather(first, *tasks)
+    assert [s[0] for s in gate.shapes] == [1, 2, 2, 1]
+
+
+async def test_a_forming_batch_waits_only_for_requests_on_their_way(runtime: Runtime) -> None:
+    gate = Gate(runtime.run)
+    gate.open.set()
+    async with started(gate, max_delay_s=5.0) as batcher:
+        # Nothing announced: a lone request runs at once despite a 5 s delay.
+        lone = await asyncio.wait_for(batcher.predict(pattern(10, 10), timeout_s=30), 2)
+        assert lone.batch_size == 1
+
+        async def arrive(seed: int, after_s: float) -> Prediction:
+            with batcher.incoming():
+                await asyncio.sleep(after_s)  # decoding
+            return await batcher.predict(pattern(10, 10, seed=seed), timeout_s=30)
+
+        results = await asyncio.gather(arrive(1, 0.0), arrive(2, 0.05), arrive(3, 0.1))
+    assert [r.batch_size for r in results] == [3, 3, 3]
+
+
+async def test_a_failing_batch_fails_only_its_requests(failing_model_path: Path) -> None:
+    failing = runtime_of(failing_model_path)
+    gate = Gate(failing.run)
+    metrics = Metrics()
+    async with started(gate, metrics=metrics) as batcher:
+        first = await hold(batcher, gate, np.full((4, 8, 3), 130, np.uint8))
+        bad = [
+            asyncio.ensure_future(batcher.predict(pattern(4, 5, seed=i), timeout_s=30))
+            for i in range(2)
+        ]
+        good = asyncio.ensure_future(
+            batcher.predict(np.full((3, 8, 3), 255, np.uint8), timeout_s=30)
+        )
+        await queued(batcher, 3)
+        gate.open.set()
+        outcomes = await asyncio.gather(first, *bad, good, return_exceptions=True)
+        # The worker goes on after the failure.
+        later = await batcher.predict(np.zeros((2, 8, 3), np.uint8), timeout_s=30)
+    assert isinstance(outcomes[0], Prediction)
+    np.testing.assert_array_equal(outcomes[0].labels, np.full((4, 8), 2))
+    for outcome in outcomes[1:3]:
+        assert isinstance(outcome, InferenceError)
+        assert "batch of 2 image(s) of 5x4" in outcome.message
+    assert outcomes[1] is not outcomes[2]
+    assert isinstance(outcomes[3], Prediction)
+    np.testing.assert_array_equal(outcomes[3].labels, np.full((3, 8), 3))
+    np.testing.assert_array_equal(later.labels, np.zeros((2, 8)))
+    assert metrics.batch_failures._value.get() == 1
+
+
+async def test_a_full_queue_refuses_with_retry_after(runtime: Runtime) -> None:
+    gate = Gate(runtime.run)
+    async with started(gate, max_queue=2) as batcher:
+        first = await hold(batcher, gate, pattern(8, 8))
+        waiting = [
+            asyncio.ensure_future(batcher.predict(pattern(8, 8), timeout_s=30)) for _ in range(2)
+        ]
+        await queued(batcher, 2)
+        with pytest.raises(OverloadedError) as caught:
+            await batcher.predict(pattern(8, 8), timeout_s=30)
+        assert caught.value.headers == {"Retry-After": "2"}
+        gate.open.set()
+        await asyncio.gather(first, *waiting)
+
+
+async def test_timed_out_requests_never_reach_the_model(runtime: Runtime) -> None:
+    gate = Gate(runtime.run)
+    metrics = Metrics()
+    async with started(gate, metrics=metrics) as batcher:
+        first = await hold(batcher, gate, pattern(8, 8))
+        with pytest.raises(RequestTimeoutError, match="no result within 0.05 s"):
+            await batcher.predict(pattern(9, 9), timeout_s=0.05)
+        gate.open.set()
+        await first
+        after = await batcher.predict(pattern(10, 10), timeout_s=30)
+    assert after.batch_size == 1
+    assert gate.shapes == [(1, 8, 8, 3), (1, 10, 10, 3)]
+    assert metrics.dropped.labels("cancelled")._value.get() == 1
+
+
+async def test_disconnected_clients_are_dropped(runtime: Runtime) -> None:
+    gate = Gate(runtime.run)
+    async with started(gate) as batcher:
+        first = await hold(batcher, gate, pattern(8, 8))
+
+        async def gone() -> bool:
+            return True
+
+        task = asyncio.ensure_future(
+            batcher.predict(pattern(9, 9), timeout_s=30, disconnected=gone)
+        )
+        await queued(batcher, 1)
+        gate.open.set()
+        await first
+        with pytest.raises(Exception, match="the client disconnected"):
+            await task
+    assert gate.shapes == [(1, 8, 8, 3)]
+
+
+async def test_stop_finishes_queued_work_then_refuses(runtime: Runtime) -> None:
+    gate = Gate(runtime.run)
+    batcher = Batcher(
+        gate, max_batch_size=1, max_delay_s=0, max_queue=8, retry_after_s=1, metrics=Metrics()
+    )
+    batcher.start()
+    first = await hold(batcher, gate, pattern(8, 8))
+    rest = [asyncio.ensure_future(batcher.predict(pattern(8, 8), timeout_s=30)) for _ in range(3)]
+    await queued(batcher, 3)
+    stopping = asyncio.ensure_future(batcher.stop(30))
+    await asyncio.sleep(0.01)
+    with pytest.raises(NotReadyError, match="shutting down"):
+        await batcher.predict(pattern(8, 8), timeout_s=30)
+    gate.open.set()
+    results = await asyncio.gather(first, *rest)
+    await stopping
+    assert len(results) == 4
+    assert len(gate.shapes) == 4
