@@ -134,12 +134,13 @@ def initialize(net: FCN, init: str) -> Preprocessing:
     weights expect.
 
     ``imagenet``: torchvision's ImageNet VGG16 (downloaded once); ``vgg16:PATH``: a saved
-    torchvision VGG16 state dict; ``checkpoint:PATH``: a previous stage's checkpoint (its
-    preprocessing carries over); ``none``: the random trunk init of a fresh network (for
-    small-width models; torchvision's normalisation).
+    torchvision VGG16 state dict; ``caffe-vgg16:PATH``: Caffe's VGG_ILSVRC_16_layers
+    .caffemodel, as the reference trained from; ``checkpoint:PATH``: a previous stage's
+    checkpoint (its preprocessing carries over); ``none``: the random trunk init of a fresh
+    network (for small-width models; torchvision's normalisation).
     """
     scheme, _, arg = init.partition(":")
-    if scheme in ("vgg16", "checkpoint") and not arg:
+    if scheme in ("vgg16", "caffe-vgg16", "checkpoint") and not arg:
         raise WeightsError(f"init {init!r}: {scheme}: needs a path, e.g. {scheme}:weights.pt")
     if init == "imagenet":
         try:
@@ -152,6 +153,10 @@ def initialize(net: FCN, init: str) -> Preprocessing:
         return load_vgg16(net, state)
     if scheme == "vgg16":
         return load_vgg16(net, torchvision_vgg16_state_dict(Path(arg)))
+    if scheme == "caffe-vgg16":
+        from model.caffe import load_caffe_vgg16
+
+        return load_caffe_vgg16(net, arg)
     if scheme == "checkpoint":
         from model.checkpoint import load_checkpoint
 
@@ -160,4 +165,7 @@ def initialize(net: FCN, init: str) -> Preprocessing:
         return parent.preprocessing
     if init == "none":
         return TORCHVISION
-    raise WeightsError(f"unknown init {init!r}; use imagenet, vgg16:PATH, checkpoint:PATH or none")
+    raise WeightsError(
+        f"unknown init {init!r}; use imagenet, vgg16:PATH, caffe-vgg16:PATH, checkpoint:PATH "
+        "or none"
+    )

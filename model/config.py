@@ -62,7 +62,8 @@ FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
     "learn_upsampling": ("train the bilinear upsampling layers too", None, None),
     "init": (
         "initial weights: imagenet, vgg16:PATH (a torchvision VGG16 state dict), "
-        "checkpoint:PATH (the previous stage), none (random trunk)",
+        "caffe-vgg16:PATH (Caffe's VGG16 .caffemodel), checkpoint:PATH (the previous stage), "
+        "none (random trunk)",
         None,
         None,
     ),

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from model.backbones import WeightsError, initialize
+from model.caffemodel import CaffeModelError
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from model.config import (
     ConfigError,
@@ -740,6 +741,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         train(config)
-    except (ConfigError, DataError, CheckpointError, WeightsError, TrainingError) as exc:
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        WeightsError,
+        CaffeModelError,
+        TrainingError,
+    ) as exc:
         raise CLIError(str(exc)) from exc
     return 0

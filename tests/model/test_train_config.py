@@ -199,3 +199,18 @@ def test_training_and_eval_on_cuda(synth_voc: Path, tmp_path: Path, amp: str) ->
     best = train(config)
     result = evaluate(best, synth_voc, device="cuda", amp=amp, workers=0)
     assert result.metrics.summary() == pytest.approx(load_checkpoint(best).metrics)
+
+
+def test_caffe_vgg16_init_gives_caffe_preprocessing(tmp_path: Path) -> None:
+    from model.caffemodel import CaffeModelError
+    from tests.model import caffe_writer as cw
+
+    width = 1 / 32
+    path = tmp_path / "vgg.caffemodel"
+    cw.write(path, cw.net(cw.vgg16_layers(width, classes=10), v1=True))
+    net = FCN16s(21, width=width)
+    assert initialize(net, f"caffe-vgg16:{path}") == CAFFE
+    assert net.conv1_1.weight.any()
+    assert not net.score_pool4.weight.any()
+    with pytest.raises(CaffeModelError, match="missing.caffemodel"):
+        initialize(net, f"caffe-vgg16:{tmp_path / 'missing.caffemodel'}")
