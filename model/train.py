@@ -523,9 +523,9 @@ def _train(config: TrainConfig, procs: Processes, device: torch.device) -> Path:
 
     say(
         f"training {config.arch} (width {config.width:g}, {len(classes)} classes) on "
-        f"{train_set.describe()}, validating on {val_set.describe()}; {config.loss} loss, "
-        f"lr {base_lr:g} ({config.lr_policy}), batch {config.batch_size} x {procs.world_size} "
-        f"process(es) on {device}"
+        f"{train_set.describe()}, validating on {val_set.describe()}; {config.optimizer}, "
+        f"{config.loss} loss, lr {base_lr:g} ({config.lr_policy}), "
+        f"batch {config.batch_size} x {procs.world_size} process(es) on {device}"
     )
 
     def checkpoint_now() -> None:
