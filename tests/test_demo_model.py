@@ -1,0 +1,65 @@
+"""The bundled demo model still scores what its card and metadata record.
+
+The validation set is regenerated from its seed (the generator is deterministic), run
+through the committed ONNX file with ONNX Runtime, and scored with the paper's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from model.contract import read_metadata
+from model.metrics import ConfusionMatrix
+from model.synthetic import SYNTH_CLASSES, write_synthetic
+
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
+MODEL = DEMO / "fcn8s.onnx"
+
+
+@pytest.fixture(scope="module")
+def recipe() -> dict[str, object]:
+    data: dict[str, object] = json.loads((DEMO / "recipe.json").read_text())
+    return data
+
+
+def test_demo_model_is_small_and_self_describing(recipe: dict[str, object]) -> None:
+    assert MODEL.stat().st_size <= 20 * 2**20
+    meta = read_metadata(MODEL)
+    assert meta.arch == "fcn8s"
+    assert meta.classes == SYNTH_CLASSES
+    assert meta.dataset.startswith("voc:")
+    assert meta.metrics["mean_iu"] == pytest.approx(recipe["mean_iu"]["fcn8s"], abs=1e-6)  # type: ignore[index]
+
+
+def test_demo_model_still_scores_its_recorded_mean_iu(
+    recipe: dict[str, object], tmp_path: Path
+) -> None:
+    data = recipe["data"]
+    assert isinstance(data, dict)
+    height, width = (int(v) for v in str(data["size"]).split("x"))
+    root = write_synthetic(
+        tmp_path / "synth",
+        train=1,
+        val=int(data["val"]),
+        size=(height, width),
+        seed=int(data["seed"]),
+    )
+    session = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"])
+    confusion = ConfusionMatrix(len(SYNTH_CLASSES))
+    ids = (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    assert len(ids) == int(data["val"])
+    for image_id in ids:
+        image = np.asarray(Image.open(root / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
+        target = np.asarray(Image.open(root / "SegmentationClass" / f"{image_id}.png"))
+        (labels,) = session.run(None, {"image": image[None]})
+        confusion.update(torch.from_numpy(target.astype(np.int64)), torch.from_numpy(labels[0]))
+    measured = confusion.compute().mean_iu * 100
+    recorded = read_metadata(MODEL).metrics["mean_iu"] * 100
+    assert measured == pytest.approx(recorded, abs=0.5)
