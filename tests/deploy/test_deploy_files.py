@@ -1,0 +1,220 @@
+"""The Docker, compose and Kubernetes files agree with the app they deploy.
+
+No engine runs here, so the files are parsed and cross-checked: probe paths are real
+routes, ports agree, every FCN_ variable is a real setting, the model path baked into the
+images exists in the repository, and the service images never install torch.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import yaml
+
+from service.config import Settings
+from service.main import create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE_DOCKERFILES = ("docker/service.Dockerfile", "docker/service-cpu.Dockerfile")
+DOCKERFILES = (*SERVICE_DOCKERFILES, "docker/train.Dockerfile")
+K8S = ROOT / "deploy" / "kubernetes"
+SETTINGS = {f"FCN_{name.upper()}" for name in Settings.model_fields}
+DEFAULT_PORT = Settings.model_fields["port"].default
+ENV_REFERENCE = re.compile(r"\bFCN_[A-Z0-9_]+")
+# Variables that compose itself reads to fill in the file; they never reach the service.
+COMPOSE_ONLY = {"FCN_HOST_PORT", "FCN_MODELS_DIR"}
+
+
+def answers(path: str) -> bool:
+    """Whether the app routes GET ``path`` (any status but 404/405; no model is loaded)."""
+    app = create_app(Settings(model_path=ROOT / "models" / "demo" / "fcn8s.onnx"))
+
+    async def get() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.get(path)).status_code
+
+    return anyio.run(get) not in (404, 405)
+
+
+def dockerfile(name: str) -> list[tuple[str, str]]:
+    """(instruction, arguments) pairs, continuation lines joined, comments dropped."""
+    text = (ROOT / name).read_text()
+    text = re.sub(r"\\\n", " ", text)
+    lines = [line.strip() for line in text.splitlines()]
+    pairs = []
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        pairs.append((instruction.upper(), rest.strip()))
+    return pairs
+
+
+def env_of(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction, rest in pairs:
+        if instruction == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def k8s(kind: str) -> dict[str, Any]:
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == kind:
+                return doc
+    raise AssertionError(f"no {kind} in {K8S}")
+
+
+def readyz_url_path(command: str) -> str:
+    match = re.search(r"https?://[^/]+(/[\w/.-]*)", command)
+    assert match, command
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", SERVICE_DOCKERFILES)
+def test_service_images_serve_the_bundled_model_as_a_non_root_user(name: str) -> None:
+    pairs = dockerfile(name)
+    env = env_of(pairs)
+    assert set(env) & SETTINGS <= SETTINGS
+    assert {k for k in env if k.startswith("FCN_")} <= SETTINGS
+    assert env["FCN_PORT"] == str(DEFAULT_PORT)
+    assert ("EXPOSE", str(DEFAULT_PORT)) in pairs
+
+    # The default model path inside the image is the repository's demo model, copied in.
+    model_in_image = Path(env["FCN_MODEL_PATH"])
+    copies = [shlex.split(rest) for instruction, rest in pairs if instruction == "COPY"]
+    sources = {Path(c[-1].rstrip("/")): Path(c[0].rstrip("/")) for c in copies if len(c) == 2}
+    folder = sources[model_in_image.parent]
+    assert (ROOT / folder / model_in_image.name).is_file()
+
+    users = [rest for instruction, rest in pairs if instruction == "USER"]
+    assert users
+    assert users[-1] not in ("root", "0")
+    health = [rest for instruction, rest in pairs if instruction == "HEALTHCHECK"]
+    assert len(health) == 1
+    assert readyz_url_path(health[0]) == "/readyz"
+    assert answers("/readyz")
+
+    # The service never needs torch: only the serve extra is installed.
+    runs = " ".join(rest for instruction, rest in pairs if instruction == "RUN")
+    assert "'.[serve]'" in runs
+    assert "torch" not in runs
+    assert ("CMD", '["fcn-serve"]') in pairs
+
+
+def test_gpu_image_is_built_on_cuda_with_cudnn() -> None:
+    base = next(
+        rest for instruction, rest in dockerfile(SERVICE_DOCKERFILES[0]) if instruction == "FROM"
+    )
+    assert base.startswith("nvidia/cuda:")
+    assert "cudnn" in base
+    assert "runtime" in base
+
+
+def test_training_image_installs_torch_and_the_fcn_command() -> None:
+    pairs = dockerfile("docker/train.Dockerfile")
+    runs = " ".join(rest for instruction, rest in pairs if instruction == "RUN")
+    assert "'.[train]'" in runs
+    assert [rest for instruction, rest in pairs if instruction == "USER"][-1] != "root"
+
+
+def test_dockerignore_keeps_what_the_images_copy() -> None:
+    patterns = (ROOT / ".dockerignore").read_text().split()
+    for name in DOCKERFILES:
+        for instruction, rest in dockerfile(name):
+            if instruction == "COPY":
+                source = shlex.split(rest)[0].rstrip("/")
+                assert f"!{source}" in patterns or f"!{source}/" in patterns, (name, source)
+
+
+def test_compose_serves_on_8000_with_a_gpu_reservation_and_a_cpu_profile() -> None:
+    services = compose()["services"]
+    gpu, cpu = services["fcn"], services["fcn-cpu"]
+    assert "profiles" not in gpu  # plain `docker compose up` starts it
+    assert cpu["profiles"] == ["cpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia"
+    assert "gpu" in devices[0]["capabilities"]
+
+    for name, service in services.items():
+        published, target = service["ports"][0].rsplit(":", 1)
+        assert target == str(DEFAULT_PORT), name
+        assert published.endswith("8000}") or published == "8000", name
+        assert service["restart"] in ("unless-stopped", "always", "on-failure")
+        assert any(v.endswith(":/models:ro") for v in service["volumes"]), name
+        health = " ".join(service["healthcheck"]["test"])
+        assert readyz_url_path(health) == "/readyz"
+        dockerfile_env = env_of(dockerfile(service["build"]["dockerfile"]))
+        assert service["image"].startswith("fcn-service:")
+        # Every variable passed through is a real setting.
+        assert set(service["environment"]) <= SETTINGS, name
+        model_default = service["environment"]["FCN_MODEL_PATH"]
+        assert dockerfile_env["FCN_MODEL_PATH"] in model_default
+
+
+def test_every_fcn_variable_named_anywhere_is_a_real_setting() -> None:
+    files = [
+        ROOT / "docker-compose.yml",
+        *(ROOT / name for name in DOCKERFILES),
+        *sorted(K8S.glob("*.yaml")),
+    ]
+    for path in files:
+        named = set(ENV_REFERENCE.findall(path.read_text())) - COMPOSE_ONLY
+        assert named <= SETTINGS, (path.name, sorted(named - SETTINGS))
+
+
+def test_kubernetes_probes_ports_gpu_and_config_agree_with_the_app() -> None:
+    deployment = k8s("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    port = container["ports"][0]
+    assert port["containerPort"] == DEFAULT_PORT
+    assert not answers("/no-such-probe")  # the check itself can fail
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert answers(get["path"]), probe
+        assert get["port"] in (port["name"], port["containerPort"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+    config = k8s("ConfigMap")
+    (source,) = container["envFrom"]
+    assert source["configMapRef"]["name"] == config["metadata"]["name"]
+    assert set(config["data"]) <= SETTINGS
+    Settings(**{k.removeprefix("FCN_").lower(): v for k, v in config["data"].items()})
+
+    # The pod outlives the service's drain after SIGTERM.
+    drain = Settings.model_fields["drain_timeout_s"].default
+    assert pod["terminationGracePeriodSeconds"] > drain
+
+    service = k8s("Service")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] in (port["name"], port["containerPort"])
+
+    hpa = k8s("HorizontalPodAutoscaler")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == manifests
