@@ -4,22 +4,35 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+DEMO_MODEL := models/demo/fcn8s.onnx
 
-.PHONY: test lint typecheck pytest clean
+.PHONY: serve test demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The service needs no torch: its extra installs in seconds.
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[serve]'
+	touch $@
+
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[train,serve,dev]'
 	touch $@
+
+serve: $(VENV)/.serve-installed
+	FCN_MODEL_PATH="$${FCN_MODEL_PATH:-$(DEMO_MODEL)}" $(BIN)/fcn-serve
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Rebuild the demo model from scratch (synthetic data, staged training, export): ~20 min.
+demo: $(VENV)/.dev-installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" models/demo/build.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
