@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from model.errors import FCNError
 from model.fcn import FCN, VGG16_LAYERS
 from model.preprocessing import TORCHVISION, Preprocessing
 
@@ -21,7 +22,7 @@ TORCHVISION_FEATURE_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 CONV_NAMES = tuple(layer[0] for layer in VGG16_LAYERS if layer is not None)
 
 
-class WeightsError(ValueError):
+class WeightsError(FCNError, ValueError):
     """Weights that do not fit the network they are loaded into."""
 
 

@@ -18,6 +18,8 @@ from typing import BinaryIO, NoReturn
 
 import numpy as np
 
+from model.errors import FCNError
+
 # Wire types of the protobuf encoding.
 VARINT, FIXED64, LENGTH_DELIMITED, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
@@ -43,7 +45,7 @@ MAX_NAME_BYTES = 4096
 CHUNK_VALUES = 1 << 20
 
 
-class CaffeModelError(ValueError):
+class CaffeModelError(FCNError, ValueError):
     """A .caffemodel that cannot be read or does not fit; the message names the file."""
 
 

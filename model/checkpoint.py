@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model.errors import FCNError
 from model.fcn import FCN, ModelSpec, build_fcn
 from model.files import atomic_path
 from model.palette import IGNORE_INDEX, Color
@@ -25,7 +26,7 @@ FORMAT = "fcn-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FCNError, ValueError):
     """A checkpoint that is missing, unreadable or not ours; the message names the file."""
 
 
@@ -58,11 +59,11 @@ class Checkpoint:
 
     def build_model(self) -> FCN:
         """The network with these weights loaded (strictly: every name and shape must match)."""
+        misfit = weights_misfit(self.spec, self.state_dict)
+        if misfit:  # checked by load_checkpoint too; this is for checkpoints made in memory
+            raise CheckpointError(f"weights do not fit {self.spec.arch}: {misfit}")
         net = build_fcn(self.spec)
-        try:
-            net.load_state_dict(self.state_dict, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"weights do not fit {self.spec.arch}: {exc}") from exc
+        net.load_state_dict(self.state_dict, strict=True)
         return net
 
     def to_payload(self) -> dict[str, Any]:
@@ -93,7 +94,7 @@ class Checkpoint:
             )
         try:
             palette = [(int(c[0]), int(c[1]), int(c[2])) for c in payload["palette"]]
-            return cls(
+            checkpoint = cls(
                 spec=ModelSpec.from_dict(payload["spec"]),
                 state_dict=dict(payload["model"]),
                 classes=[str(c) for c in payload["classes"]],
@@ -110,6 +111,34 @@ class Checkpoint:
             raise CheckpointError(f"{source}: {exc}") from exc
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise CheckpointError(f"{source}: malformed checkpoint ({exc!r})") from exc
+        misfit = weights_misfit(checkpoint.spec, checkpoint.state_dict)
+        if misfit:
+            raise CheckpointError(f"{source}: weights do not fit {checkpoint.spec.arch}: {misfit}")
+        return checkpoint
+
+
+def weights_misfit(spec: ModelSpec, state_dict: dict[str, Tensor]) -> str:
+    """Why ``state_dict`` cannot load into ``spec``'s network (names and shapes), or ""."""
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        wanted = {name: tuple(t.shape) for name, t in build_fcn(spec).state_dict().items()}
+    missing = [name for name in wanted if name not in state_dict]
+    extra = [name for name in state_dict if name not in wanted]
+    found = {
+        name: list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        for name, value in state_dict.items()
+    }
+    reshaped = [
+        f"{name} is {found[name]}, not {list(shape)}"
+        for name, shape in wanted.items()
+        if name in found and found[name] != list(shape)
+    ]
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", extra)):
+        if names:
+            more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+            problems.append(f"{label} {', '.join(names[:4])}{more}")
+    problems += reshaped[:4]
+    return "; ".join(problems)
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Path:

@@ -2,6 +2,7 @@
 
 Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``; it is
 imported only when its command runs or help is asked for, so ``fcn --help`` stays quick.
+Every user-facing error (``model.errors.FCNError``) is reported here, once, as one line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from model.errors import FCNError
+from model.files import check_folder
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,8 +28,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class CLIError(Exception):
+class CLIError(FCNError):
     """A bad flag, file or value; the message names it. Exit status 2."""
+
+
+def check_output_folder(path: Path, flag: str = "--out") -> Path:
+    """Refuse, before any work is done, an output folder that cannot be made or written."""
+    try:
+        check_folder(path)
+    except OSError as exc:
+        raise CLIError(f"{flag} {path}: {exc}") from exc
+    return path
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -48,12 +62,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args))
-    except CLIError as exc:
-        print(f"fcn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except FCNError as exc:
+        return _error(args.command, str(exc))
+    except OSError as exc:
+        if exc.filename is None:  # not about a file the user named: a bug, keep the traceback
+            raise
+        return _error(args.command, f"{exc.filename}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         print(f"fcn {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(command: str, message: str) -> int:
+    print(f"fcn {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

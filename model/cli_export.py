@@ -12,7 +12,6 @@ from model.checkpoint import CheckpointError, load_checkpoint
 from model.cli import CLIError
 from model.export import (
     MIN_OPSET,
-    ExportError,
     OutputPathError,
     VerificationError,
     export_model,
@@ -120,8 +119,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except OutputPathError as exc:
         raise CLIError(f"--out {exc}") from exc
-    except ExportError as exc:
-        raise CLIError(str(exc)) from exc
 
     if result.report is not None:
         print(result.report)

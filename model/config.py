@@ -7,16 +7,18 @@ and resumed from its checkpoint alone. Device and AMP resolution live here too.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from model.errors import FCNError
 from model.fcn import ARCHS
+from model.files import read_json_or_yaml
 
 LOSSES = ("sum", "mean")
 OPTIMIZERS = ("sgd", "adamw")
@@ -29,7 +31,7 @@ SUM_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-1
 MEAN_LR = {"fcn32s": 1e-4, "fcn16s": 1e-4, "fcn8s": 1e-4, "fcn8s-atonce": 1e-4}
 
 
-class ConfigError(ValueError):
+class ConfigError(FCNError, ValueError):
     """A config value, key or file that cannot be used; the message names it."""
 
 
@@ -227,6 +229,16 @@ class TrainConfig:
             raise ConfigError(f"--{exc}" if source == "flags" else f"{source}: {exc}") from exc
 
 
+# Per scalar field type: the values accepted (ints for floats, never bools for numbers) and
+# how an error describes them.
+SCALARS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a field's type, accepting ints for floats."""
     args = typing.get_args(hint)
@@ -242,23 +254,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item, where) for v in value]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {hint}")  # pragma: no cover
+    if hint not in SCALARS:
+        raise ConfigError(f"{where}: unsupported type {hint}")  # pragma: no cover
+    accepts, expected = SCALARS[hint]
+    if not accepts(value):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    return float(value) if hint is float else value
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -267,14 +268,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not source.is_file():
         raise ConfigError(f"{source}: no such config file")
     try:
-        text = source.read_text()
-        if source.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:
+        data = read_json_or_yaml(source)
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"{source}: unreadable config file ({exc})") from exc
     if data is None:
         return {}
@@ -318,6 +313,14 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--amp`` as ``fcn eval`` and ``fcn predict`` take them."""
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
+    )
+    parser.add_argument("--amp", default="none", choices=AMP_MODES, help="mixed precision on CUDA")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is the first CUDA device when there is one, else the CPU."""
     if name == "auto":
@@ -330,6 +333,13 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device: {name!r} asked for, but CUDA is not available here")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device: {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(
+                f"device: {name!r} asked for, but this machine has {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
     return device
 
 

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 from model.caffe import KNOWN_SHA1, check_sha1, convert_caffemodel
-from model.caffemodel import CaffeModelError
 from model.checkpoint import save_checkpoint
 from model.cli import CLIError
 from model.fcn import ARCHS
@@ -54,13 +53,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out}: would overwrite the weights being converted")
 
     expected = args.sha1 or KNOWN_SHA1.get(weights.name)
-    try:
-        if expected is not None:
-            check_sha1(weights, expected)
-            print(f"{weights}: SHA1 {expected.lower()} ok")
-        checkpoint = convert_caffemodel(weights, args.arch)
-    except CaffeModelError as exc:
-        raise CLIError(str(exc)) from exc
+    if expected is not None:
+        check_sha1(weights, expected)
+        print(f"{weights}: SHA1 {expected.lower()} ok")
+    checkpoint = convert_caffemodel(weights, args.arch)
     try:
         save_checkpoint(checkpoint, out)
     except OSError as exc:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from model.datasets import (
     FORMATS,
-    DataError,
     SegmentationDataset,
     available_splits,
     check_dataset,
@@ -81,10 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "check":
         if args.workers < 1:
             raise CLIError(f"--workers must be at least 1, got {args.workers}")
-        try:
-            datasets, problems = check(args.root, args.format, args.splits, args.workers)
-        except DataError as exc:
-            raise CLIError(str(exc)) from exc
+        datasets, problems = check(args.root, args.format, args.splits, args.workers)
         for dataset in datasets:
             print(f"{dataset.describe()}: {dataset.num_classes} classes")
         if problems:
@@ -119,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
                 )
             except FileExistsError as exc:
                 raise CLIError(f"--out: {exc}") from exc
-            except ValueError as exc:
-                raise CLIError(str(exc)) from exc
         print(f"wrote {args.train} train + {args.val} val images ({size[0]}x{size[1]}) to {out}")
         return 0
     try:

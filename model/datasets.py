@@ -6,7 +6,6 @@ Every data set yields ``(image, target)``: unnormalised RGB ``tv_tensors.Image``
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from model.errors import FCNError
+from model.files import read_json_or_yaml
 from model.palette import IGNORE_COLOR, IGNORE_INDEX, VOC_CLASSES, Color, voc_colormap
 
 FORMATS = ("auto", "voc", "sbd", "folder")
@@ -36,7 +37,7 @@ PACKAGED_SPLITS = ("seg11valid",)
 Transforms = Callable[[Any, Any], tuple[Any, Any]]
 
 
-class DataError(ValueError):
+class DataError(FCNError, ValueError):
     """A data set that cannot be used as it is; the message names the file or folder."""
 
 
@@ -213,14 +214,8 @@ def load_classes_file(path: Path) -> tuple[list[str], list[Color]]:
     """Class names and colours from JSON or YAML: a list of names, or a mapping with
     ``classes`` (names, or {name, color} entries) and an optional ``palette``."""
     try:
-        text = path.read_text()
-        if path.suffix == ".json":
-            data: Any = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:
+        data = read_json_or_yaml(path)
+    except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable classes file ({exc})") from exc
     if isinstance(data, list):
         data = {"classes": data}

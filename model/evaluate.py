@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from model.checkpoint import CheckpointError, load_checkpoint
-from model.config import AMP_MODES, ConfigError, amp_dtype, resolve_device
+from model.checkpoint import load_checkpoint
+from model.config import add_device_arguments, amp_dtype, resolve_device
 from model.datasets import (
     FORMATS,
     DataError,
@@ -30,11 +30,15 @@ from model.datasets import (
     format_problems,
     open_dataset,
 )
-from model.files import atomic_path
-from model.metrics import ConfusionMatrix, SegmentationMetrics
+from model.files import atomic_path, check_folder
+from model.metrics import ConfusionMatrix, SegmentationMetrics, json_safe
 from model.preprocessing import Normalize
 from model.transforms import collate_padded
 
+# The confusion plot: past this many classes, names label every k-th row and column only,
+# and the figure stops growing (a 150-class set would otherwise be a 70-inch image).
+MAX_TICKS = 60
+MAX_FIGURE_INCHES = 30.0
 # Called per batch with (images uint8 [N, 3, H, W], targets [N, H, W], labels [N, H, W]).
 BatchCallback = Callable[[Tensor, Tensor, Tensor], None]
 
@@ -97,12 +101,13 @@ def plot_confusion(confusion: Tensor, classes: list[str], path: Path) -> Path:
     rows = counts.sum(1, keepdims=True)
     share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     n = len(classes)
-    size = max(4.0, 0.45 * n + 2)
+    size = min(max(4.0, 0.45 * n + 2), MAX_FIGURE_INCHES)
     fig = Figure(figsize=(size, size * 0.9), layout="constrained")
     ax = fig.add_subplot()
     shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=90)
-    ax.set_yticks(range(n), classes)
+    ticks = range(0, n, math.ceil(n / MAX_TICKS))  # every class up to MAX_TICKS of them
+    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90)
+    ax.set_yticks(ticks, [classes[i] for i in ticks])
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     ax.set_title("confusion (share of each true class)")
@@ -145,6 +150,7 @@ def evaluate(
     so a bad file is named rather than failing mid-way."""
     from model.predict import save_label_png, save_overlay
 
+    out_dir = None if out is None else check_folder(out)
     ckpt = load_checkpoint(checkpoint)
     dataset = open_dataset(data, split, data_format)
     if dataset.num_classes != ckpt.spec.num_classes:
@@ -169,7 +175,6 @@ def evaluate(
         pin_memory=target_device.type == "cuda",
         generator=torch.Generator().manual_seed(0),
     )
-    out_dir = None if out is None else Path(out)
     on_batch: BatchCallback | None = None
     if out_dir is not None and (save_predictions or overlays):
         prediction_dir, overlay_dir = out_dir / "predictions", out_dir / "overlays"
@@ -207,10 +212,6 @@ def evaluate(
     return result
 
 
-def _nan_to_none(values: list[float]) -> list[float | None]:
-    return [None if math.isnan(v) else v for v in values]
-
-
 def _write_metrics(
     result: Evaluation, checkpoint: Path, dataset: SegmentationDataset, path: Path
 ) -> None:
@@ -220,12 +221,12 @@ def _write_metrics(
         "images": result.images,
         **result.metrics.summary(),
         "classes": result.classes,
-        "class_iu": _nan_to_none(result.metrics.class_iu),
-        "class_accuracy": _nan_to_none(result.metrics.class_accuracy),
+        "class_iu": result.metrics.class_iu,
+        "class_accuracy": result.metrics.class_accuracy,
         "confusion": result.confusion.tolist(),
     }
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.write_text(json.dumps(json_safe(record), indent=2) + "\n")
 
 
 def format_summary(metrics: SegmentationMetrics) -> str:
@@ -255,37 +256,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overlays", action="store_true", help="also write image/prediction overlays"
     )
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
-    )
-    parser.add_argument("--amp", default="none", choices=AMP_MODES, help="mixed precision on CUDA")
+    add_device_arguments(parser)
     parser.add_argument(
         "--workers", type=int, default=2, help="data loading processes (default: 2)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.cli import CLIError
+    from model.cli import CLIError, check_output_folder
 
     if (args.predictions or args.overlays) and args.out is None:
         raise CLIError("--predictions and --overlays need --out DIR")
     if args.workers < 0:
         raise CLIError(f"--workers must be 0 or more, got {args.workers}")
-    try:
-        result = evaluate(
-            args.checkpoint,
-            args.data,
-            split=args.split,
-            data_format=args.format,
-            out=args.out,
-            save_predictions=args.predictions,
-            overlays=args.overlays,
-            device=args.device,
-            amp=args.amp,
-            workers=args.workers,
-        )
-    except (CheckpointError, DataError, ConfigError) as exc:
-        raise CLIError(str(exc)) from exc
+    if args.out is not None:
+        check_output_folder(args.out)
+    result = evaluate(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        data_format=args.format,
+        out=args.out,
+        save_predictions=args.predictions,
+        overlays=args.overlays,
+        device=args.device,
+        amp=args.amp,
+        workers=args.workers,
+    )
     print(f"{args.checkpoint} on {args.data} ({args.split}, {result.images} images)")
     print(format_summary(result.metrics))
     print(class_table(result.metrics, result.classes, result.confusion))

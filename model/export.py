@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from model.checkpoint import Checkpoint
 from model.contract import DIMS, INPUT, LABELS, SCHEMA, SCORES
+from model.errors import FCNError
 from model.fcn import FCN
 from model.files import atomic_path
 from model.preprocessing import Normalize, Preprocessing
@@ -40,7 +41,7 @@ MIN_OPSET = 18
 EXAMPLE_SHAPE = (2, 67, 91, 3)
 
 
-class ExportError(RuntimeError):
+class ExportError(FCNError, RuntimeError):
     """The export could not produce a model file; nothing was written."""
 
 
@@ -265,7 +266,8 @@ def export_onnx(
     opset: int | None = None,
     verify: bool = True,
 ) -> Path:
-    """Export ``checkpoint`` to ``out`` (one file, no external data), verified unless asked not."""
+    """``export_model`` returning just the path: ``checkpoint`` to ``out`` (one file, no
+    external data), verified unless asked not."""
     result = export_model(
         checkpoint, out, fp16=fp16, with_scores=with_scores, opset=opset, verify=verify
     )

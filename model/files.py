@@ -1,18 +1,51 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, model or image."""
+"""File helpers: atomic writes (a reader never sees a half-written checkpoint, model or
+image), output folders checked before any work, and JSON or YAML settings files read."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting it, then setting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_json_or_yaml(path: str | os.PathLike[str]) -> Any:
+    """The data of a JSON (``.json``) or YAML (any other suffix) file. Raises ``OSError``
+    when it cannot be read, ``ValueError`` when it does not parse."""
+    source = Path(path)
+    text = source.read_text()  # UnicodeDecodeError is a ValueError
+    if source.suffix == ".json":
+        return json.loads(text)  # JSONDecodeError is a ValueError
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def check_folder(path: str | os.PathLike[str]) -> Path:
+    """Check, without creating anything, that ``path`` is a folder we can write in or can
+    be created as one; else raise ``NotADirectoryError`` or ``PermissionError`` saying why."""
+    folder = Path(path)
+    # The deepest part that exists: the folder itself, or where it would be created.
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        where = "it is" if existing == folder else f"{existing} is"
+        raise NotADirectoryError(f"{where} a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write in {existing} (permission denied)")
+    return folder
 
 
 @contextlib.contextmanager
@@ -31,7 +64,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         # mkstemp creates 0600; give the file the mode a plain open() would, so a service
         # running as another user can read the checkpoints and models we write.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -88,6 +89,18 @@ class ConfusionMatrix:
 
     def compute(self) -> SegmentationMetrics:
         return metrics_from_confusion(self.matrix)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities (the figures of absent classes) as None, through
+    lists and dicts: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value
 
 
 def _nanmean(values: Tensor) -> float:

@@ -12,10 +12,10 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from model.checkpoint import CheckpointError, load_checkpoint
-from model.config import AMP_MODES, ConfigError, amp_dtype, resolve_device
-from model.datasets import IMAGE_EXTENSIONS
-from model.files import atomic_path
+from model.checkpoint import load_checkpoint
+from model.config import add_device_arguments, amp_dtype, resolve_device
+from model.datasets import IMAGE_EXTENSIONS, DataError
+from model.files import atomic_path, check_folder
 from model.palette import Color, palette_bytes
 from model.preprocessing import Normalize
 
@@ -42,7 +42,7 @@ def predict_labels(
 def save_label_png(labels: np.ndarray, palette: Sequence[Color], path: Path) -> Path:
     """A palette PNG whose pixel values are the class ids (16-bit grey past 256 classes)."""
     if len(palette) > 256:
-        picture = Image.fromarray(labels.astype(np.uint16), mode="I;16")
+        picture = Image.fromarray(labels.astype(np.uint16))  # Pillow makes it I;16
     else:
         picture = Image.fromarray(labels.astype(np.uint8), mode="P")
         picture.putpalette(palette_bytes(list(palette)))
@@ -89,14 +89,14 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
         elif item.is_file():
             found.append(item)
         else:
-            raise FileNotFoundError(f"{item}: no such image or folder")
+            raise DataError(f"{item}: no such image or folder")
     by_stem: dict[str, Path] = {}
     for path in found:
         if path.stem in by_stem:
-            raise ValueError(f"{path} and {by_stem[path.stem]} would both write {path.stem}.png")
+            raise DataError(f"{path} and {by_stem[path.stem]} would both write {path.stem}.png")
         by_stem[path.stem] = path
     if not found:
-        raise FileNotFoundError(
+        raise DataError(
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(map(str, inputs))}"
         )
     return found
@@ -108,7 +108,7 @@ def read_photo(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             return np.array(ImageOps.exif_transpose(img).convert("RGB"))
     except OSError as exc:
-        raise ValueError(f"{path}: unreadable image ({exc})") from exc
+        raise DataError(f"{path}: unreadable image ({exc})") from exc
 
 
 def predict(
@@ -123,13 +123,13 @@ def predict(
 ) -> list[Path]:
     """Write ``out/STEM.png`` (label map) and ``out/STEM_overlay.jpg`` for each image;
     returns the label map paths."""
+    out_dir = check_folder(out)
     images = collect_images(inputs)
     ckpt = load_checkpoint(checkpoint)
     target_device = resolve_device(device)
     autocast = amp_dtype(amp, target_device)
     net = ckpt.build_model().to(target_device).eval()
     normalize = Normalize(ckpt.preprocessing).to(target_device)
-    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for path in images:
@@ -154,28 +154,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--alpha", type=float, default=DEFAULT_ALPHA, help="overlay opacity of the colours"
     )
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
-    )
-    parser.add_argument("--amp", default="none", choices=AMP_MODES, help="mixed precision on CUDA")
+    add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.cli import CLIError
+    from model.cli import CLIError, check_output_folder
 
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
-    try:
-        written = predict(
-            args.checkpoint,
-            args.inputs,
-            args.out,
-            overlays=args.overlay,
-            alpha=args.alpha,
-            device=args.device,
-            amp=args.amp,
-        )
-    except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc)) from exc
+    check_output_folder(args.out)
+    written = predict(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        overlays=args.overlay,
+        alpha=args.alpha,
+        device=args.device,
+        amp=args.amp,
+    )
     print(f"wrote {len(written)} label map{'s' if len(written) != 1 else ''} to {args.out}")
     return 0

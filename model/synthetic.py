@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from model.datasets import DataError
+from model.files import current_umask
 from model.palette import IGNORE_INDEX, palette_bytes, voc_colormap
 
 SYNTH_CLASSES = ("background", "disc", "square", "triangle", "ring", "bar")
@@ -258,22 +260,20 @@ def write_synthetic(
     """
     target = Path(out)
     if train < 1 or val < 0:
-        raise ValueError(
+        raise DataError(
             f"need at least 1 training image and 0 or more val images, got {train}, {val}"
         )
     if min(size) < 8:
-        raise ValueError(f"image size {size[0]}x{size[1]} is too small (at least 8x8)")
+        raise DataError(f"image size {size[0]}x{size[1]} is too small (at least 8x8)")
     if band < 0:
-        raise ValueError(f"band must be 0 or more pixels, got {band}")
+        raise DataError(f"band must be 0 or more pixels, got {band}")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FileExistsError(f"{target}: already exists and is not an empty folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         # mkdtemp makes a private 0700 folder; give it a plain mkdir's mode.
-        mask = os.umask(0)
-        os.umask(mask)
-        tmp.chmod(0o777 & ~mask)
+        tmp.chmod(0o777 & ~current_umask())
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (tmp / sub).mkdir(parents=True)
         lists: dict[str, list[str]] = {}

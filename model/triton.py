@@ -16,6 +16,7 @@ from pathlib import Path
 
 import onnx
 
+from model.errors import FCNError
 from model.files import atomic_path
 
 PLATFORM = "onnxruntime_onnx"
@@ -42,7 +43,7 @@ INSTANCE_KINDS = {"auto": None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-class TritonError(ValueError):
+class TritonError(FCNError, ValueError):
     """A repository that cannot be written as asked; the message names the path or value."""
 
 

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -15,7 +16,11 @@ import torch
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.contract import INPUT, LABELS, SCORES, MetadataError, parse_metadata
+from model.errors import FCNError
 from model.export import SegmentationGraph
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 # Share of pixels whose label must match PyTorch's (float32 reference) for each precision.
 MIN_AGREEMENT = {"fp32": 0.9999, "fp16": 0.995}
@@ -28,7 +33,7 @@ LOGIT_TOLERANCE = 1e-4
 DEFAULT_CASES: tuple[tuple[int, int, int], ...] = ((1, 1, 1), (1, 45, 71), (2, 64, 96))
 
 
-class VerifyError(ValueError):
+class VerifyError(FCNError, ValueError):
     """The model or checkpoint cannot be read at all; the message names the file."""
 
 
@@ -256,7 +261,28 @@ def verify_onnx(
     reference = SegmentationGraph(
         checkpoint.build_model(), checkpoint.preprocessing, with_scores=True
     ).eval()
+    found, trouble = _compare(
+        session, logits_name, reference, cases, seed=seed, precision=precision
+    )
+    results += found
+    problems += trouble
+    return report(logits_from)
+
+
+def _compare(
+    session: ort.InferenceSession,
+    logits_name: str,
+    reference: SegmentationGraph,
+    cases: Sequence[tuple[int, int, int]],
+    *,
+    seed: int,
+    precision: str,
+) -> tuple[list[CaseResult], list[str]]:
+    """ONNX Runtime against PyTorch on random images of each (N, H, W): the results, and
+    the problems met on the way."""
     rng = np.random.default_rng(seed)
+    results: list[CaseResult] = []
+    problems: list[str] = []
     overflowed: list[str] = []
     for n, h, w in cases:
         image = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
@@ -285,4 +311,4 @@ def verify_onnx(
         problems.append(
             f"logits overflow to inf/NaN in ONNX Runtime ({', '.join(overflowed)}){hint}"
         )
-    return report(logits_from)
+    return results, problems

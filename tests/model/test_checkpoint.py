@@ -63,11 +63,21 @@ def test_missing_truncated_and_foreign_files_are_named(tmp_path: Path) -> None:
         load_checkpoint(foreign)
 
 
-def test_weights_that_do_not_fit_the_recorded_network_are_refused() -> None:
+def test_weights_that_do_not_fit_the_recorded_network_are_refused(tmp_path: Path) -> None:
     ckpt = make_checkpoint("fcn16s")
     ckpt.spec = ModelSpec("fcn8s", 21, width=1 / 32)
-    with pytest.raises(CheckpointError, match="fcn8s"):
+    with pytest.raises(CheckpointError, match="weights do not fit fcn8s: missing score_pool3"):
         ckpt.build_model()
+    # On load, before anything is built from it, naming the file and the tensors.
+    reshaped = make_checkpoint("fcn16s")
+    reshaped.state_dict["fc7.weight"] = reshaped.state_dict["fc7.weight"][:, :64]
+    path = save_checkpoint(reshaped, tmp_path / "reshaped.pt")
+    with pytest.raises(
+        CheckpointError,
+        match=r"reshaped.pt: weights do not fit fcn16s: fc7.weight is \[128, 64, 1, 1\], "
+        r"not \[128, 128, 1, 1\]",
+    ):
+        load_checkpoint(path)
 
 
 def test_class_names_must_match_the_network() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import onnxruntime as ort
@@ -85,6 +86,17 @@ def _corrupt(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
     )
 
 
+def _misfit(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
+    # FCN-16s weights recorded as an FCN-32s.
+    checkpoint = tiny_checkpoint("fcn16s")
+    checkpoint.spec = replace(checkpoint.spec, arch="fcn32s")
+    bad = save_checkpoint(checkpoint, tmp_path / "misfit.pt")
+    return ["--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")], (
+        f"--checkpoint {bad}: weights do not fit fcn32s: missing upscore.weight; "
+        "unexpected score_pool4.weight, score_pool4.bias, upscore2.weight, upscore16.weight\n"
+    )
+
+
 def _no_folder(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
     out = tmp_path / "missing" / "m.onnx"
     return ["--checkpoint", str(ckpt), "--out", str(out)], (
@@ -137,6 +149,7 @@ def _bad_triton_name(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
     [
         _missing,
         _corrupt,
+        _misfit,
         _no_folder,
         _file_as_folder,
         _folder_as_out,

@@ -3,6 +3,7 @@ overlays, for single images and folders, with bad inputs named."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,15 @@ from PIL import Image
 
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.cli import main
+from model.datasets import read_label_png
 from model.fcn import ModelSpec, build_fcn
-from model.palette import palette_bytes
+from model.palette import palette_bytes, voc_colormap
 from model.predict import overlay_image, predict
 from model.preprocessing import CAFFE, Normalize
+from model.synthetic import write_synthetic
 
 PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200)]
+MANY = 300
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +33,21 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         torch.nn.init.zeros_(getattr(net, name).bias)
     ckpt = Checkpoint(net.spec, net.state_dict(), ["sky", "roof", "tree", "car"], PALETTE, CAFFE)
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def many_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 classes: label maps past one byte. FCN-8s, whose largest upsampling is 16x16
+    (FCN-32s's 64x64 would make a 1.5 GB checkpoint); random scores, ids 256-299 ahead."""
+    torch.manual_seed(2)
+    net = build_fcn(ModelSpec("fcn8s", MANY, 1 / 32))
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        torch.nn.init.normal_(getattr(net, name).weight, std=0.5)
+    with torch.no_grad():
+        net.score_fr.bias[256:] = 5.0  # the ids a byte cannot hold win
+    names = [f"class{i}" for i in range(MANY)]
+    ckpt = Checkpoint(net.spec, net.state_dict(), names, voc_colormap(MANY), CAFFE)
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "many.pt")
 
 
 @pytest.fixture
@@ -113,3 +132,32 @@ def test_bad_inputs_are_named(
     assert "--alpha must be in [0, 1]" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(tmp_path / "x.pt"), "--out", out, str(photos)]) == 2
     assert "x.pt: no such checkpoint file" in capsys.readouterr().err
+
+
+def test_past_256_classes_label_maps_are_16_bit_pngs_of_class_ids(
+    many_classes: Path, photos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    image = photos / "a.jpg"
+    args = ["predict", "--checkpoint", str(many_classes), str(image), "--out", str(out)]
+    assert main(args) == 0
+    with Image.open(out / "a.png") as label:
+        assert (label.mode, label.size) == ("I;16", (41, 30))
+    labels = read_label_png(out / "a.png")
+    assert np.array_equal(labels, expected_labels(many_classes, image))
+    assert labels.max() > 255  # ids a byte cannot hold came through
+    with Image.open(out / "a_overlay.jpg") as overlay:
+        assert overlay.size == (41, 30)
+
+
+def test_eval_writes_the_same_16_bit_predictions(many_classes: Path, tmp_path: Path) -> None:
+    data = write_synthetic(tmp_path / "data", 1, 1, (24, 40), seed=1)
+    (data / "classes.json").write_text(json.dumps([f"class{i}" for i in range(MANY)]))
+    out = tmp_path / "eval"
+    args = ["eval", "--checkpoint", str(many_classes), "--data", str(data), "--out", str(out)]
+    assert main([*args, "--predictions", "--workers", "0"]) == 0
+    labels = read_label_png(out / "predictions" / "val_000000.png")
+    assert np.array_equal(
+        labels, expected_labels(many_classes, data / "JPEGImages" / "val_000000.jpg")
+    )
+    assert labels.max() > 255
