@@ -148,6 +148,21 @@ def _label(spec: ModelSpec) -> str:
     return f"{spec.arch}{width}"
 
 
+def _layer_problems(
+    found: set[str], wanted: Sequence[str], allowed: set[str], net: str
+) -> list[str]:
+    """What sets the file's weighted layers apart from ``net``'s: those it lacks of
+    ``wanted`` and those it has beyond ``allowed``."""
+    missing = [name for name in wanted if name not in found]
+    extra = sorted(found - allowed)
+    problems = []
+    if missing:
+        problems.append(f"it lacks layers {', '.join(missing)}")
+    if extra:
+        problems.append(f"it has layers {net} does not: {', '.join(extra)}")
+    return problems
+
+
 def _check_names(
     path: str | os.PathLike[str],
     found: set[str],
@@ -157,20 +172,14 @@ def _check_names(
 ) -> None:
     """Raise unless the file's weighted layers are exactly ``arch``'s, saying which differ
     and what the file looks like instead."""
-    missing = [name for name in wanted if name not in found]
-    extra = sorted(found - set(wanted))
-    if not missing and not extra:
+    problems = _layer_problems(found, wanted, set(wanted), arch)
+    if not problems:
         return
-    problems = []
-    if missing:
-        problems.append(f"it lacks layers {', '.join(missing)}")
-    if extra:
-        problems.append(f"it has layers {arch} does not: {', '.join(extra)}")
     hint = ""
     other = detect_arch(found)
     if other is not None:
         hint = f" Its layers are those of {other}."
-    elif not extra:
+    elif found <= set(wanted):  # only some layers missing
         hint = " Is the file cut short?"
     elif VGG16_CLASSIFIER in found and "score_fr" not in found:
         hint = (
@@ -245,14 +254,8 @@ def load_caffe_vgg16(net: FCN, path: str | os.PathLike[str]) -> Preprocessing:
     """
     layers = weighted_layers(path)
     found = set(layers)
-    missing = [name for name in VGG16_LAYERS if name not in found]
-    extra = sorted(found - {*VGG16_LAYERS, VGG16_CLASSIFIER})
-    if missing or extra:
-        problems = []
-        if missing:
-            problems.append(f"it lacks layers {', '.join(missing)}")
-        if extra:
-            problems.append(f"it has layers VGG16 does not: {', '.join(extra)}")
+    problems = _layer_problems(found, VGG16_LAYERS, {*VGG16_LAYERS, VGG16_CLASSIFIER}, "VGG16")
+    if problems:
         arch = detect_arch(found)
         hint = f" It holds an {arch}: convert it with fcn convert-caffe." if arch else ""
         raise CaffeModelError(f"{path}: not Caffe's VGG16: {'; '.join(problems)}.{hint}")

@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from model.backbones import WeightsError, initialize
-from model.caffemodel import CaffeModelError
+from model.backbones import init_from_parent, initialize
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from model.config import (
     ConfigError,
@@ -46,9 +45,11 @@ from model.datasets import (
     format_problems,
     open_dataset,
 )
+from model.errors import FCNError
 from model.evaluate import evaluate_model, format_summary
 from model.fcn import FCN, ModelSpec, build_fcn
-from model.files import atomic_path
+from model.files import atomic_path, check_folder
+from model.metrics import json_safe
 from model.palette import IGNORE_INDEX, Color
 from model.preprocessing import Normalize, Preprocessing
 from model.transforms import collate_padded, train_transforms
@@ -58,9 +59,11 @@ BEST = "best.pt"
 LOG = "log.jsonl"
 PLOT = "training.png"
 POLY_POWER = 0.9
+# (images uint8 [N, 3, H, W], targets [N, H, W]) batches.
+Batches = DataLoader[tuple[Tensor, Tensor]]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(FCNError, RuntimeError):
     """A run that cannot start or go on (a clobbered output folder, a diverged loss...)."""
 
 
@@ -205,11 +208,16 @@ def make_optimizer(
 
 
 def segmentation_loss(logits: Tensor, target: Tensor, mode: str) -> Tensor:
-    """Cross-entropy over pixels, 255 ignored: summed (``sum``, the reference) or averaged
-    over the labelled pixels of the batch (``mean``). A batch with none labelled gives 0."""
+    """Cross-entropy over pixels, 255 ignored.
+
+    ``sum`` (the reference): summed over each image's pixels and averaged over the images,
+    as Caffe's SoftmaxWithLoss with ``normalize: false`` (normalisation by batch size), so
+    the reference learning rates hold at any batch size. ``mean``: averaged over the
+    labelled pixels of the batch. A batch with no pixel labelled gives 0.
+    """
     total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
     if mode == "sum":
-        return total
+        return total / target.shape[0]
     labelled = (target != IGNORE_INDEX).sum().clamp(min=1)
     return total / labelled
 
@@ -224,8 +232,9 @@ def learning_rate_at(base: float, policy: str, iteration: int, max_iter: int) ->
 # ---------------------------------------------------------------- RNG states
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's torch, CUDA, Python and NumPy RNG states as checkpoint-safe values."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's torch, Python and NumPy RNG states, and the CUDA one of ``device``
+    (None on the CPU), as checkpoint-safe values."""
     version, internal, gauss = random.getstate()
     # NumPy's legacy global generator: what third-party code (augmentations) draws from.
     numpy_state = np.random.get_state(legacy=True)  # noqa: NPY002
@@ -233,7 +242,7 @@ def rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = numpy_state
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "python": {"version": version, "state": list(internal), "gauss": gauss},
         "numpy": {
             "name": name,
@@ -245,15 +254,9 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what ``rng_state`` returned."""
+def set_rng_state(state: dict[str, Any], device: torch.device) -> str:
+    """Restore what ``rng_state`` returned; returns what could not be restored, or ""."""
     torch.set_rng_state(state["torch"])
-    if (
-        state["cuda"]
-        and torch.cuda.is_available()
-        and len(state["cuda"]) == torch.cuda.device_count()
-    ):
-        torch.cuda.set_rng_state_all(state["cuda"])
     python = state["python"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
     numpy = state["numpy"]
@@ -261,6 +264,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(  # noqa: NPY002
         (numpy["name"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached"])
     )
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # older checkpoints: every visible device's state
+        if device.type != "cuda":
+            return ""
+        index = device.index or 0
+        if index >= len(cuda):
+            return f"the checkpoint holds no CUDA RNG state for {device}"
+        cuda = cuda[index]
+    if device.type == "cuda":
+        if cuda is None:
+            return f"the run was saved off CUDA: {device}'s RNG starts afresh"
+        torch.cuda.set_rng_state(cuda, device)
+    elif cuda is not None:
+        return f"the run was saved on CUDA: its CUDA RNG state has no use on {device}"
+    return ""
 
 
 def _gather(value: Any, procs: Processes) -> list[Any]:
@@ -272,14 +290,6 @@ def _gather(value: Any, procs: Processes) -> list[Any]:
 
 
 # ---------------------------------------------------------------- log and plots
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 class RunLog:
@@ -299,7 +309,7 @@ class RunLog:
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
 
 
 def plot_log(records: list[dict[str, Any]], path: Path) -> Path:
@@ -325,31 +335,225 @@ def plot_log(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- the run, step by step
 
 
-@dataclass
-class RunState:
-    iteration: int = 0
-    best_mean_iu: float = -1.0
-    metrics: dict[str, float] | None = None
-    saved_at: int = -1
+def train(config: TrainConfig, *, resumed: Checkpoint | None = None) -> Path:
+    """Train as ``config`` says (on every torchrun process); returns the best checkpoint.
+
+    Writes ``last.pt`` and ``best.pt`` (highest validation mean IU), ``log.jsonl`` and
+    ``training.png`` into ``config.out``; only rank 0 writes. ``resumed`` is
+    ``config.resume`` already loaded, if the caller has it.
+    """
+    procs, device = init_processes(config.device)
+    try:
+        return _train(config, procs, device, resumed)
+    finally:
+        if procs.distributed and dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def _open_data(config: TrainConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
-    if not config.data:
-        raise ConfigError("data: no training data given (--data DIR)")
-    train_set = open_dataset(config.data, config.train_split, config.data_format)
-    if config.val_data:
-        val_set = open_dataset(config.val_data, config.val_split, config.val_format)
+def _train(
+    config: TrainConfig, procs: Processes, device: torch.device, resumed: Checkpoint | None
+) -> Path:
+    """Data, model, optimizer, resume, loop: torchvision's reference order."""
+    autocast = amp_dtype(config.amp, device)
+    out = _output_folder(Path(config.out), resuming=bool(config.resume))
+    if config.resume and resumed is None:
+        resumed = load_checkpoint(config.resume)
+    if resumed is not None and resumed.training_state is None:
+        raise CheckpointError(f"{config.resume}: holds no training state; it cannot be resumed")
+    say = _printer(procs)
+    # Seeded before the network is built: a random init (``none``) repeats too.
+    _seed(config.seed + procs.rank)
+
+    train_set, val_set = _open_data(
+        config.data,
+        config.data_format,
+        train_split=config.train_split,
+        val_data=config.val_data,
+        val_format=config.val_format,
+        val_split=config.val_split,
+    )
+    classes, palette = _class_names(train_set, config.classes)
+    spec = ModelSpec(config.arch, len(classes), config.width, config.learn_upsampling)
+    if resumed is not None:
+        net, preprocessing = _resumed_model(resumed, spec, config.resume)
+        classes, palette = list(resumed.classes), list(resumed.palette)
     else:
-        val_set = open_dataset(config.data, config.val_split, config.data_format)
+        net, preprocessing = _initialized_model(spec, config.init, classes, procs, say)
+    if config.check_data:
+        _check_data((train_set, val_set), procs, config.workers)
+
+    state = RunState()
+    if resumed is not None:
+        state.iteration = resumed.iteration
+        state.metrics = dict(resumed.metrics) or None
+    if procs.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out / LOG, state.iteration if resumed else None) if procs.is_main else None
+
+    train_loader, val_loader = _loaders(
+        train_set,
+        val_set,
+        batch_size=config.batch_size,
+        augment=train_transforms(
+            config.crop, config.scale_range, config.flip, preprocessing.mean_rgb_255
+        ),
+        fill=preprocessing.mean_rgb_255,
+        workers=config.workers,
+        seed=config.seed,
+        start=state.iteration * config.batch_size,
+        procs=procs,
+        pin=device.type == "cuda",
+    )
+    model = _placed(net, device, procs, fixed_size=config.crop is not None)
+    optimizer = make_optimizer(
+        net,
+        config.optimizer,
+        config.learning_rate,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        bias_lr_mult=config.bias_lr_mult,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    if resumed is not None:
+        _restore(
+            resumed,
+            optimizer,
+            scaler,
+            state,
+            optimizer_name=config.optimizer,
+            procs=procs,
+            device=device,
+            say=say,
+            source=config.resume,
+            batch_size=config.batch_size,
+        )
+
+    say(
+        f"training {config.arch} (width {config.width:g}, {len(classes)} classes) on "
+        f"{train_set.describe()}, validating on {val_set.describe()}; {config.optimizer}, "
+        f"{config.loss} loss, lr {config.learning_rate:g} ({config.lr_policy}), "
+        f"batch {config.batch_size} x {procs.world_size} process(es) on {device}"
+    )
+    run = Run(
+        net=net,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        normalize=Normalize(preprocessing).to(device),
+        device=device,
+        autocast=autocast,
+        procs=procs,
+        out=out,
+        log=log,
+        say=say,
+        state=state,
+        record=Record(classes, palette, preprocessing, train_set.describe(), config.to_dict()),
+    )
+    _loop(run, train_loader, val_loader, config)
+    say(f"done: {out / BEST} (best mean IU {100 * state.best_mean_iu:.2f}), {out / LAST}")
+    return out / BEST
+
+
+def _output_folder(out: Path, *, resuming: bool) -> Path:
+    """``out``, checked before any data is read: a folder we may write in, holding no run
+    unless this one resumes it."""
+    try:
+        check_folder(out)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: {exc}") from exc
+    if not resuming and (out / LAST).exists():
+        raise TrainingError(
+            f"{out}: already holds a run ({LAST}); continue it with --resume {out / LAST} "
+            "or choose another --out"
+        )
+    return out
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global generator, see rng_state)
+
+
+def _open_data(
+    data: str,
+    data_format: str,
+    *,
+    train_split: str,
+    val_data: str,
+    val_format: str,
+    val_split: str,
+) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The training and validation sets (``val_data`` "": a split of ``data``)."""
+    if not data:
+        raise ConfigError("data: no training data given (--data DIR)")
+    train_set = open_dataset(data, train_split, data_format)
+    if val_data:
+        val_set = open_dataset(val_data, val_split, val_format)
+    else:
+        val_set = open_dataset(data, val_split, data_format)
     if val_set.num_classes != train_set.num_classes:
         raise DataError(
             f"{val_set.root}: {val_set.num_classes} classes, but the training data "
             f"{train_set.root} has {train_set.num_classes}"
         )
     return train_set, val_set
+
+
+def _class_names(train_set: SegmentationDataset, names: list[str]) -> tuple[list[str], list[Color]]:
+    """The run's class names (``names``, else the data's) and colours (the data's)."""
+    if names and len(names) != train_set.num_classes:
+        raise ConfigError(
+            f"classes: {len(names)} names, but {train_set.root} has {train_set.num_classes} classes"
+        )
+    return list(names or train_set.classes), list(train_set.palette)
+
+
+def _resumed_model(resumed: Checkpoint, spec: ModelSpec, source: str) -> tuple[FCN, Preprocessing]:
+    if resumed.spec != spec:
+        raise ConfigError(f"resume: {source} holds {resumed.spec}, the config asks for {spec}")
+    net = build_fcn(spec)
+    net.load_state_dict(resumed.state_dict)
+    return net, resumed.preprocessing
+
+
+def _initialized_model(
+    spec: ModelSpec,
+    init: str,
+    classes: list[str],
+    procs: Processes,
+    say: Callable[[str], None],
+) -> tuple[FCN, Preprocessing]:
+    """A new network initialised as ``init`` says, and the preprocessing of its weights."""
+    scheme, _, parent_path = init.partition(":")
+    parent = load_checkpoint(parent_path) if scheme == "checkpoint" and parent_path else None
+    if parent is not None:
+        if parent.spec.num_classes != len(classes):
+            raise ConfigError(
+                f"init: {parent_path} predicts {parent.spec.num_classes} classes, "
+                f"the data has {len(classes)}"
+            )
+        renamed = [f"{a} -> {b}" for a, b in zip(parent.classes, classes, strict=True) if a != b]
+        if renamed:
+            more = f" and {len(renamed) - 3} more" if len(renamed) > 3 else ""
+            say(
+                f"warning: init: {parent_path} names its classes otherwise; this run keeps "
+                f"the names of --classes or the data: {', '.join(renamed[:3])}{more}"
+            )
+    net = build_fcn(spec)
+    if parent is not None:
+        init_from_parent(net, parent.state_dict)
+        return net, parent.preprocessing
+    # Rank 0 first, so that a weights download happens once.
+    if procs.distributed and not procs.is_main:
+        dist.barrier()
+    preprocessing = initialize(net, init)
+    if procs.distributed and procs.is_main:
+        dist.barrier()
+    return net, preprocessing
 
 
 def _check_data(datasets: tuple[SegmentationDataset, ...], procs: Processes, workers: int) -> None:
@@ -367,307 +571,57 @@ def _check_data(datasets: tuple[SegmentationDataset, ...], procs: Processes, wor
         )
 
 
-def _model_and_labels(
-    config: TrainConfig,
+def _loaders(
     train_set: SegmentationDataset,
-    resumed: Checkpoint | None,
+    val_set: SegmentationDataset,
+    *,
+    batch_size: int,
+    augment: Callable[..., Any] | None,
+    fill: Color,
+    workers: int,
+    seed: int,
+    start: int,
     procs: Processes,
-) -> tuple[FCN, Preprocessing, list[str], list[Color]]:
-    """The network (initialised or resumed), its preprocessing and its class names/colours."""
-    classes, palette = list(train_set.classes), list(train_set.palette)
-    if config.classes:
-        if len(config.classes) != len(classes):
-            raise ConfigError(
-                f"classes: {len(config.classes)} names, but {train_set.root} has "
-                f"{len(classes)} classes"
-            )
-        classes = list(config.classes)
-    scheme, _, parent_path = config.init.partition(":")
-    if resumed is None and scheme == "checkpoint" and parent_path:
-        parent = load_checkpoint(parent_path)
-        if parent.spec.num_classes != len(classes):
-            raise ConfigError(
-                f"init: {parent_path} predicts {parent.spec.num_classes} classes, "
-                f"the data has {len(classes)}"
-            )
-        classes, palette = list(parent.classes), list(parent.palette)
-    spec = ModelSpec(config.arch, len(classes), config.width, config.learn_upsampling)
-    net = build_fcn(spec)
-    if resumed is not None:
-        if resumed.spec != spec:
-            raise ConfigError(
-                f"resume: {config.resume} holds {resumed.spec}, the config asks for {spec}"
-            )
-        net.load_state_dict(resumed.state_dict)
-        return net, resumed.preprocessing, list(resumed.classes), list(resumed.palette)
-    # Rank 0 first, so that a weights download happens once.
-    if procs.distributed and not procs.is_main:
-        dist.barrier()
-    preprocessing = initialize(net, config.init)
-    if procs.distributed and procs.is_main:
-        dist.barrier()
-    return net, preprocessing, classes, palette
-
-
-def train(config: TrainConfig) -> Path:
-    """Train as ``config`` says (on every torchrun process); returns the best checkpoint.
-
-    Writes ``last.pt`` and ``best.pt`` (highest validation mean IU), ``log.jsonl`` and
-    ``training.png`` into ``config.out``; only rank 0 writes.
-    """
-    procs, device = init_processes(config.device)
-    try:
-        return _train(config, procs, device)
-    finally:
-        if procs.distributed and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _train(config: TrainConfig, procs: Processes, device: torch.device) -> Path:
-    autocast = amp_dtype(config.amp, device)
-    out = Path(config.out)
-    resumed: Checkpoint | None = None
-    if config.resume:
-        resumed = load_checkpoint(config.resume)
-        if resumed.training_state is None:
-            raise CheckpointError(f"{config.resume}: holds no training state; it cannot be resumed")
-    elif (out / LAST).exists():
-        raise TrainingError(
-            f"{out}: already holds a run ({LAST}); continue it with --resume {out / LAST} "
-            "or choose another --out"
-        )
-    say: Callable[[str], None] = _printer(procs)
-
-    # Seeded before the network is built: a random init (``none``) repeats too.
-    seed = config.seed + procs.rank
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global generator, see rng_state)
-    train_set, val_set = _open_data(config)
-    net, preprocessing, classes, palette = _model_and_labels(config, train_set, resumed, procs)
-    if config.check_data:
-        _check_data((train_set, val_set), procs, config.workers)
-
-    state = RunState()
-    if resumed is not None:
-        state.iteration = resumed.iteration
-        state.metrics = dict(resumed.metrics) or None
-    if procs.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out / LOG, state.iteration if resumed else None) if procs.is_main else None
-
-    fill = preprocessing.mean_rgb_255
-    augment = train_transforms(config.crop, config.scale_range, config.flip, fill)
+    pin: bool,
+) -> tuple[Batches, Batches]:
+    """This rank's endless training batches from sample ``start`` on, and its share of the
+    validation set at native size."""
     collate = partial(collate_padded, fill_rgb=fill)
-    pin = device.type == "cuda"
-    sampler = TrainSampler(
-        len(train_set),
-        config.seed,
-        procs.rank,
-        procs.world_size,
-        state.iteration * config.batch_size,
-    )
-    train_loader: DataLoader[tuple[Tensor, Tensor]] = DataLoader(
+    sampler = TrainSampler(len(train_set), seed, procs.rank, procs.world_size, start)
+    train_loader: Batches = DataLoader(
         Augmented(train_set, augment),
-        batch_sampler=BatchSampler(sampler, config.batch_size, drop_last=True),  # type: ignore[arg-type]
-        num_workers=config.workers,
+        batch_sampler=BatchSampler(sampler, batch_size, drop_last=True),  # type: ignore[arg-type]
+        num_workers=workers,
         collate_fn=collate,
         pin_memory=pin,
         # Own generators: creating a loader iterator must not draw from the global RNG.
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=torch.Generator().manual_seed(seed),
     )
-    val_loader: DataLoader[tuple[Tensor, Tensor]] = DataLoader(
+    val_loader: Batches = DataLoader(
         val_set,
         batch_size=1,
         sampler=ShardSampler(len(val_set), procs.rank, procs.world_size),
-        num_workers=config.workers,
+        num_workers=workers,
         collate_fn=collate,
         pin_memory=pin,
-        persistent_workers=config.workers > 0,
-        generator=torch.Generator().manual_seed(config.seed),
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
+    return train_loader, val_loader
 
-    channels_last = device.type == "cuda"
+
+def _placed(net: FCN, device: torch.device, procs: Processes, *, fixed_size: bool) -> nn.Module:
+    """``net`` on ``device`` (channels-last on CUDA), wrapped in DDP under torchrun."""
     net.to(device)
-    if channels_last:
+    if device.type == "cuda":
         net.to(memory_format=torch.channels_last)
         # Fixed-size crops let cuDNN pick its kernels once; native sizes would re-pick per size.
-        torch.backends.cudnn.benchmark = config.crop is not None
-    model: nn.Module = net
-    if procs.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    normalize = Normalize(preprocessing).to(device)
-    base_lr = config.learning_rate
-    optimizer = make_optimizer(
-        net,
-        config.optimizer,
-        base_lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        bias_lr_mult=config.bias_lr_mult,
+        torch.backends.cudnn.benchmark = fixed_size
+    if not procs.distributed:
+        return net
+    return nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    if resumed is not None:
-        _restore(
-            resumed,
-            optimizer,
-            scaler,
-            state,
-            procs=procs,
-            say=say,
-            source=config.resume,
-            batch_size=config.batch_size,
-        )
-
-    say(
-        f"training {config.arch} (width {config.width:g}, {len(classes)} classes) on "
-        f"{train_set.describe()}, validating on {val_set.describe()}; {config.optimizer}, "
-        f"{config.loss} loss, lr {base_lr:g} ({config.lr_policy}), "
-        f"batch {config.batch_size} x {procs.world_size} process(es) on {device}"
-    )
-
-    def checkpoint_now() -> None:
-        rng = _gather(rng_state(), procs)
-        state.saved_at = state.iteration  # on every rank: they must agree on the next save
-        if not procs.is_main:
-            return
-        improved = state.metrics is not None and state.metrics["mean_iu"] > state.best_mean_iu
-        if improved and state.metrics is not None:
-            state.best_mean_iu = state.metrics["mean_iu"]
-        ckpt = Checkpoint(
-            spec=net.spec,
-            state_dict={k: v.detach().cpu() for k, v in net.state_dict().items()},
-            classes=classes,
-            palette=palette,
-            preprocessing=preprocessing,
-            dataset=train_set.describe(),
-            metrics=dict(state.metrics or {}),
-            config=config.to_dict(),
-            iteration=state.iteration,
-            training_state={
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng,
-                "best_mean_iu": state.best_mean_iu,
-                "world_size": procs.world_size,
-                "batch_size": config.batch_size,
-            },
-        )
-        save_checkpoint(ckpt, out / LAST)
-        if improved or not (out / BEST).exists():
-            save_checkpoint(ckpt, out / BEST)
-
-    def validate() -> None:
-        confusion = evaluate_model(
-            net, val_loader, normalize, len(classes), device, autocast=autocast
-        )
-        confusion.all_reduce()
-        metrics = confusion.compute()
-        state.metrics = metrics.summary()
-        if log is not None:
-            log.write(
-                {
-                    "iteration": state.iteration,
-                    "split": "val",
-                    **metrics.summary(),
-                    "class_iu": metrics.class_iu,
-                }
-            )
-            plot_log(log.read(), out / PLOT)
-        say(f"iteration {state.iteration}: {format_summary(metrics)}")
-
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=config.max_iter,
-        initial=state.iteration,
-        unit="it",
-        dynamic_ncols=True,
-        disable=True if not (procs.is_main and config.progress) else None,
-    )
-    window_loss = torch.zeros((), device=device)
-    window_steps = window_images = 0
-    window_start = time.perf_counter()
-    batches = iter(train_loader)
-    model.train()
-    try:
-        while state.iteration < config.max_iter:
-            images, targets = next(batches)
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True).long()
-            lr = learning_rate_at(base_lr, config.lr_policy, state.iteration, config.max_iter)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
-            x = normalize(images)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                logits = model(x)
-            loss = segmentation_loss(logits, targets, config.loss)
-            # DDP averages gradients over processes; the summed loss sums them instead.
-            scaled = loss * procs.world_size if config.loss == "sum" else loss
-            optimizer.zero_grad(set_to_none=True)
-            scaled_loss: Tensor = scaler.scale(scaled)
-            torch.autograd.backward(scaled_loss)
-            scaler.step(optimizer)
-            scaler.update()
-            state.iteration += 1
-            bar.update(1)
-
-            window_loss += loss.detach()
-            window_steps += 1
-            window_images += images.shape[0] * procs.world_size
-            if state.iteration % config.log_every == 0 or state.iteration == config.max_iter:
-                if procs.distributed:
-                    dist.all_reduce(window_loss)
-                    window_loss /= procs.world_size
-                mean_loss = float(window_loss) / window_steps
-                if not math.isfinite(mean_loss):
-                    raise TrainingError(
-                        f"the loss became {mean_loss} by iteration {state.iteration}; "
-                        f"lower --lr (now {base_lr:g}) or check the data"
-                    )
-                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                bar.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{lr:.2g}", img_s=f"{rate:.1f}")
-                if bar.disable:  # no bar (not a terminal): a line instead
-                    say(
-                        f"iteration {state.iteration}: loss {mean_loss:.4g}, lr {lr:.3g}, "
-                        f"{rate:.1f} images/s"
-                    )
-                if log is not None:
-                    log.write(
-                        {
-                            "iteration": state.iteration,
-                            "split": "train",
-                            "loss": mean_loss,
-                            "lr": lr,
-                            "images_per_s": rate,
-                            "time": time.time(),
-                        }
-                    )
-                window_loss.zero_()
-                window_steps = window_images = 0
-                window_start = time.perf_counter()
-
-            if state.iteration % config.val_every == 0 or state.iteration == config.max_iter:
-                validate()
-                checkpoint_now()
-                window_start = time.perf_counter()
-    except KeyboardInterrupt:
-        # Keep the steps done: last.pt at a step boundary resumes exactly (one process only,
-        # since the others may be anywhere).
-        if not procs.distributed and state.saved_at != state.iteration and state.iteration > 0:
-            checkpoint_now()
-            say(f"interrupted: saved {out / LAST} at iteration {state.iteration}")
-        raise
-    finally:
-        bar.close()
-    if state.saved_at != state.iteration:  # resumed at or past max_iter: nothing was run
-        checkpoint_now()
-    say(f"done: {out / BEST} (best mean IU {100 * state.best_mean_iu:.2f}), {out / LAST}")
-    return out / BEST
 
 
 def _restore(
@@ -676,12 +630,24 @@ def _restore(
     scaler: torch.amp.GradScaler,
     state: RunState,
     *,
+    optimizer_name: str,
     procs: Processes,
+    device: torch.device,
     say: Callable[[str], None],
     source: str,
     batch_size: int,
 ) -> None:
+    """Optimiser moments, scaler, RNG and best figure from the checkpoint; the solver's
+    settings (lr, momentum, weight decay, lr multipliers) stay those of the config."""
+    trained_with = resumed.config.get("optimizer", "sgd")
+    if trained_with != optimizer_name:
+        raise ConfigError(
+            f"optimizer: {source} was trained with {trained_with}; a resumed run cannot switch "
+            f"to --optimizer {optimizer_name} (start a new run from its weights with "
+            f"--init checkpoint:{source})"
+        )
     saved = resumed.training_state or {}
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
@@ -690,8 +656,13 @@ def _restore(
         rng = saved.get("rng") or []
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{source}: unusable training state ({exc})") from exc
+    # load_state_dict brought back the saved groups' settings; flags may have changed them.
+    for group, setting in zip(optimizer.param_groups, settings, strict=True):
+        group.update(setting)
     if len(rng) == procs.world_size:
-        set_rng_state(rng[procs.rank])
+        problem = set_rng_state(rng[procs.rank], device)
+        if problem:
+            say(f"warning: {problem}; it goes on, but will not repeat the uninterrupted run")
     saved_batch = saved.get("batch_size", batch_size)
     if len(rng) != procs.world_size or saved_batch != batch_size:
         say(
@@ -711,6 +682,236 @@ def _printer(procs: Processes) -> Callable[[str], None]:
     return say
 
 
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class RunState:
+    iteration: int = 0
+    best_mean_iu: float = -1.0
+    metrics: dict[str, float] | None = None
+    saved_at: int = -1
+
+
+@dataclass(frozen=True)
+class Record:
+    """What every checkpoint of the run records besides weights and training state."""
+
+    classes: list[str]
+    palette: list[Color]
+    preprocessing: Preprocessing
+    dataset: str
+    config: dict[str, Any]
+
+
+@dataclass
+class Run:
+    """The pieces one training step, a validation and a checkpoint act on."""
+
+    net: FCN
+    model: nn.Module  # ``net``, or ``net`` in DDP
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    normalize: Normalize
+    device: torch.device
+    autocast: torch.dtype | None
+    procs: Processes
+    out: Path
+    log: RunLog | None  # rank 0 only
+    say: Callable[[str], None]
+    state: RunState
+    record: Record
+
+    def step(self, images: Tensor, targets: Tensor, lr: float, loss_mode: str) -> Tensor:
+        """One SGD step on a batch at learning rate ``lr``; returns the (undetached) loss."""
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True).long()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        x = self.normalize(images)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            self.device.type, dtype=self.autocast, enabled=self.autocast is not None
+        ):
+            logits = self.model(x)
+        # Per process; DDP averages the gradients, which keeps either loss's scale.
+        loss = segmentation_loss(logits, targets, loss_mode)
+        self.optimizer.zero_grad(set_to_none=True)
+        scaled: Tensor = self.scaler.scale(loss)
+        torch.autograd.backward(scaled)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.iteration += 1
+        return loss
+
+    def validate(self, loader: Batches) -> None:
+        """The four metrics over the whole validation set (each rank its share), logged."""
+        # Native sizes: cuDNN benchmarking would re-tune its kernels for every image size.
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False
+        try:
+            confusion = evaluate_model(
+                self.net,
+                loader,
+                self.normalize,
+                len(self.record.classes),
+                self.device,
+                autocast=self.autocast,
+            )
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+        confusion.all_reduce()
+        metrics = confusion.compute()
+        self.state.metrics = metrics.summary()
+        if self.log is not None:
+            self.log.write(
+                {
+                    "iteration": self.state.iteration,
+                    "split": "val",
+                    **metrics.summary(),
+                    "class_iu": metrics.class_iu,
+                }
+            )
+            plot_log(self.log.read(), self.out / PLOT)
+        self.say(f"iteration {self.state.iteration}: {format_summary(metrics)}")
+
+    def save(self, batch_size: int) -> None:
+        """``last.pt`` (and ``best.pt`` when mean IU improved) at this step; every rank
+        takes part, since each one's RNG state goes in."""
+        state = self.state
+        rng = _gather(rng_state(self.device), self.procs)
+        state.saved_at = state.iteration  # on every rank: they must agree on the next save
+        if not self.procs.is_main:
+            return
+        improved = state.metrics is not None and state.metrics["mean_iu"] > state.best_mean_iu
+        if improved and state.metrics is not None:
+            state.best_mean_iu = state.metrics["mean_iu"]
+        record = self.record
+        ckpt = Checkpoint(
+            spec=self.net.spec,
+            state_dict={k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            classes=record.classes,
+            palette=record.palette,
+            preprocessing=record.preprocessing,
+            dataset=record.dataset,
+            metrics=dict(state.metrics or {}),
+            config=record.config,
+            iteration=state.iteration,
+            training_state={
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng,
+                "best_mean_iu": state.best_mean_iu,
+                "world_size": self.procs.world_size,
+                "batch_size": batch_size,
+            },
+        )
+        save_checkpoint(ckpt, self.out / LAST)
+        if improved or not (self.out / BEST).exists():
+            save_checkpoint(ckpt, self.out / BEST)
+
+
+class LossWindow:
+    """The training loss, steps and images since the last log line."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.restart()
+
+    def restart(self) -> None:
+        self.loss.zero_()
+        self.steps = self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: Tensor, images: int) -> None:
+        self.loss += loss.detach()
+        self.steps += 1
+        self.images += images
+
+    def mean_loss(self, procs: Processes) -> float:
+        """The mean loss per step over the window and every process."""
+        if procs.distributed:
+            dist.all_reduce(self.loss)
+            self.loss /= procs.world_size
+        return float(self.loss) / self.steps
+
+    def images_per_second(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+
+def _loop(run: Run, train_loader: Batches, val_loader: Batches, config: TrainConfig) -> None:
+    """Step to ``config.max_iter``: log every ``log_every``, validate and save every
+    ``val_every`` and at the end; Ctrl-C saves the last step (on one process)."""
+    from tqdm import tqdm
+
+    state, procs = run.state, run.procs
+    bar = tqdm(
+        total=config.max_iter,
+        initial=state.iteration,
+        unit="it",
+        dynamic_ncols=True,
+        disable=True if not (procs.is_main and config.progress) else None,
+    )
+    window = LossWindow(run.device)
+    batches = iter(train_loader)
+    run.model.train()
+    try:
+        while state.iteration < config.max_iter:
+            images, targets = next(batches)
+            lr = learning_rate_at(
+                config.learning_rate, config.lr_policy, state.iteration, config.max_iter
+            )
+            loss = run.step(images, targets, lr, config.loss)
+            bar.update(1)
+            window.add(loss, images.shape[0] * procs.world_size)
+            at_end = state.iteration == config.max_iter
+            if state.iteration % config.log_every == 0 or at_end:
+                _log_training(run, window, bar, lr, config.learning_rate)
+                window.restart()
+            if state.iteration % config.val_every == 0 or at_end:
+                run.validate(val_loader)
+                run.save(config.batch_size)
+                window.start = time.perf_counter()
+    except KeyboardInterrupt:
+        # Keep the steps done: last.pt at a step boundary resumes exactly (one process only,
+        # since the others may be anywhere).
+        if not procs.distributed and state.saved_at != state.iteration and state.iteration > 0:
+            run.save(config.batch_size)
+            run.say(f"interrupted: saved {run.out / LAST} at iteration {state.iteration}")
+        raise
+    finally:
+        bar.close()
+    if state.saved_at != state.iteration:  # resumed at or past max_iter: nothing was run
+        run.save(config.batch_size)
+
+
+def _log_training(run: Run, window: LossWindow, bar: Any, lr: float, base_lr: float) -> None:
+    """The window's mean loss, lr and speed: on the bar (or a line) and in the log."""
+    iteration = run.state.iteration
+    mean_loss = window.mean_loss(run.procs)
+    if not math.isfinite(mean_loss):
+        raise TrainingError(
+            f"the loss became {mean_loss} by iteration {iteration}; "
+            f"lower --lr (now {base_lr:g}) or check the data"
+        )
+    rate = window.images_per_second()
+    bar.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{lr:.2g}", img_s=f"{rate:.1f}")
+    if bar.disable:  # no bar (not a terminal): a line instead
+        run.say(f"iteration {iteration}: loss {mean_loss:.4g}, lr {lr:.3g}, {rate:.1f} images/s")
+    if run.log is not None:
+        run.log.write(
+            {
+                "iteration": iteration,
+                "split": "train",
+                "loss": mean_loss,
+                "lr": lr,
+                "images_per_s": rate,
+                "time": time.time(),
+            }
+        )
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -723,12 +924,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults (or the resumed checkpoint's config), then ``--config``, then flags."""
+def config_from_args(args: argparse.Namespace, resumed: Checkpoint | None = None) -> TrainConfig:
+    """Defaults (or the resumed checkpoint's config), then ``--config``, then flags;
+    ``resumed`` is the ``--resume`` checkpoint if already loaded."""
     config = TrainConfig()
     overrides = flag_overrides(args)
     if overrides.get("resume"):
-        resumed = load_checkpoint(overrides["resume"])
+        resumed = resumed or load_checkpoint(overrides["resume"])
         config = TrainConfig.from_dict(resumed.config, f"{overrides['resume']} (config)")
     if args.config is not None:
         config = config.updated(load_config_file(args.config), str(args.config))
@@ -736,18 +938,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.cli import CLIError
-
-    try:
-        config = config_from_args(args)
-        train(config)
-    except (
-        ConfigError,
-        DataError,
-        CheckpointError,
-        WeightsError,
-        CaffeModelError,
-        TrainingError,
-    ) as exc:
-        raise CLIError(str(exc)) from exc
+    resume = flag_overrides(args).get("resume")
+    resumed = load_checkpoint(resume) if resume else None  # read once, for config and state
+    train(config_from_args(args, resumed), resumed=resumed)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -14,12 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.cli import main
 from model.config import TrainConfig
 from model.datasets import DataError, voc_dataset
+from model.fcn import ModelSpec, build_fcn
 from model.metrics import ConfusionMatrix
-from model.preprocessing import TORCHVISION, Normalize
+from model.palette import voc_colormap
+from model.preprocessing import CAFFE, TORCHVISION, Normalize
 from model.synthetic import SYNTH_CLASSES, write_synthetic
 from model.train import BEST, LAST, LOG, PLOT, TrainingError, train
 
@@ -155,6 +158,101 @@ def test_resume_repeats_the_uninterrupted_run(synth: Path, tmp_path: Path) -> No
     for key in momentum_a:
         assert torch.equal(momentum_a[key]["momentum_buffer"], momentum_b[key]["momentum_buffer"])
     assert b.config["workers"] == 1
+
+
+def test_resume_takes_changed_solver_flags_and_refuses_another_optimizer(
+    synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The config, not the saved optimiser, says lr multipliers, momentum and decay."""
+    out = tmp_path / "run"
+    train(tiny_config(synth, out, max_iter=1, val_every=1, check_data=False))
+    first = load_checkpoint(out / LAST)
+    resume = ["train", "--resume", str(out / LAST), "--no-progress"]
+    flags = ["--weight-decay", "0.1", "--bias-lr-mult", "0", "--momentum", "0.5"]
+    assert main([*resume, "--max-iter", "2", *flags]) == 0
+    second = load_checkpoint(out / LAST)
+    assert second.training_state is not None
+    groups = second.training_state["optimizer"]["param_groups"]
+    settings = [(g["weight_decay"], g["lr_mult"], g["momentum"]) for g in groups]
+    assert settings == [(0.1, 1.0, 0.5), (0.0, 0.0, 0.5)]
+    # Biases at lr x 0 stayed put in step 2; the weights moved.
+    biases = [name for name in second.state_dict if name.endswith(".bias")]
+    for name in biases:
+        assert torch.equal(second.state_dict[name], first.state_dict[name]), name
+    assert not torch.equal(second.state_dict["fc7.weight"], first.state_dict["fc7.weight"])
+
+    assert main([*resume, "--max-iter", "3", "--optimizer", "adamw"]) == 2
+    err = capsys.readouterr().err
+    assert f"optimizer: {out / LAST} was trained with sgd" in err
+    assert "cannot switch to --optimizer adamw" in err
+    assert load_checkpoint(out / LAST).iteration == 2
+
+
+def test_sum_loss_steps_alike_at_any_batch_size_and_process_count(
+    synth: Path, tmp_path: Path
+) -> None:
+    """--loss sum is Caffe's normalize: false: pixels summed per image, averaged over the
+    images of the batch (all processes' together). One image listed twice: batch 1, batch 2
+    and two torchrun processes of batch 1 take the same first step."""
+    data = Path(shutil.copytree(synth, tmp_path / "data"))
+    (data / "ImageSets" / "Segmentation" / "twice.txt").write_text("train_000000\n" * 2)
+    settings = {
+        "loss": "sum", "lr": 1e-6, "max_iter": 1, "val_every": 1, "train_split": "twice",
+        "val_split": "twice", "check_data": False,
+    }  # fmt: skip
+    train(tiny_config(data, tmp_path / "one", batch_size=1, **settings))
+    train(tiny_config(data, tmp_path / "two", batch_size=2, **settings))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "model.cli", "train", "--data", str(data), "--arch", "fcn32s", "--width", "0.03125",
+        "--init", "none", "--loss", "sum", "--lr", "1e-6", "--max-iter", "1", "--val-every", "1",
+        "--batch-size", "1", "--train-split", "twice", "--val-split", "twice", "--no-check-data",
+        "--workers", "0", "--out", str(tmp_path / "ddp"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Score layers start at zero, so step 1's score_fr.bias update depends on neither
+    # dropout nor the trunk: it is -lr x 2 x the gradient of the loss.
+    def bias_step(run: str) -> torch.Tensor:
+        return load_checkpoint(tmp_path / run / LAST).state_dict["score_fr.bias"]
+
+    one = bias_step("one")
+    assert one.abs().max() > 0
+    torch.testing.assert_close(bias_step("two"), one, rtol=1e-5, atol=0)
+    torch.testing.assert_close(bias_step("ddp"), one, rtol=1e-5, atol=0)
+
+
+def test_fine_tuning_keeps_the_names_of_the_data_or_of_classes(
+    synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--init checkpoint: brings the parent's weights and preprocessing, not its names."""
+    parent = build_fcn(ModelSpec("fcn32s", len(SYNTH_CLASSES), 1 / 32))
+    parent_classes = [f"voc{i}" for i in range(len(SYNTH_CLASSES))]
+    palette = [(i, i, i) for i in range(len(SYNTH_CLASSES))]
+    parent_file = tmp_path / "parent.pt"
+    save_checkpoint(
+        Checkpoint(parent.spec, parent.state_dict(), parent_classes, palette, CAFFE), parent_file
+    )
+    settings = {
+        "arch": "fcn16s", "init": f"checkpoint:{parent_file}", "max_iter": 1, "val_every": 1,
+        "check_data": False,
+    }  # fmt: skip
+    train(tiny_config(synth, tmp_path / "data-names", **settings))
+    ckpt = load_checkpoint(tmp_path / "data-names" / LAST)
+    assert ckpt.classes == list(SYNTH_CLASSES)
+    assert ckpt.palette[: len(SYNTH_CLASSES)] == voc_colormap(len(SYNTH_CLASSES))
+    assert ckpt.preprocessing == CAFFE  # carried over with the weights
+    printed = capsys.readouterr().out
+    assert f"warning: init: {parent_file} names its classes otherwise" in printed
+    assert "voc1 -> disc" in printed
+
+    named = ["sea", "disc", "square", "triangle", "ring", "bar"]
+    train(tiny_config(synth, tmp_path / "flag-names", classes=named, **settings))
+    assert load_checkpoint(tmp_path / "flag-names" / LAST).classes == named
 
 
 def test_an_existing_run_is_not_overwritten(synth: Path, tmp_path: Path) -> None:

@@ -13,12 +13,26 @@ import torch.nn.functional as F
 from model.backbones import WeightsError, initialize
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.cli import main
-from model.config import ConfigError, TrainConfig, add_config_arguments, amp_dtype, flag_overrides
+from model.config import (
+    ConfigError,
+    TrainConfig,
+    add_config_arguments,
+    amp_dtype,
+    flag_overrides,
+    resolve_device,
+)
 from model.fcn import FCN8s, FCN16s, FCN32s, ModelSpec, build_fcn
 from model.palette import voc_colormap
 from model.preprocessing import CAFFE, TORCHVISION
 from model.synthetic import write_synthetic
-from model.train import add_arguments, config_from_args, parameter_groups, segmentation_loss
+from model.train import (
+    add_arguments,
+    config_from_args,
+    parameter_groups,
+    rng_state,
+    segmentation_loss,
+    set_rng_state,
+)
 from tests.model.test_backbones import scaled_vgg16_state_dict
 
 TINY = 1 / 32
@@ -143,16 +157,47 @@ def test_groups_leave_frozen_upsampling_out_and_double_bias_lr() -> None:
     }
 
 
-def test_losses_sum_or_average_the_labelled_pixels() -> None:
+def test_losses_sum_per_image_or_average_the_labelled_pixels() -> None:
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 5, 6)
     target = torch.randint(0, 4, (2, 5, 6))
     target[0, :2] = 255
     per_pixel = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
     labelled = int((target != 255).sum())
-    assert torch.allclose(segmentation_loss(logits, target, "sum"), per_pixel.sum())
+    # Caffe's normalize: false: the pixel sum over the batch's images, divided by 2 images.
+    assert torch.allclose(segmentation_loss(logits, target, "sum"), per_pixel.sum() / 2)
+    one = segmentation_loss(logits[:1], target[:1], "sum")
+    assert torch.allclose(one, per_pixel[0].sum())
+    # A batch of one image twice is the loss of that image: the step does not grow.
+    twice = segmentation_loss(logits[:1].repeat(2, 1, 1, 1), target[:1].repeat(2, 1, 1), "sum")
+    assert torch.allclose(twice, one)
     assert torch.allclose(segmentation_loss(logits, target, "mean"), per_pixel.sum() / labelled)
     assert float(segmentation_loss(logits, torch.full_like(target, 255), "mean")) == 0.0
+
+
+def test_rng_state_round_trips_and_says_what_it_cannot_restore() -> None:
+    cpu = torch.device("cpu")
+    state = rng_state(cpu)
+    assert state["cuda"] is None  # a CPU run has no CUDA RNG to save
+    expected = torch.rand(3)
+    assert set_rng_state(state, cpu) == ""
+    assert torch.equal(torch.rand(3), expected)
+    saved_on_gpu = {**state, "cuda": torch.zeros(16, dtype=torch.uint8)}
+    assert "saved on CUDA" in set_rng_state(saved_on_gpu, cpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_of_the_run_device_round_trips_and_missing_devices_are_named() -> None:
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    state = rng_state(device)
+    expected = torch.rand(3, device=device)
+    assert set_rng_state(state, device) == ""
+    assert torch.equal(torch.rand(3, device=device), expected)
+    assert "saved off CUDA" in set_rng_state({**state, "cuda": None}, device)
+    count = torch.cuda.device_count()
+    with pytest.raises(ConfigError, match=f"'cuda:{count}' asked for, but this machine has"):
+        resolve_device(f"cuda:{count}")
 
 
 def test_initialize_dispatches_on_the_scheme(tmp_path: Path) -> None:
