@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ from model.metrics import json_safe
 from model.palette import IGNORE_INDEX, Color
 from model.preprocessing import Normalize, Preprocessing
 from model.transforms import collate_padded, train_transforms
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -723,7 +726,7 @@ class Run:
     record: Record
 
     def step(self, images: Tensor, targets: Tensor, lr: float, loss_mode: str) -> Tensor:
-        """One SGD step on a batch at learning rate ``lr``; returns the (undetached) loss."""
+        """One optimiser step on a batch at learning rate ``lr``; returns the loss."""
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True).long()
         for group in self.optimizer.param_groups:
@@ -735,7 +738,8 @@ class Run:
             self.device.type, dtype=self.autocast, enabled=self.autocast is not None
         ):
             logits = self.model(x)
-        # Per process; DDP averages the gradients, which keeps either loss's scale.
+        # This process's loss: DDP averages the gradients over processes, so with ``sum``
+        # the step is that of one batch of every process's images (Caffe's normalisation).
         loss = segmentation_loss(logits, targets, loss_mode)
         self.optimizer.zero_grad(set_to_none=True)
         scaled: Tensor = self.scaler.scale(loss)
@@ -886,7 +890,7 @@ def _loop(run: Run, train_loader: Batches, val_loader: Batches, config: TrainCon
         run.save(config.batch_size)
 
 
-def _log_training(run: Run, window: LossWindow, bar: Any, lr: float, base_lr: float) -> None:
+def _log_training(run: Run, window: LossWindow, bar: tqdm[Any], lr: float, base_lr: float) -> None:
     """The window's mean loss, lr and speed: on the bar (or a line) and in the log."""
     iteration = run.state.iteration
     mean_loss = window.mean_loss(run.procs)
