@@ -1,5 +1,6 @@
 # The segmentation service on CPU only: a slim Python base, ONNX Runtime, no torch.
-# Build: docker build -f docker/service-cpu.Dockerfile -t fcn-service:cpu .
+# linux/amd64 only (PyPI has no aarch64 wheel of onnxruntime-gpu, which runs on CPUs too).
+# Build: docker build --platform linux/amd64 -f docker/service-cpu.Dockerfile -t fcn-service:cpu .
 # Run:   docker run -p 8000:8000 fcn-service:cpu
 FROM python:3.12-slim
 
@@ -9,12 +10,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# Dependencies first, from pyproject.toml alone (empty packages stand in for the code), so
+# that a change of the code reuses this layer. The same onnxruntime-gpu as the GPU image.
+COPY pyproject.toml ./
+RUN mkdir model service \
+    && touch README.md model/__init__.py service/__init__.py \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install '.[serve]' 'onnxruntime-gpu~=1.31.0' \
+    && /opt/venv/bin/pip uninstall -y fcn-segmentation \
+    && rm -rf /root/.cache build ./*.egg-info README.md model service
+
+COPY README.md ./
 COPY model/ model/
 COPY service/ service/
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install '.[serve]' \
-    && rm -rf /root/.cache
+RUN /opt/venv/bin/pip install --no-deps . \
+    && rm -rf /root/.cache build ./*.egg-info
 
 COPY models/demo/ /app/models/demo/
 
@@ -30,7 +40,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/models"]
 EXPOSE 8000
 
+# Asks /readyz on the port FCN_PORT names.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-m", "service.healthcheck"]
 
 CMD ["fcn-serve"]

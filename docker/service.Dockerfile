@@ -1,5 +1,7 @@
 # The segmentation service on an NVIDIA GPU: ONNX Runtime (CUDA 13, cuDNN 9), no torch.
-# Build: docker build -f docker/service.Dockerfile -t fcn-service:gpu .
+# linux/amd64 only (PyPI has no aarch64 wheel of onnxruntime-gpu); the host needs an NVIDIA
+# driver >= 580, as the base image requires cuda>=13.0.
+# Build: docker build --platform linux/amd64 -f docker/service.Dockerfile -t fcn-service:gpu .
 # Run:   docker run --gpus all -p 8000:8000 fcn-service:gpu
 FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
@@ -14,13 +16,22 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# Dependencies first, from pyproject.toml alone (empty packages stand in for the code), so
+# that a change of the code reuses this layer. onnxruntime-gpu is pinned to the release
+# built for the base image's CUDA major; it runs on the CPU too, when no GPU is given.
+COPY pyproject.toml ./
+RUN mkdir model service \
+    && touch README.md model/__init__.py service/__init__.py \
+    && python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install '.[serve]' 'onnxruntime-gpu~=1.31.0' \
+    && /opt/venv/bin/pip uninstall -y fcn-segmentation \
+    && rm -rf /root/.cache build ./*.egg-info README.md model service
+
+COPY README.md ./
 COPY model/ model/
 COPY service/ service/
-# onnxruntime-gpu runs on the CPU too, so the same image falls back when no GPU is given.
-RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install '.[serve]' \
-    && rm -rf /root/.cache
+RUN /opt/venv/bin/pip install --no-deps . \
+    && rm -rf /root/.cache build ./*.egg-info
 
 COPY models/demo/ /app/models/demo/
 
@@ -28,7 +39,9 @@ RUN useradd --system --uid 10001 --no-create-home fcn \
     && mkdir -p /models && chown fcn /models
 USER fcn
 
+# The user has no home: CUDA's kernel cache goes to /tmp (writable, also under Kubernetes).
 ENV PATH=/opt/venv/bin:$PATH \
+    CUDA_CACHE_PATH=/tmp/cuda-cache \
     FCN_MODEL_PATH=/app/models/demo/fcn8s.onnx \
     FCN_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider \
     FCN_HOST=0.0.0.0 \
@@ -37,7 +50,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/models"]
 EXPOSE 8000
 
+# Asks /readyz on the port FCN_PORT names.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-m", "service.healthcheck"]
 
 CMD ["fcn-serve"]

@@ -1,9 +1,11 @@
 """The batcher: a bounded queue of decoded images, run on the model in batches of one H x W.
 
-One worker task forms each batch on the event loop (same H x W, at most ``max_batch_size``,
-waiting at most ``max_delay_s`` and only while more requests are still decoding) and runs it
-on a dedicated inference thread, one batch at a time. Every request owns a future: it gets
-its slice of the batch's labels, or the batch's error, and nothing else.
+One worker task forms each batch on the event loop (same H x W, at most ``max_batch_size``
+images and ``max_batch_pixels`` padded pixels, waiting at most ``max_delay_s`` and only while
+more requests are still decoding) and runs it on a dedicated inference thread, one batch at
+a time. Every request owns a future: it gets its slice of the batch's labels, or the batch's
+error, and nothing else. When every request of the running batch has given up, the run is
+aborted.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from service.errors import (
     OverloadedError,
     RequestTimeoutError,
 )
+from service.imaging import padded_pixels
 from service.metrics import Metrics
 
 logger = logging.getLogger("fcn.service")
@@ -35,6 +38,8 @@ logger = logging.getLogger("fcn.service")
 # [N, H, W, 3] uint8 -> [N, H, W] labels; blocking (runs on the inference thread).
 Predict = Callable[[NDArray[np.uint8]], NDArray[Any]]
 Disconnected = Callable[[], Awaitable[bool]]
+# Asks the running predict call to stop early (it then raises); whether one was running.
+Abort = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -63,20 +68,27 @@ class Batcher:
         predict: Predict,
         *,
         max_batch_size: int,
+        max_batch_pixels: int,
         max_delay_s: float,
         max_queue: int,
         retry_after_s: int,
         metrics: Metrics,
+        abort: Abort | None = None,
     ):
         self.max_batch_size = max_batch_size
+        self.max_batch_pixels = max_batch_pixels
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._predict = predict
+        self._abort = abort
         self._retry_after = str(retry_after_s)
         self._metrics = metrics
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._held: deque[_Request] = deque()  # taken from the queue, other H x W: next batches
+        self._forming: list[_Request] = []  # the batch being collected
         self._running: list[_Request] = []
+        self._started = 0.0  # time.monotonic() when the running batch started
+        self._aborted = False  # the running batch was asked to stop
         self._waiting = 0  # submitted, not yet running or dropped
         self._incoming = 0  # admitted, still decoding
         self._closed = False
@@ -93,6 +105,12 @@ class Batcher:
         """Whether any request is waiting or running."""
         return self._waiting > 0 or bool(self._running)
 
+    def running_for(self) -> float:
+        """Seconds the running batch has been running (0 when none runs)."""
+        if not self._running:
+            return 0.0
+        return time.monotonic() - self._started
+
     def start(self) -> None:
         """Start the worker task on the running loop."""
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="fcn-batcher")
@@ -100,6 +118,11 @@ class Batcher:
     def call(self, fn: Callable[[], Any]) -> Awaitable[Any]:
         """Run ``fn`` on the inference thread (warm-up uses it, so nothing runs beside it)."""
         return asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def check_capacity(self) -> None:
+        """Refuse (503) now if the request could not be admitted, without reserving a place:
+        before its body is read, so an overloaded service does not take in every upload."""
+        self._check_capacity(self._waiting + self._incoming)
 
     def _check_capacity(self, pending: int) -> None:
         """Refuse (503) when closed or when ``pending`` requests fill the queue."""
@@ -146,40 +169,61 @@ class Batcher:
             ) from None
 
     async def stop(self, timeout_s: float) -> None:
-        """Refuse new requests, let queued and running ones finish for ``timeout_s``, stop."""
+        """Refuse new requests, let queued and running ones finish for ``timeout_s``, stop.
+
+        What is left then fails with 503 and a running batch is aborted.
+        """
         self._closed = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self.busy and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        leftovers = [*self._running, *self._held]
+        leftovers = [*self._running, *self._forming, *self._held]
+        if self._running and self._abort is not None:
+            self._aborted = self._abort()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         while not self._queue.empty():
             leftovers.append(self._queue.get_nowait())
-        for request in leftovers:
-            if not request.future.done():
-                request.future.set_exception(
-                    NotReadyError("the service shut down before the result")
-                )
+        self._fail(leftovers, lambda: NotReadyError("the service shut down before the result"))
         self._held.clear()
+        self._forming = []
         self._running = []
+        self._count_waiting(-self._waiting)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _fail(requests: list[_Request], error: Callable[[], Exception]) -> None:
+        """Fail the requests not answered yet, each with its own ``error()``."""
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(error())
 
     def _count_waiting(self, delta: int) -> None:
         self._waiting += delta
         self._metrics.queue_depth.set(self._waiting)
+
+    async def _gone(self, request: _Request) -> bool:
+        """Whether the client left; a transport that cannot tell counts as gone."""
+        if request.disconnected is None:
+            return False
+        try:
+            return await request.disconnected()
+        except Exception:
+            logger.warning("cannot tell whether a client is still there; dropping its request")
+            return True
 
     async def _alive(self, request: _Request) -> bool:
         """False (and the request dropped) when its caller timed out or its client left."""
         reason = None
         if request.future.done():
             reason = "cancelled"
-        elif request.disconnected is not None and await request.disconnected():
+        elif await self._gone(request):
             reason = "disconnected"
-            request.future.set_exception(ClientGoneError("the client disconnected"))
+            if not request.future.done():
+                request.future.set_exception(ClientGoneError("the client disconnected"))
         if reason is None:
             return True
         self._count_waiting(-1)
@@ -192,20 +236,30 @@ class Batcher:
             if await self._alive(request):
                 return request
 
+    def _batch_limit(self, shape: tuple[int, ...]) -> int:
+        """Most requests of image ``shape`` in one batch: by count, then by padded pixels."""
+        by_pixels = self.max_batch_pixels // padded_pixels(shape[0], shape[1])
+        return max(1, min(self.max_batch_size, by_pixels))
+
     async def _collect(self) -> list[_Request]:
-        """The oldest live request and up to ``max_batch_size - 1`` more of its H x W."""
+        """The oldest live request and more of its H x W, within the batch limits.
+
+        The batch forms in ``self._forming``, so that an error or a stop meanwhile can still
+        answer every request in it.
+        """
         loop = asyncio.get_running_loop()
         first = await self._next()
-        batch = [first]
+        batch = self._forming = [first]
         shape = first.image.shape
+        limit = self._batch_limit(shape)
         for request in [r for r in self._held if r.image.shape == shape]:
-            if len(batch) >= self.max_batch_size:
+            if len(batch) >= limit:
                 break
             self._held.remove(request)
             if await self._alive(request):
                 batch.append(request)
         deadline = first.enqueued + self.max_delay_s
-        while len(batch) < self.max_batch_size:
+        while len(batch) < limit:
             if self._queue.empty():
                 # Wait only for requests that are on their way (decoding), never idly.
                 remaining = deadline - loop.time()
@@ -221,6 +275,7 @@ class Batcher:
                 self._held.append(request)
             elif await self._alive(request):
                 batch.append(request)
+        self._forming = []
         return batch
 
     def _run_batch(self, images: list[NDArray[np.uint8]]) -> tuple[NDArray[Any], float]:
@@ -233,19 +288,44 @@ class Batcher:
             raise RuntimeError(f"labels of shape {labels.shape} for images {batch.shape}")
         return labels, seconds
 
+    def _abandoned(self, batch: list[_Request]) -> None:
+        """Abort the running ``batch`` once none of its requests waits for it any more."""
+        if self._running is not batch or self._aborted:
+            return
+        if all(r.future.done() for r in batch) and self._abort is not None:
+            self._aborted = self._abort()
+
     async def _execute(self, batch: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
         self._running = batch
+        self._aborted = False
         self._count_waiting(-len(batch))
         self._metrics.batch_size.observe(len(batch))
         self._metrics.batches_running.inc()
         started = loop.time()
+        self._started = time.monotonic()
+
+        def given_up(_: asyncio.Future[Prediction]) -> None:
+            self._abandoned(batch)
+
+        for request in batch:
+            request.future.add_done_callback(given_up)
         try:
             labels, seconds = await loop.run_in_executor(
                 self._executor, self._run_batch, [r.image for r in batch]
             )
         except Exception as exc:
             height, width = batch[0].image.shape[:2]
+            if self._aborted:
+                logger.warning(
+                    "aborted a batch of %d at %dx%d: every request gave up on it",
+                    len(batch),
+                    height,
+                    width,
+                )
+                self._metrics.batches_aborted.inc()
+                self._fail(batch, lambda: NotReadyError("the batch was aborted"))
+                return
             logger.exception(
                 "inference failed on a batch of %d at %dx%d", len(batch), height, width
             )
@@ -255,9 +335,7 @@ class Batcher:
                 f"inference failed on this batch of {len(batch)} image(s) of {width}x{height}: "
                 f"{type(exc).__name__}: {detail}"
             )
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(InferenceError(message))
+            self._fail(batch, lambda: InferenceError(message))
             return
         finally:
             self._metrics.batches_running.dec()
@@ -275,5 +353,10 @@ class Batcher:
                 await self._execute(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug here must not stop the service
+            except Exception:  # a bug here must not stop the service, nor lose requests
                 logger.exception("batcher error")
+                forming, self._forming = self._forming, []
+                self._count_waiting(-len(forming))
+                self._fail(
+                    forming, lambda: InferenceError("the service failed to schedule this image")
+                )

@@ -76,7 +76,21 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Budget from body received to labels ready; beyond it: 504."
     )
     max_upload_bytes: int = Field(20 * 2**20, ge=1, description="Largest request body.")
-    max_pixels: int = Field(40_000_000, ge=1, description="Largest image, width x height.")
+    max_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest image decoded, width x height; images decoding or encoding at "
+        "once hold at most this many pixels together.",
+    )
+    max_model_pixels: int = Field(
+        8_000_000,
+        ge=1,
+        description="Largest (H + 200) x (W + 200) of one image at the model, after max_side: "
+        "conv1 pads every side by 100, and memory follows the padded area.",
+    )
+    max_batch_pixels: int = Field(
+        0, ge=0, description="Most padded pixels in one batch (0: FCN_MAX_MODEL_PIXELS)."
+    )
     max_side: int = Field(
         0, ge=0, description="Segment larger images at this longest side (0: full size)."
     )
@@ -91,7 +105,21 @@ class Settings(BaseSettings):
     # The process.
     host: str = Field("0.0.0.0", description="Address fcn-serve binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port fcn-serve binds.")
-    workers: int = Field(1, ge=1, description="Server processes fcn-serve starts.")
+    workers: int = Field(
+        1, ge=1, description="Server processes fcn-serve starts; they share the CPUs."
+    )
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        description="Idle keep-alive connections close after this; keep it longer than the "
+        "load balancer's idle timeout (AWS ALB: 60 s).",
+    )
+    stuck_after_s: float = Field(
+        0.0,
+        ge=0,
+        description="A batch running longer than this fails /livez, so the process is "
+        "restarted (0: 4 x FCN_REQUEST_TIMEOUT_S).",
+    )
     drain_delay_s: float = Field(
         0.0, ge=0, description="After SIGTERM, keep serving this long while /readyz says 503."
     )
@@ -150,3 +178,13 @@ class Settings(BaseSettings):
     def name(self) -> str:
         """The model's public name."""
         return self.model_name or self.model_path.stem
+
+    @property
+    def batch_pixels(self) -> int:
+        """The padded pixels one batch may hold."""
+        return self.max_batch_pixels or self.max_model_pixels
+
+    @property
+    def stuck_s(self) -> float:
+        """Seconds after which a running batch counts as stuck."""
+        return self.stuck_after_s or 4 * self.request_timeout_s

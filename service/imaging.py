@@ -1,6 +1,7 @@
 """Image bytes to RGB arrays and label maps back to bytes: pure functions on numpy and Pillow.
 
-``image`` is H x W x 3 uint8 RGB; ``labels`` is H x W (uint8, int32 above 255 classes).
+``image`` is H x W x 3 uint8 RGB; ``labels`` is H x W (uint8, int32 above 255 classes);
+``picture`` is a Pillow image.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ ImageFormat = Literal["png", "jpeg"]
 LabelEncoding = Literal["rle", "png"]
 # Pillow raises any of these on corrupt or truncated files.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError)
+# conv1_1 pads every side by 100 (the reference nets), so the model's memory and time follow
+# (H + 200) x (W + 200), not H x W: a 1 x 50,000 image costs as much as a 201 x 50,200 one.
+PAD = 100
 
 
 def sniff(data: bytes) -> str | None:
@@ -68,59 +72,87 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         names = ", ".join(FORMATS)
         raise UnsupportedMediaTypeError(f"not an image format the service reads ({names})")
     try:
-        image = Image.open(io.BytesIO(data), formats=[kind])
+        picture = Image.open(io.BytesIO(data), formats=[kind])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise BadImageError(f"starts like a {kind} file but is not a readable one") from exc
     except DECODE_ERRORS as exc:
         raise BadImageError(f"cannot read the {kind} header: {exc}") from exc
-    width, height = image.size
+    width, height = picture.size
     if width * height > max_pixels:
+        picture.close()
         raise ImageTooLargeError(
             f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
-    return image
+    return picture
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def padded_pixels(height: int, width: int) -> int:
+    """The pixels the model really processes for one H x W image: conv1's padding included."""
+    return (height + 2 * PAD) * (width + 2 * PAD)
+
+
+def check_model_size(height: int, width: int, *, max_model_pixels: int, max_side: int) -> None:
+    """Refuse (413) an image whose padded size at the model exceeds ``max_model_pixels``."""
+    model_height, model_width = reduced_size(height, width, max_side)
+    padded = padded_pixels(model_height, model_width)
+    if padded > max_model_pixels:
+        raise ImageTooLargeError(
+            f"the model would run on {model_width}x{model_height}, padded by {PAD} on every "
+            f"side to {model_width + 2 * PAD}x{model_height + 2 * PAD} = {padded} pixels; "
+            f"the limit is {max_model_pixels}. Send a smaller image or set ?max_side="
+        )
+
+
+def to_rgb(picture: Image.Image) -> Image.Image:
     """Any Pillow mode as 8-bit RGB: 16-bit scaled down, alpha composited over white."""
-    mode = image.mode
+    mode = picture.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
-        # 16-bit samples keep their top byte; 32-bit integers are read as 16-bit.
-        values = np.asarray(image)
+        # 16-bit samples keep their top byte; 32-bit integers are read as 16-bit; floats in
+        # [0, 1] are scaled to 0-255, larger ones read as 0-255.
+        values = np.asarray(picture)
         if mode == "F":
+            values = np.nan_to_num(values)
+            if values.size and values.max() <= 1.0:
+                values = values * 255.0
             gray = np.clip(values, 0, 255).astype(np.uint8)
         else:
             gray = (np.clip(values, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode == "P" and "transparency" in picture.info
+    ):
+        rgba = picture.convert("RGBA")
         low, _ = rgba.getchannel("A").getextrema()
         if low == 255:
             return rgba.convert("RGB")
         background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode == "RGB":
-        return image
-    return image.convert("RGB")
+        return picture
+    return picture.convert("RGB")
 
 
-def decode(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
-    """Encoded image bytes -> H x W x 3 uint8 RGB, EXIF orientation applied, first frame only."""
-    image = open_image(data, max_pixels)
-    kind = image.format
+def decode_picture(picture: Image.Image) -> NDArray[np.uint8]:
+    """An opened picture's pixels as H x W x 3 uint8 RGB, EXIF orientation applied; closes it."""
+    kind = picture.format
     try:
-        image.load()
-        oriented = ImageOps.exif_transpose(image)
-        rgb = to_rgb(oriented)
-        return np.asarray(rgb, dtype=np.uint8)
+        picture.load()
+        # In place: the copy exif_transpose makes otherwise doubles the peak of every decode.
+        ImageOps.exif_transpose(picture, in_place=True)
+        return np.asarray(to_rgb(picture), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"refused as a decompression bomb: {exc}") from exc
     except DECODE_ERRORS as exc:
         raise BadImageError(f"cannot decode the {kind} image: {exc}") from exc
     finally:
-        image.close()
+        picture.close()
+
+
+def decode(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
+    """Encoded image bytes -> H x W x 3 uint8 RGB, EXIF orientation applied, first frame only."""
+    return decode_picture(open_image(data, max_pixels))
 
 
 def reduced_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -165,12 +197,12 @@ def color_table(palette: Sequence[Sequence[int]], num_classes: int) -> NDArray[n
 def encode_labels(labels: NDArray[Any], table: NDArray[np.uint8], compress_level: int) -> bytes:
     """The label map as a PNG, pixel = class id: palette PNG, or 16-bit grey above 255 classes."""
     if labels.dtype == np.uint8:
-        image = Image.fromarray(labels)
-        image.putpalette(table[:256].tobytes())
+        picture = Image.fromarray(labels)
+        picture.putpalette(table[:256].tobytes())
     else:
-        image = Image.fromarray(labels.astype(np.uint16))
+        picture = Image.fromarray(labels.astype(np.uint16))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=compress_level)
+    picture.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

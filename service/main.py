@@ -162,6 +162,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for ``settings``."""
+    return {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        # Load balancers keep idle connections open (AWS ALB: 60 s); if the server closed
+        # them first, a request sent just then would get a 502.
+        "timeout_keep_alive": settings.keep_alive_s,
+        "timeout_graceful_shutdown": math.ceil(settings.drain_timeout_s),
+    }
+
+
 def run() -> None:
     """``fcn-serve``: serve the model with uvicorn; host, port and workers from FCN_*."""
     try:
@@ -174,16 +190,7 @@ def run() -> None:
         raise SystemExit(2) from None
     import uvicorn
 
-    uvicorn.run(
-        "service.main:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
-    )
+    uvicorn.run("service.main:create_app", **server_options(settings))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,16 @@ class Metrics:
         self.batch_failures = Counter(
             "fcn_batch_failures", "ONNX Runtime calls that raised.", registry=registry
         )
+        self.batches_aborted = Counter(
+            "fcn_batches_aborted",
+            "ONNX Runtime calls stopped early because every request of the batch gave up.",
+            registry=registry,
+        )
+        self.batch_running_seconds = Gauge(
+            "fcn_batch_running_seconds",
+            "How long the running ONNX Runtime call has been running (0: none runs).",
+            registry=registry,
+        )
         self.provider = Gauge(
             "fcn_provider_info",
             "The execution provider in use (1) and the model it serves.",

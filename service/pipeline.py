@@ -1,23 +1,28 @@
 """One segmentation request end to end: negotiate, decode, batch, predict, unbatch, encode.
 
-Decoding and encoding run on worker threads and inference on the batcher's thread, so the
-event loop only moves bytes and answers probes.
+Decoding and encoding run on worker threads, within a budget of pixels, and inference on the
+batcher's thread, so the event loop only moves bytes and answers probes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from python_multipart.multipart import parse_options_header
 
 from service import imaging, uploads
 from service.batching import Batcher, Disconnected, Prediction
+from service.budget import PixelBudget
 from service.config import Format
 from service.errors import NotAcceptableError, RequestTimeoutError
 from service.imaging import ImageFormat, LabelEncoding
@@ -113,12 +118,26 @@ def _millis(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
-def _prepare(
-    body: bytes, content_type: str | None, max_pixels: int, max_side: int
-) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-    """The image out of the body, decoded, and the possibly reduced copy the model sees."""
-    image = imaging.decode(uploads.image_bytes(content_type, body), max_pixels)
-    return image, imaging.shrink(image, max_side)
+def _open(body: bytes, content_type: str | None, max_pixels: int) -> Image.Image:
+    """The image out of the body, opened: its size read from the header, no pixel decoded."""
+    return imaging.open_image(uploads.image_bytes(content_type, body), max_pixels)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request's image: its size, the array the model sees, the full one for overlays."""
+
+    height: int
+    width: int
+    model_input: NDArray[np.uint8]  # H x W x 3, reduced to max_side
+    image: NDArray[np.uint8] | None  # full size; kept only when the answer needs its pixels
+
+
+def _decode(picture: Image.Image, max_side: int, keep_image: bool) -> Decoded:
+    """Decode an opened picture and reduce it for the model."""
+    image = imaging.decode_picture(picture)
+    height, width = image.shape[:2]
+    return Decoded(height, width, imaging.shrink(image, max_side), image if keep_image else None)
 
 
 class Segmenter:
@@ -129,8 +148,10 @@ class Segmenter:
         info: ModelInfo,
         batcher: Batcher,
         metrics: Metrics,
+        budget: PixelBudget,
         *,
         max_pixels: int,
+        max_model_pixels: int,
         max_side: int,
         request_timeout_s: float,
         overlay_alpha: float,
@@ -140,7 +161,9 @@ class Segmenter:
         self.info = info
         self.batcher = batcher
         self.metrics = metrics
+        self.budget = budget
         self.max_pixels = max_pixels
+        self.max_model_pixels = max_model_pixels
         self.max_side = max_side
         self.request_timeout_s = request_timeout_s
         self.overlay_alpha = overlay_alpha
@@ -154,18 +177,14 @@ class Segmenter:
         return min(sides) if sides else 0
 
     def _encode(
-        self,
-        image: NDArray[np.uint8],
-        prediction: Prediction,
-        choice: Choice,
-        query: SegmentQuery,
+        self, decoded: Decoded, prediction: Prediction, query: SegmentQuery, choice: Choice
     ) -> bytes:
-        height, width = image.shape[:2]
-        labels = imaging.enlarge(prediction.labels, height, width)
+        labels = imaging.enlarge(prediction.labels, decoded.height, decoded.width)
         if choice.format == "overlay":
+            assert decoded.image is not None  # kept for overlays
             alpha = self.overlay_alpha if query.alpha is None else query.alpha
             return imaging.encode_overlay(
-                image,
+                decoded.image,
                 labels,
                 self.table,
                 alpha=alpha,
@@ -184,6 +203,24 @@ class Segmenter:
             )
         return imaging.encode_labels(labels, self.table, self.png_compress_level)
 
+    def _late(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"no result within {self.request_timeout_s:g} s (FCN_REQUEST_TIMEOUT_S); retry later"
+        )
+
+    @contextlib.asynccontextmanager
+    async def _image_work(self, pixels: int, deadline: float | None) -> AsyncIterator[None]:
+        """Hold ``pixels`` of the image-work budget, waiting for it until ``deadline``."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.budget.acquire(pixels)
+        except TimeoutError:
+            raise self._late() from None
+        try:
+            yield
+        finally:
+            self.budget.release(pixels)
+
     async def segment(
         self,
         body: bytes,
@@ -195,29 +232,40 @@ class Segmenter:
     ) -> Result:
         """Segment the image in a request body and encode the result as ``choice`` says."""
         started = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self.request_timeout_s
+        side = self._side(query.max_side)
         with self.batcher.incoming():
-            # Multipart parsing and decoding take milliseconds: off the event loop.
-            image, model_input = await anyio.to_thread.run_sync(
-                _prepare, body, content_type, self.max_pixels, self._side(query.max_side)
-            )
-        decoded = time.perf_counter()
-        remaining = self.request_timeout_s - (decoded - started)
-        late = RequestTimeoutError(
-            f"no result within {self.request_timeout_s:g} s (FCN_REQUEST_TIMEOUT_S); retry later"
-        )
+            # Multipart parsing and header reading take milliseconds: off the event loop.
+            picture = await anyio.to_thread.run_sync(_open, body, content_type, self.max_pixels)
+            try:
+                width, height = picture.size
+                imaging.check_model_size(
+                    height, width, max_model_pixels=self.max_model_pixels, max_side=side
+                )
+                async with self._image_work(width * height, deadline):
+                    decoded = await anyio.to_thread.run_sync(
+                        _decode, picture, side, choice.format == "overlay"
+                    )
+            finally:
+                picture.close()
+        decoded_at = time.perf_counter()
+        remaining = self.request_timeout_s - (decoded_at - started)
         if remaining <= 0:
-            raise late
+            raise self._late()
         try:
             prediction = await self.batcher.predict(
-                model_input, timeout_s=remaining, disconnected=disconnected
+                decoded.model_input, timeout_s=remaining, disconnected=disconnected
             )
         except RequestTimeoutError:
-            raise late from None
+            raise self._late() from None
         predicted = time.perf_counter()
-        content = await anyio.to_thread.run_sync(self._encode, image, prediction, choice, query)
+        async with self._image_work(decoded.height * decoded.width, None):
+            content = await anyio.to_thread.run_sync(
+                self._encode, decoded, prediction, query, choice
+            )
         encoded = time.perf_counter()
         stages: dict[str, Any] = {
-            "decode": decoded - started,
+            "decode": decoded_at - started,
             "queue": prediction.queue_s,
             "inference": prediction.inference_s,
             "encode": encoded - predicted,

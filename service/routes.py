@@ -74,6 +74,7 @@ async def segment(
     service.health.check_serving(settings.retry_after_s)
     choice = negotiate(query, request.headers.get("accept"), settings.default_format)
     request.state.format = choice.format
+    service.batcher.check_capacity()  # before the upload is taken in
     body = await uploads.read_body(request, settings.max_upload_bytes)
     result = await service.segmenter.segment(
         body,
@@ -94,9 +95,10 @@ def _health(ok: bool, state: str, reason: str, retry_after_s: int) -> JSONRespon
 @router.get("/livez")
 @router.get("/v2/health/live")
 async def livez(service: ServiceDep) -> JSONResponse:
-    """200 while the process can serve (even before the model is warm)."""
-    health = service.health
-    return _health(health.alive, health.state, health.reason, service.settings.retry_after_s)
+    """200 while the process can serve (even before the model is warm); 503 after a failed
+    warm-up or while an inference is stuck: restart the process."""
+    alive, state, reason = service.liveness()
+    return _health(alive, state, reason, service.settings.retry_after_s)
 
 
 @router.get("/readyz")
@@ -127,11 +129,13 @@ async def model(service: ServiceDep) -> dict[str, Any]:
             "image_formats": IMAGE_TYPES,
             "max_upload_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_pixels,
+            "max_model_pixels": settings.max_model_pixels,
             "max_side": settings.max_side,
             "tensor": {"name": "image", "dtype": "uint8", "shape": ["N", "H", "W", 3]},
         },
         "batching": {
             "max_batch_size": service.batcher.max_batch_size,
+            "max_batch_pixels": service.batcher.max_batch_pixels,
             "max_delay_ms": settings.max_delay_ms,
             "max_queue": settings.max_queue,
             "request_timeout_s": settings.request_timeout_s,

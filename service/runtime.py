@@ -6,11 +6,13 @@ available and quietly falls back to CPU when its libraries or the device are mis
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from service.errors import StartupError
+from service.imaging import padded_pixels
 
 logger = logging.getLogger("fcn.service")
 
@@ -33,6 +36,14 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 # Mount points of the cgroup v1 cpu controller.
 CGROUP_V1_CPU = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
+# The libraries onnxruntime-gpu loads for its GPU providers (Linux names).
+PROVIDER_LIBRARIES = {
+    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
+}
+# ONNX Runtime's default logger severities: 2 warning (its default), 4 fatal.
+ORT_WARNING, ORT_FATAL = 2, 4
+SHRINK_ARENAS = "memory.enable_memory_arena_shrinkage"
 
 
 @dataclass(frozen=True)
@@ -246,7 +257,12 @@ def sha256_of(path: Path) -> str:
 
 
 class Runtime:
-    """A loaded model: the ORT session, its metadata and where it runs."""
+    """A loaded model: the ORT session, its metadata and where it runs.
+
+    ONNX Runtime's memory arenas keep their peak for reuse: without them every run pays for
+    fresh pages (a third less throughput on CPU, BENCHMARKS.md). Runs up to ``keep_pixels``
+    padded pixels keep it; after a larger one, that run and the next give it back.
+    """
 
     def __init__(
         self,
@@ -256,6 +272,7 @@ class Runtime:
         requested: Sequence[str],
         threads: int,
         label_type: str,
+        device_id: int = 0,
     ):
         self.session = session
         self.info = info
@@ -264,6 +281,14 @@ class Runtime:
         self.provider = self.providers[0]
         self.threads = threads
         self.label_type = label_type
+        self.keep_pixels = 0  # 0: every run keeps the arenas' memory
+        arenas = ["cpu:0"]
+        if "CUDAExecutionProvider" in self.providers:
+            arenas.append(f"gpu:{device_id}")
+        self._arenas = ";".join(arenas)
+        self._shrink_next = False
+        self._lock = threading.Lock()
+        self._current: ort.RunOptions | None = None
 
     @property
     def on_gpu(self) -> bool:
@@ -271,9 +296,34 @@ class Runtime:
         return self.provider in GPU_PROVIDERS
 
     def run(self, image: NDArray[np.uint8]) -> NDArray[Any]:
-        """[N, H, W, 3] uint8 RGB -> [N, H, W] labels; blocks, releases the GIL."""
-        (labels,) = self.session.run([LABELS], {INPUT: image})
+        """[N, H, W, 3] uint8 RGB -> [N, H, W] labels; blocks, releases the GIL.
+
+        ``terminate()`` from another thread makes it raise at the next node.
+        """
+        options = ort.RunOptions()
+        count, height, width = image.shape[:3]
+        oversized = 0 < self.keep_pixels < count * padded_pixels(height, width)
+        if oversized or self._shrink_next:
+            # The oversized run's output may still sit in the arena as it ends: shrink again
+            # after the next run, once that output is gone.
+            options.add_run_config_entry(SHRINK_ARENAS, self._arenas)
+        self._shrink_next = oversized
+        with self._lock:
+            self._current = options
+        try:
+            (labels,) = self.session.run([LABELS], {INPUT: image}, options)
+        finally:
+            with self._lock:
+                self._current = None
         return np.asarray(labels)
+
+    def terminate(self) -> bool:
+        """Ask the running inference, if any, to stop at its next node; whether one runs."""
+        with self._lock:
+            if self._current is None:
+                return False
+            self._current.terminate = True
+            return True
 
     def warm_up(self, sizes: Sequence[tuple[int, int]]) -> float:
         """Run one image of each H x W size; returns the seconds it took."""
@@ -281,6 +331,23 @@ class Runtime:
         for height, width in sizes:
             self.run(np.zeros((1, height, width, 3), dtype=np.uint8))
         return time.perf_counter() - start
+
+
+def missing_library(provider: str) -> str | None:
+    """Why ``provider``'s library cannot load when a shared library it needs is not found
+    (the usual CPU-only machine), else None: then ONNX Runtime's own diagnostics matter."""
+    name = PROVIDER_LIBRARIES.get(provider)
+    if name is None:
+        return None
+    path = Path(ort.__file__).parent / "capi" / name
+    if not path.is_file():
+        return None
+    try:
+        ctypes.CDLL(str(path))
+    except OSError as exc:
+        if "cannot open shared object file" in str(exc):
+            return str(exc).removeprefix(f"{path}: ")
+    return None
 
 
 def load_runtime(
@@ -316,21 +383,38 @@ def load_runtime(
         trt_fp16=trt_fp16,
         trt_cache_dir=trt_cache_dir,
     )
+    gpus = [p for p in usable if p in GPU_PROVIDERS]
+    reasons = [reason for reason in map(missing_library, gpus) if reason is not None]
+    # Every GPU provider lacks a library: ONNX Runtime would print its failed loads in red
+    # before our own warning, which names the library. Any other GPU trouble it reports.
+    quiet = bool(gpus) and len(reasons) == len(gpus)
+    if quiet:
+        ort.set_default_logger_severity(ORT_FATAL)
     try:
         session = ort.InferenceSession(
             source, sess_options=session_options(threads), providers=placement
         )
     except Exception as exc:  # ORT raises its own pybind exception types
         raise StartupError(f"{source}: ONNX Runtime cannot load it: {exc}") from exc
+    finally:
+        if quiet:
+            ort.set_default_logger_severity(ORT_WARNING)
     meta = session.get_modelmeta().custom_metadata_map
     info = read_metadata(meta, source=source, name=name, sha256=sha256_of(path))
     label_type = _check_contract(session, source)
-    runtime = Runtime(session, info, requested=providers, threads=threads, label_type=label_type)
+    runtime = Runtime(
+        session,
+        info,
+        requested=providers,
+        threads=threads,
+        label_type=label_type,
+        device_id=device_id,
+    )
     wanted_gpu = any(p in GPU_PROVIDERS for p in providers)
     if wanted_gpu and not runtime.on_gpu:
+        why = "; ".join(reasons) or "no usable GPU, or CUDA/cuDNN libraries missing"
         message = (
-            f"asked for {', '.join(providers)} but ONNX Runtime runs on {runtime.provider} "
-            "(no usable GPU, or CUDA/cuDNN libraries missing)"
+            f"asked for {', '.join(providers)} but ONNX Runtime runs on {runtime.provider} ({why})"
         )
         if require_gpu:
             raise StartupError(f"FCN_REQUIRE_GPU is set: {message}")

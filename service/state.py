@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Literal, TypeVar
 
 import anyio.to_thread
 
 from service import imaging
 from service.batching import Batcher
+from service.budget import PixelBudget
 from service.config import Settings
 from service.errors import NotReadyError, StartupError
 from service.metrics import Metrics
 from service.pipeline import Segmenter
-from service.runtime import Runtime, load_runtime
+from service.runtime import Runtime, available_cpus, load_runtime
 
 logger = logging.getLogger("fcn.service")
 
@@ -23,6 +24,14 @@ logger = logging.getLogger("fcn.service")
 # two cores: BENCHMARKS.md); a GPU gains from batches.
 CPU_BATCH_SIZE = 1
 GPU_BATCH_SIZE = 8
+# Image decodes and encodes at once, per CPU: more only add memory, not speed.
+IMAGE_WORK_PER_CPU = 2
+# Runs up to this many times a full batch of the largest warm-up size (padded) keep ONNX
+# Runtime's arena for the next run; larger ones give their memory back (Runtime).
+ARENA_KEEP_FACTOR = 4
+DEFAULT_SIZE = (375, 500)  # a PASCAL VOC image, when no warm-up size is given
+
+T = TypeVar("T")
 
 State = Literal["loading", "warming_up", "ready", "draining", "failed"]
 
@@ -62,6 +71,19 @@ def default_batch_size(on_gpu: bool) -> int:
     return GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE
 
 
+def arena_keep_pixels(warmup_sizes: tuple[tuple[int, int], ...], batch_size: int) -> int:
+    """Padded pixels of the largest run that keeps ONNX Runtime's arena afterwards."""
+    usual = max(imaging.padded_pixels(h, w) for h, w in warmup_sizes or (DEFAULT_SIZE,))
+    return ARENA_KEEP_FACTOR * batch_size * usual
+
+
+def _loaded(part: T | None, reason: str) -> T:
+    """``part`` once start-up made it; before that, 503."""
+    if part is None:
+        raise NotReadyError(f"the model is not loaded ({reason})")
+    return part
+
+
 class Service:
     """Everything one app holds; the parts that need the model exist after start-up."""
 
@@ -77,28 +99,33 @@ class Service:
     @property
     def runtime(self) -> Runtime:
         """The loaded model (503 before start-up finished)."""
-        if self._runtime is None:
-            raise NotReadyError(f"the model is not loaded ({self.health.reason})")
-        return self._runtime
+        return _loaded(self._runtime, self.health.reason)
 
     @property
     def batcher(self) -> Batcher:
         """The batcher (503 before start-up finished)."""
-        if self._batcher is None:
-            raise NotReadyError(f"the model is not loaded ({self.health.reason})")
-        return self._batcher
+        return _loaded(self._batcher, self.health.reason)
 
     @property
     def segmenter(self) -> Segmenter:
         """The pipeline (503 before start-up finished)."""
-        if self._segmenter is None:
-            raise NotReadyError(f"the model is not loaded ({self.health.reason})")
-        return self._segmenter
+        return _loaded(self._segmenter, self.health.reason)
+
+    def liveness(self) -> tuple[bool, str, str]:
+        """(alive, state, reason) for /livez: dead after a failed warm-up or while a batch
+        has run longer than FCN_STUCK_AFTER_S (an ONNX Runtime call that never returns)."""
+        running = self._batcher.running_for() if self._batcher is not None else 0.0
+        if running > self.settings.stuck_s:
+            limit = self.settings.stuck_s
+            return False, "stuck", f"a batch has run {running:.0f} s (limit {limit:g} s)"
+        return self.health.alive, self.health.state, self.health.reason
 
     async def start(self) -> None:
         """Load the model (fatal errors raise StartupError) and start the batcher."""
         s = self.settings
         imaging.guard_bombs()
+        # Each server process gets its share of the CPUs: FCN_WORKERS processes, one host.
+        cpus = max(1, available_cpus() // s.workers)
         runtime = await anyio.to_thread.run_sync(
             partial(
                 load_runtime,
@@ -111,23 +138,30 @@ class Service:
                 cudnn_conv_algo_search=s.cudnn_conv_algo_search,
                 trt_fp16=s.trt_fp16,
                 trt_cache_dir=s.trt_cache_dir,
-                intra_op_threads=s.intra_op_threads,
+                intra_op_threads=s.intra_op_threads or cpus,
             )
         )
+        batch_size = s.max_batch_size or default_batch_size(runtime.on_gpu)
+        runtime.keep_pixels = arena_keep_pixels(s.warmup_sizes, batch_size)
         batcher = Batcher(
             runtime.run,
-            max_batch_size=s.max_batch_size or default_batch_size(runtime.on_gpu),
+            max_batch_size=batch_size,
+            max_batch_pixels=s.batch_pixels,
             max_delay_s=s.max_delay_ms / 1000,
             max_queue=s.max_queue,
             retry_after_s=s.retry_after_s,
             metrics=self.metrics,
+            abort=runtime.terminate,
         )
         batcher.start()
+        self.metrics.batch_running_seconds.set_function(batcher.running_for)
         self._segmenter = Segmenter(
             runtime.info,
             batcher,
             self.metrics,
+            PixelBudget(s.max_pixels, IMAGE_WORK_PER_CPU * cpus),
             max_pixels=s.max_pixels,
+            max_model_pixels=s.max_model_pixels,
             max_side=s.max_side,
             request_timeout_s=s.request_timeout_s,
             overlay_alpha=s.overlay_alpha,

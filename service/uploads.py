@@ -50,12 +50,13 @@ def _multipart_field(body: bytes, boundary: bytes, field: str) -> bytes:
     headers: dict[bytes, bytes] = {}
     header_name = bytearray()
     header_value = bytearray()
-    target: list[bytearray | None] = [None]
-    ended = [False]
+    target: bytearray | None = None  # the part being read, when it is the field
+    ended = False
 
     def on_part_begin() -> None:
+        nonlocal target
         headers.clear()
-        target[0] = None
+        target = None
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header_name.extend(data[start:end])
@@ -69,18 +70,19 @@ def _multipart_field(body: bytes, boundary: bytes, field: str) -> bytes:
         header_value.clear()
 
     def on_headers_finished() -> None:
+        nonlocal target
         _, options = parse_options_header(headers.get(b"content-disposition"))
         if options.get(b"name") == field.encode():
-            part = bytearray()
-            target[0] = part
-            found.append(part)
+            target = bytearray()
+            found.append(target)
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        if target[0] is not None:
-            target[0].extend(data[start:end])
+        if target is not None:
+            target.extend(data[start:end])
 
     def on_end() -> None:
-        ended[0] = True
+        nonlocal ended
+        ended = True
 
     callbacks: MultipartCallbacks = {
         "on_part_begin": on_part_begin,
@@ -97,7 +99,7 @@ def _multipart_field(body: bytes, boundary: bytes, field: str) -> bytes:
         parser.finalize()
     except FormParserError as exc:
         raise BadImageError(f"malformed multipart/form-data body: {exc}") from exc
-    if not ended[0]:
+    if not ended:
         raise BadImageError("the multipart/form-data body ends before its closing boundary")
     if len(found) != 1:
         problem = "has no field" if not found else f"has {len(found)} fields"

@@ -2,21 +2,27 @@
 
 No engine runs here, so the files are parsed and cross-checked: probe paths are real
 routes, ports agree, every FCN_ variable is a real setting, the model path baked into the
-images exists in the repository, and the service images never install torch.
+images exists in the repository, the service images never install torch and pin an ONNX
+Runtime built for their CUDA, and the pods pass the restricted Pod Security Standard.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+import onnxruntime as ort
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
+from service import healthcheck
 from service.config import Settings
 from service.main import create_app
 
@@ -81,17 +87,27 @@ def k8s(kind: str) -> dict[str, Any]:
     raise AssertionError(f"no {kind} in {K8S}")
 
 
-def readyz_url_path(command: str) -> str:
-    match = re.search(r"https?://[^/]+(/[\w/.-]*)", command)
-    assert match, command
-    return match.group(1)
+HEALTHCHECK = ["python", "-m", "service.healthcheck"]
+
+
+def health_command(instruction: str) -> list[str]:
+    """The command of a HEALTHCHECK instruction's exec form."""
+    options, _, command = instruction.partition("CMD ")
+    assert "--interval" in options, instruction
+    return [str(part) for part in yaml.safe_load(command)]
+
+
+def onnxruntime_pin(runs: str) -> SpecifierSet:
+    """The onnxruntime-gpu version an image's pip installs name."""
+    match = re.search(r"'onnxruntime-gpu([~=<>!][^']*)'", runs)
+    assert match, "the image does not pin onnxruntime-gpu"
+    return SpecifierSet(match.group(1))
 
 
 @pytest.mark.parametrize("name", SERVICE_DOCKERFILES)
 def test_service_images_serve_the_bundled_model_as_a_non_root_user(name: str) -> None:
     pairs = dockerfile(name)
     env = env_of(pairs)
-    assert set(env) & SETTINGS <= SETTINGS
     assert {k for k in env if k.startswith("FCN_")} <= SETTINGS
     assert env["FCN_PORT"] == str(DEFAULT_PORT)
     assert ("EXPOSE", str(DEFAULT_PORT)) in pairs
@@ -108,14 +124,62 @@ def test_service_images_serve_the_bundled_model_as_a_non_root_user(name: str) ->
     assert users[-1] not in ("root", "0")
     health = [rest for instruction, rest in pairs if instruction == "HEALTHCHECK"]
     assert len(health) == 1
-    assert readyz_url_path(health[0]) == "/readyz"
-    assert answers("/readyz")
+    assert health_command(health[0]) == HEALTHCHECK
 
     # The service never needs torch: only the serve extra is installed.
     runs = " ".join(rest for instruction, rest in pairs if instruction == "RUN")
     assert "'.[serve]'" in runs
     assert "torch" not in runs
     assert ("CMD", '["fcn-serve"]') in pairs
+
+
+@pytest.mark.parametrize("name", SERVICE_DOCKERFILES)
+def test_dependencies_install_before_the_code_is_copied(name: str) -> None:
+    pairs = dockerfile(name)
+    steps = [f"{instruction} {rest}" for instruction, rest in pairs]
+    dependencies = next(i for i, step in enumerate(steps) if "'.[serve]'" in step)
+    code = next(i for i, step in enumerate(steps) if step.startswith("COPY service/"))
+    assert dependencies < code
+    assert steps[dependencies - 1] == "COPY pyproject.toml ./"
+    # Then the project itself, without touching the dependencies again.
+    assert any("pip install --no-deps ." in step for step in steps[code:])
+
+
+def test_the_pinned_onnxruntime_is_built_for_the_base_images_cuda() -> None:
+    pairs = dockerfile(SERVICE_DOCKERFILES[0])
+    base = next(rest for instruction, rest in pairs if instruction == "FROM")
+    match = re.match(r"nvidia/cuda:(\d+)\.", base)
+    assert match, base
+    runs = " ".join(rest for instruction, rest in pairs if instruction == "RUN")
+    pin = onnxruntime_pin(runs)
+    # Both images run the same release, within what the serve extra allows.
+    cpu_runs = " ".join(r for i, r in dockerfile(SERVICE_DOCKERFILES[1]) if i == "RUN")
+    assert onnxruntime_pin(cpu_runs) == pin
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (allowed,) = [
+        SpecifierSet(d.removeprefix("onnxruntime-gpu"))
+        for d in project["optional-dependencies"]["serve"]
+        if d.startswith("onnxruntime-gpu")
+    ]
+    installed = Version(ort.__version__)
+    if installed not in pin:
+        pytest.skip(f"onnxruntime-gpu {installed} here, the images pin {pin}: cannot read its CUDA")
+    assert installed in allowed
+    from onnxruntime.capi import build_and_package_info
+
+    built_for = build_and_package_info.cuda_version.split(".")[0]
+    assert built_for == match.group(1), (
+        f"onnxruntime-gpu {installed} is built for CUDA {built_for}, the image has {base}"
+    )
+
+
+def test_the_healthcheck_reads_the_port_the_server_binds() -> None:
+    assert healthcheck.DEFAULT_PORT == DEFAULT_PORT
+    assert healthcheck.PATH == "/readyz"
+    assert answers(healthcheck.PATH)
+    assert healthcheck.target({}) == ("127.0.0.1", DEFAULT_PORT)
+    assert healthcheck.target({"FCN_HOST": "0.0.0.0", "FCN_PORT": "9001"}) == ("127.0.0.1", 9001)
+    assert healthcheck.target({"FCN_HOST": "10.0.0.7"}) == ("10.0.0.7", DEFAULT_PORT)
 
 
 def test_gpu_image_is_built_on_cuda_with_cudnn() -> None:
@@ -158,14 +222,16 @@ def test_compose_serves_on_8000_with_a_gpu_reservation_and_a_cpu_profile() -> No
         assert published.endswith("8000}") or published == "8000", name
         assert service["restart"] in ("unless-stopped", "always", "on-failure")
         assert any(v.endswith(":/models:ro") for v in service["volumes"]), name
-        health = " ".join(service["healthcheck"]["test"])
-        assert readyz_url_path(health) == "/readyz"
+        assert service["healthcheck"]["test"] == ["CMD", *HEALTHCHECK], name
+        assert service["platform"] == "linux/amd64", name
         dockerfile_env = env_of(dockerfile(service["build"]["dockerfile"]))
         assert service["image"].startswith("fcn-service:")
         # Every variable passed through is a real setting.
         assert set(service["environment"]) <= SETTINGS, name
         model_default = service["environment"]["FCN_MODEL_PATH"]
         assert dockerfile_env["FCN_MODEL_PATH"] in model_default
+    # A GPU is reserved, so a missing one must fail the start, not fall back to the CPU.
+    assert gpu["environment"]["FCN_REQUIRE_GPU"] == "${FCN_REQUIRE_GPU:-true}"
 
 
 def test_every_fcn_variable_named_anywhere_is_a_real_setting() -> None:
@@ -198,11 +264,26 @@ def test_kubernetes_probes_ports_gpu_and_config_agree_with_the_app() -> None:
     (source,) = container["envFrom"]
     assert source["configMapRef"]["name"] == config["metadata"]["name"]
     assert set(config["data"]) <= SETTINGS
-    Settings(**{k.removeprefix("FCN_").lower(): v for k, v in config["data"].items()})
 
-    # The pod outlives the service's drain after SIGTERM.
-    drain = Settings.model_fields["drain_timeout_s"].default
-    assert pod["terminationGracePeriodSeconds"] > drain
+    # The pod outlives the preStop pause plus the service's drain after SIGTERM.
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    effective = Settings(**{k.removeprefix("FCN_").lower(): v for k, v in config["data"].items()})
+    shutdown = float(pre_stop[1]) + effective.drain_delay_s + effective.drain_timeout_s
+    assert pod["terminationGracePeriodSeconds"] > shutdown
+
+    # The "restricted" Pod Security Standard, and a CPU limit the service sizes itself by.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert float(container["resources"]["limits"]["cpu"]) >= 1
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["HOME"].startswith("/tmp")
+    assert env["CUDA_CACHE_PATH"].startswith("/tmp")
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
     service = k8s("Service")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -214,7 +295,11 @@ def test_kubernetes_probes_ports_gpu_and_config_agree_with_the_app() -> None:
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
 
-def test_kustomization_lists_every_manifest() -> None:
+def test_kustomization_lists_every_manifest_and_names_the_image() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == manifests
+    (container,) = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
+    (image,) = kustomization["images"]
+    assert image["name"] == container["image"]
+    assert image["newTag"]

@@ -21,6 +21,7 @@ from PIL import Image
 from service import imaging
 from service.errors import StartupError
 from service.main import create_app
+from service.runtime import available_cpus
 from tests.service.support import (
     PALETTE,
     encode,
@@ -242,6 +243,8 @@ BAD_BODIES = {
     "ppm": (raw(encode(IMAGE, "PPM"), "image/x-portable-pixmap"), 415, "unsupported_media_type"),
     "no-image-field": ({"files": {"file": ("a.png", PNG)}}, 422, "invalid_parameter"),
     "bomb": (raw(png_header_only(12_000, 12_000), "image/png"), 413, "image_too_large"),
+    # 230 bytes, 50,000 pixels; conv1's padding makes it 10 million at the model.
+    "thin": (raw(png_header_only(50_000, 1), "image/png"), 413, "image_too_large"),
 }
 
 
@@ -449,15 +452,73 @@ async def busy(client: httpx.AsyncClient, big_image: bytes) -> asyncio.Task[http
 
 
 async def test_a_full_queue_is_503_with_retry_after(model_path: Path, big_image: bytes) -> None:
-    async with serve(model_path, max_queue=1, max_batch_size=1, retry_after_s=3) as client:
+    app = create_app(settings(model_path, max_queue=1, max_batch_size=1, retry_after_s=3))
+    async with running(app) as client:
         blocker = await busy(client, big_image)
         queued = asyncio.ensure_future(client.post("/segment", files={"image": ("a", PNG)}))
         await wait_metric(client, "fcn_queue_depth", 1)
         refused = await client.post("/segment", files={"image": ("a", PNG)})
         assert_error(refused, 503, "overloaded")
         assert refused.headers["retry-after"] == "3"
+        # Refused before its upload is taken in.
+        status, _, pulled = await asgi_post(app, [PNG], [(b"content-type", b"image/png")])
+        assert (status, pulled) == (503, 0)
         assert (await blocker).status_code == 200
         assert (await queued).status_code == 200
+
+
+async def test_a_shutdown_out_of_time_answers_what_is_left_with_503(
+    model_path: Path, big_image: bytes
+) -> None:
+    app = create_app(settings(model_path, max_batch_size=1, drain_timeout_s=0.05))
+    async with running(app) as client:
+        blocker = await busy(client, big_image)
+        queued = asyncio.ensure_future(client.post("/segment", files={"image": ("a", PNG)}))
+        await wait_metric(client, "fcn_queue_depth", 1)
+    # The lifespan is over: the drain waited 0.05 s, then answered both.
+    for response in await asyncio.gather(blocker, queued):
+        message = assert_error(response, 503, "not_ready")["message"]
+        assert "shut down before the result" in message
+
+
+async def test_an_unexpected_error_is_a_json_500_and_the_service_stays_ready(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> bytes:
+        raise RuntimeError("a bug in the encoder")
+
+    app = create_app(settings(model_path, max_queue=1))
+    async with running(app) as client:
+        with monkeypatch.context() as patch:
+            patch.setattr(imaging, "encode_labels", broken)
+            failed = await client.post("/segment", files={"image": ("a", PNG)})
+        message = assert_error(failed, 500, "internal_error")["message"]
+        assert "bug" not in message  # details go to the log, not to clients
+        assert (await client.get("/readyz")).status_code == 200
+        # Nothing was held back: the one place in the queue, the image budget.
+        assert (await client.post("/segment", files={"image": ("a", PNG)})).status_code == 200
+        assert app.state.service.segmenter.budget.holders == 0
+        text = await metrics(client)
+    assert metric(text, "fcn_requests_total", status="500", format="png") == 1
+
+
+async def test_a_stuck_inference_fails_the_liveness_probe(
+    model_path: Path, big_image: bytes
+) -> None:
+    async with serve(model_path, stuck_after_s=0.01) as client:
+        blocker = await busy(client, big_image)
+        seen: list[tuple[int, str]] = []
+        while not blocker.done():
+            response = await client.get("/livez")
+            seen.append((response.status_code, response.json()["status"]))
+            running_s = metric(await metrics(client), "fcn_batch_running_seconds")
+            if seen[-1][0] == 503:
+                break
+        assert seen[-1] == (503, "stuck"), seen
+        assert running_s > 0.01
+        assert (await blocker).status_code == 200
+        assert (await client.get("/livez")).status_code == 200
+        assert metric(await metrics(client), "fcn_batch_running_seconds") == 0
 
 
 async def test_a_request_over_the_timeout_is_504_and_the_service_goes_on(
@@ -539,7 +600,8 @@ async def test_probes_answer_quickly_while_the_model_is_saturated(
 
 
 async def test_model_endpoint_and_metrics(model_path: Path) -> None:
-    async with serve(model_path, max_batch_size=3, max_queue=9) as client:
+    overrides = {"max_batch_size": 3, "max_queue": 9, "workers": 2, "intra_op_threads": 0}
+    async with serve(model_path, **overrides) as client:
         await client.post("/segment?format=json", files={"image": ("a", PNG)})
         await client.post("/segment", files={"image": ("a", b"junk")})
         info = (await client.get("/v1/model")).json()
@@ -547,6 +609,10 @@ async def test_model_endpoint_and_metrics(model_path: Path) -> None:
     assert info["arch"] == "fcn8s"
     assert info["classes"] == [f"class{i}" for i in range(5)]
     assert info["runtime"]["provider"] == "CPUExecutionProvider"
+    # Two server processes share the CPUs rather than each taking all of them.
+    assert info["runtime"]["intra_op_threads"] == max(1, available_cpus() // 2)
+    assert info["input"]["max_model_pixels"] == 8_000_000
+    assert info["batching"]["max_batch_pixels"] == 8_000_000
     assert info["input"]["tensor"] == {
         "name": "image",
         "dtype": "uint8",

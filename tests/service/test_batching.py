@@ -19,11 +19,13 @@ from numpy.typing import NDArray
 
 from service.batching import Batcher, Prediction
 from service.errors import (
+    ClientGoneError,
     InferenceError,
     NotReadyError,
     OverloadedError,
     RequestTimeoutError,
 )
+from service.imaging import padded_pixels
 from service.metrics import Metrics
 from service.runtime import Runtime, load_runtime
 from tests.service.support import pattern
@@ -71,6 +73,7 @@ class Gate:
 async def started(gate: Gate, **options: Any) -> AsyncIterator[Batcher]:
     values: dict[str, Any] = {
         "max_batch_size": 8,
+        "max_batch_pixels": 10**9,
         "max_delay_s": 0.0,
         "max_queue": 16,
         "retry_after_s": 2,
@@ -121,6 +124,23 @@ async def test_requests_are_grouped_by_size_and_get_their_own_slice(runtime: Run
 async def test_batches_hold_at_most_max_batch_size(runtime: Runtime) -> None:
     gate = Gate(runtime.run)
     async with started(gate, max_batch_size=2) as batcher:
+        first = await hold(batcher, gate, pattern(8, 8))
+        tasks = [
+            asyncio.ensure_future(batcher.predict(pattern(12, 12, seed=i), timeout_s=30))
+            for i in range(5)
+        ]
+        await queued(batcher, 5)
+        gate.open.set()
+        await asyncio.gather(first, *tasks)
+    assert [s[0] for s in gate.shapes] == [1, 2, 2, 1]
+
+
+async def test_batches_hold_at_most_max_batch_pixels_counting_the_padding(
+    runtime: Runtime,
+) -> None:
+    gate = Gate(runtime.run)
+    # Room for two 12 x 12 images padded to 212 x 212, not three.
+    async with started(gate, max_batch_pixels=int(2.5 * padded_pixels(12, 12))) as batcher:
         first = await hold(batcher, gate, pattern(8, 8))
         tasks = [
             asyncio.ensure_future(batcher.predict(pattern(12, 12, seed=i), timeout_s=30))
@@ -228,10 +248,68 @@ async def test_disconnected_clients_are_dropped(runtime: Runtime) -> None:
     assert gate.shapes == [(1, 8, 8, 3)]
 
 
+async def test_a_client_check_that_fails_counts_as_gone_and_loses_nothing(
+    runtime: Runtime,
+) -> None:
+    gate = Gate(runtime.run)
+    async with started(gate) as batcher:
+        first = await hold(batcher, gate, pattern(8, 8))
+
+        async def broken() -> bool:
+            raise RuntimeError("the transport cannot tell")
+
+        doomed = asyncio.ensure_future(
+            batcher.predict(pattern(9, 9), timeout_s=30, disconnected=broken)
+        )
+        fine = asyncio.ensure_future(batcher.predict(pattern(9, 9, seed=1), timeout_s=30))
+        await queued(batcher, 2)
+        gate.open.set()
+        await first
+        with pytest.raises(ClientGoneError):
+            await doomed
+        assert (await fine).batch_size == 1
+        assert batcher.waiting == 0
+        # The queue has all its places: as many requests as it holds still get in.
+        gate.open.clear()
+        gate.entered.clear()
+        held = await hold(batcher, gate, pattern(8, 8))
+        full = [
+            asyncio.ensure_future(batcher.predict(pattern(8, 8), timeout_s=30)) for _ in range(16)
+        ]
+        await queued(batcher, 16)
+        gate.open.set()
+        await asyncio.gather(held, *full)
+
+
+async def test_a_batch_nobody_waits_for_any_more_is_aborted(runtime: Runtime) -> None:
+    gate = Gate(runtime.run)
+    gate.open.set()
+    metrics = Metrics()
+    async with started(gate, metrics=metrics, abort=runtime.terminate) as batcher:
+        # Hundreds of milliseconds of inference, abandoned as soon as it starts.
+        big = np.zeros((2000, 2000, 3), np.uint8)
+        task = asyncio.ensure_future(batcher.predict(big, timeout_s=30))
+        while batcher.running_for() == 0:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        while batcher.busy:
+            await asyncio.sleep(0.001)
+        assert metrics.batches_aborted._value.get() == 1
+        assert metrics.batch_failures._value.get() == 0
+        after = await batcher.predict(pattern(10, 10), timeout_s=30)
+    assert after.labels.shape == (10, 10)
+
+
 async def test_stop_finishes_queued_work_then_refuses(runtime: Runtime) -> None:
     gate = Gate(runtime.run)
     batcher = Batcher(
-        gate, max_batch_size=1, max_delay_s=0, max_queue=8, retry_after_s=1, metrics=Metrics()
+        gate,
+        max_batch_size=1,
+        max_batch_pixels=10**9,
+        max_delay_s=0,
+        max_queue=8,
+        retry_after_s=1,
+        metrics=Metrics(),
     )
     batcher.start()
     first = await hold(batcher, gate, pattern(8, 8))
@@ -246,3 +324,16 @@ async def test_stop_finishes_queued_work_then_refuses(runtime: Runtime) -> None:
     await stopping
     assert len(results) == 4
     assert len(gate.shapes) == 4
+
+
+async def test_stop_answers_a_batch_that_is_still_forming(runtime: Runtime) -> None:
+    gate = Gate(runtime.run)
+    gate.open.set()
+    async with started(gate, max_batch_size=4, max_delay_s=30.0) as batcher:
+        with batcher.incoming():  # a request still decoding keeps the batch waiting for it
+            task = asyncio.ensure_future(batcher.predict(pattern(8, 8), timeout_s=30))
+            await asyncio.sleep(0.01)
+            await batcher.stop(0.05)
+        with pytest.raises(NotReadyError, match="shut down before the result"):
+            await asyncio.wait_for(task, 5)
+    assert gate.shapes == []

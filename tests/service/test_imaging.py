@@ -85,6 +85,18 @@ def test_sixteen_bit_keeps_the_high_byte() -> None:
         np.testing.assert_array_equal(decoded, np.repeat(_gray()[..., None], 3, axis=2))
 
 
+def test_float_tiffs_in_zero_to_one_are_scaled_to_bytes() -> None:
+    gray = _gray()
+    unit = Image.fromarray(gray.astype(np.float32) / 255)  # as scientific tools write them
+    assert unit.mode == "F"
+    decoded = imaging.decode(encode(unit, "TIFF"), MAX)
+    assert np.abs(decoded[..., 0].astype(int) - gray).max() <= 1
+    # Floats on the 0-255 scale are read as they are.
+    byte_scale = Image.fromarray(gray.astype(np.float32))
+    decoded = imaging.decode(encode(byte_scale, "TIFF"), MAX)
+    np.testing.assert_array_equal(decoded, np.repeat(gray[..., None], 3, axis=2))
+
+
 def test_cmyk_is_converted_as_pillow_does() -> None:
     cmyk = Image.fromarray(RGB).convert("CMYK")
     for fmt in ("TIFF", "JPEG"):
@@ -174,6 +186,18 @@ def png_header_only(width: int, height: int) -> bytes:
     idat = b"IDAT" + zlib.compress(b"")
     chunks = ihdr + struct.pack(">I", len(idat) - 4) + idat + struct.pack(">I", zlib.crc32(idat))
     return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def test_the_model_size_limit_counts_conv1s_padding() -> None:
+    # 1 x 50,000 pixels, a 230-byte PNG: the model runs on 201 x 50,200 of them.
+    thin = imaging.open_image(png_header_only(50_000, 1), max_pixels=10**9)
+    width, height = thin.size
+    assert imaging.padded_pixels(height, width) == 201 * 50_200
+    with pytest.raises(ImageTooLargeError, match="padded by 100 on every side to 50200x201"):
+        imaging.check_model_size(height, width, max_model_pixels=8_000_000, max_side=0)
+    imaging.check_model_size(height, width, max_model_pixels=201 * 50_200, max_side=0)
+    # Reduced for the model first, it fits: ?max_side= is the way for large images.
+    imaging.check_model_size(height, width, max_model_pixels=300_000, max_side=1000)
 
 
 @pytest.mark.parametrize("side", [10_000, 15_000], ids=["bomb-warning", "bomb-error"])

@@ -16,6 +16,8 @@ from pydantic import ValidationError
 
 from service.config import Settings
 from service.errors import StartupError
+from service.imaging import padded_pixels
+from service.main import server_options
 from service.runtime import (
     available_cpus,
     cgroup_cpu_limit,
@@ -95,6 +97,17 @@ def test_readme_documents_every_setting() -> None:
         if not re.search(rf"^\| `FCN_{name.upper()}` \|", text, re.MULTILINE)
     ]
     assert not missing, f"README's settings table lacks {missing}"
+
+
+def test_fcn_serve_keeps_idle_connections_longer_than_load_balancers(model_path: Path) -> None:
+    import uvicorn
+
+    options = server_options(Settings(model_path=model_path, keep_alive_s=90, drain_timeout_s=7.5))
+    config = uvicorn.Config("service.main:create_app", **options)
+    assert config.timeout_keep_alive == 90
+    assert config.timeout_graceful_shutdown == 8
+    defaults = server_options(Settings(model_path=model_path))
+    assert defaults["timeout_keep_alive"] > 60  # AWS ALB's idle timeout
 
 
 def write_cgroup(root: Path, relative: str, files: dict[str, str]) -> None:
@@ -253,6 +266,25 @@ def test_require_gpu_runs_on_cuda_when_there_is_one(model_path: Path, cuda_works
     )
     assert runtime.provider == "CUDAExecutionProvider"
     assert runtime.run(pattern(40, 30)[None]).shape == (1, 40, 30)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_the_memory_of_a_large_image_is_given_back(model_path: Path) -> None:
+    runtime = load(model_path, intra_op_threads=2)
+    small = np.zeros((1, 16, 16, 3), np.uint8)
+    runtime.keep_pixels = 4 * padded_pixels(16, 16)
+    runtime.run(small)
+    before = rss_mib()
+    # About 0.5 GB of activations at this width, kept by ONNX Runtime's arena for reuse...
+    runtime.run(np.zeros((1, 2000, 2000, 3), np.uint8))
+    # ...until the next run gives it back.
+    runtime.run(small)
+    assert rss_mib() - before < 150
 
 
 def test_metadata_travels_as_json(model_path: Path) -> None:

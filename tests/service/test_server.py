@@ -24,6 +24,7 @@ import pytest
 import uvicorn
 
 from service.main import run
+from service.runtime import missing_library
 from tests.service.support import encode, metric, pattern, png_labels
 
 pytestmark = pytest.mark.slow
@@ -128,6 +129,24 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(server: Server) 
     assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "body_too_large"
 
 
+def test_the_container_healthcheck_asks_the_running_server(server: Server) -> None:
+    port = server.url.rsplit(":", 1)[1]
+
+    def healthcheck(port: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "FCN_PORT": port}
+        command = [sys.executable, "-m", "service.healthcheck"]
+        return subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+
+    healthy = healthcheck(port)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert '/readyz 200 {"status":"ready"' in healthy.stdout
+    nobody = healthcheck(str(free_port()))
+    assert nobody.returncode == 1
+    assert "no answer" in nobody.stdout
+
+
 def test_the_server_process_has_not_loaded_torch(server: Server) -> None:
     maps = Path(f"/proc/{server.process.pid}/maps").read_text()
     assert "onnxruntime" in maps
@@ -209,6 +228,10 @@ def test_fcn_serve_exits_cleanly_when_a_required_gpu_is_missing(
     assert result.returncode == 3  # uvicorn's start-up failure
     assert "cannot start: FCN_REQUIRE_GPU is set" in result.stderr
     assert "runs on CPUExecutionProvider" in result.stderr
+    if missing_library("CUDAExecutionProvider") is not None:  # then also in that process
+        # Our one line names the missing library; ONNX Runtime's own red errors are not shown.
+        assert "cannot open shared object file" in result.stderr
+        assert "[E:onnxruntime" not in result.stderr
 
 
 def test_sigterm_drains_in_flight_requests_then_exits(server: Server, big_image: bytes) -> None:
