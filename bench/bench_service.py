@@ -19,7 +19,6 @@ import io
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageDraw
+from serving import free_port, start_service
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -197,44 +197,6 @@ def bench_http(
     return Figures("HTTP service", concurrency, len(latencies), elapsed, latencies)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_service(model: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FCN_")}
-    env.update(
-        {
-            "PYTHONPATH": str(ROOT),
-            "FCN_MODEL_PATH": str(model),
-            "FCN_HOST": "127.0.0.1",
-            "FCN_PORT": str(port),
-            "FCN_PROVIDERS": os.environ.get("FCN_PROVIDERS", "cuda,cpu"),
-            "FCN_WARMUP_SIZES": f"{HEIGHT}x{WIDTH}",
-            "FCN_ACCESS_LOG": "false",
-            "FCN_LOG_LEVEL": "warning",
-        }
-    )
-    process = subprocess.Popen([sys.executable, "-m", "service.main"], env=env, cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise SystemExit("the service did not start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-                if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                    return process
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit("the service did not become ready in 120 s")
-        time.sleep(0.1)
-
-
 def scrape(port: int) -> dict[str, float]:
     """The service's /metrics as {name + stage label: value}."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -306,7 +268,14 @@ def main() -> int:
         )
 
         port = free_port()
-        server = start_service(model, port)
+        server = start_service(
+            model,
+            port,
+            {
+                "FCN_PROVIDERS": os.environ.get("FCN_PROVIDERS", "cuda,cpu"),
+                "FCN_WARMUP_SIZES": f"{HEIGHT}x{WIDTH}",
+            },
+        )
         results: list[tuple[Figures, Figures, list[float], str]] = []
         probes: list[float] = []
         try:

@@ -24,8 +24,6 @@ import asyncio
 import io
 import os
 import platform
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -35,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from serving import free_port, start_service
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -113,42 +112,6 @@ def send(port: int, path: str, body: bytes, media: str, copies: int = 1) -> str:
     return ", ".join(f"{n} x {status}" for status, n in sorted(counts.items()))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_service(model: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FCN_")}
-    env.update(
-        {
-            "PYTHONPATH": str(ROOT),
-            "FCN_MODEL_PATH": str(model),
-            "FCN_HOST": "127.0.0.1",
-            "FCN_PORT": str(port),
-            "FCN_PROVIDERS": "cpu",
-            "FCN_ACCESS_LOG": "false",
-            "FCN_LOG_LEVEL": "warning",
-        }
-    )
-    process = subprocess.Popen([sys.executable, "-m", "service.main"], env=env, cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("the service did not start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-                if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                    return process
-        except OSError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the service did not become ready in 120 s")
-
-
 def arena_choices(model: Path, rounds: int = 3, seconds: float = 3.0) -> dict[str, list[float]]:
     """Images/s of a bare session on a 500x375 image under each arena choice, slice by slice."""
     import onnxruntime as ort
@@ -208,7 +171,7 @@ def main() -> int:
     usual = photo_jpeg(375, 500)
     photo = photo_jpeg(5000, 5000)
     port = free_port()
-    server = start_service(args.model, port)
+    server = start_service(args.model, port, {"FCN_PROVIDERS": "cpu"})
     sampler = Sampler(server.pid)
     rows: list[Row] = []
 
