@@ -27,7 +27,7 @@ RUN mkdir model service \
     && /opt/venv/bin/pip uninstall -y fcn-segmentation \
     && rm -rf /root/.cache build ./*.egg-info README.md model service
 
-COPY README.md ./
+COPY README.md LICENSE ./
 COPY model/ model/
 COPY service/ service/
 RUN /opt/venv/bin/pip install --no-deps . \
