@@ -126,7 +126,9 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, gt=0, description="Then, longest wait for queued and running requests."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Level of the service's log: debug, info, warning or error."
+    )
     access_log: bool = Field(True, description="Log one line per request.")
 
     @field_validator("providers", mode="before")

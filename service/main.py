@@ -5,15 +5,17 @@ Start with ``fcn-serve`` or ``uvicorn service.main:create_app --factory``; both 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -178,13 +180,56 @@ def server_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run() -> None:
-    """``fcn-serve``: serve the model with uvicorn; host, port and workers from FCN_*."""
+# Flags of ``fcn-serve``: each sets its FCN_* variable, so uvicorn's workers see it too.
+FLAGS = {"model": "model_path", "host": "host", "port": "port", "workers": "workers"}
+
+
+def _as_environment(value: object) -> str:
+    """A default as one would write it in the environment: ``375x500``, ``a,b``, ``true``."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        if all(isinstance(v, tuple) for v in value):
+            return ",".join("x".join(str(n) for n in v) for v in value) or "empty"
+        return ",".join(str(v) for v in value) or "empty"
+    return str(value) if value != "" else "empty"
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = "" if field.is_required() else f" [{_as_environment(field.default)}]"
+        lines.append(f"  FCN_{name.upper():<26} {field.description}{default}")
+    parser = argparse.ArgumentParser(
+        prog="fcn-serve",
+        description="Serve an FCN ONNX model over HTTP (POST /segment) with uvicorn. Every "
+        "setting is an FCN_* environment variable; the flags below override theirs.",
+        epilog="settings (environment):\n" + "\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", metavar="PATH", help="the ONNX file (FCN_MODEL_PATH)")
+    parser.add_argument("--host", help="address to bind (FCN_HOST)")
+    parser.add_argument("--port", help="port to listen on (FCN_PORT)")
+    parser.add_argument("--workers", help="server processes (FCN_WORKERS)")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """``fcn-serve``: serve the model with uvicorn; every setting from FCN_*, four by flag."""
+    args = _argument_parser().parse_args(argv)
+    for flag, name in FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            os.environ[f"FCN_{name.upper()}"] = str(value)
     try:
         settings = Settings()  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = "; ".join(
-            f"FCN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+            f"FCN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            + (" (set it, or pass --model PATH)" if e["loc"] == ("model_path",) else "")
+            for e in exc.errors()
         )
         print(f"fcn-serve: bad settings: {problems}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import uvicorn
 
+from service.config import Settings
 from service.main import run
 from service.runtime import missing_library
 from tests.service.support import encode, metric, pattern, png_labels
@@ -63,8 +64,7 @@ def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     port = free_port()
     env = environment(
         model_path,
-        host="127.0.0.1",
-        port=str(port),
+        port="1",  # the flag below wins
         warmup_sizes="16x16",
         intra_op_threads="2",
         drain_delay_s="1",
@@ -72,9 +72,15 @@ def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         access_log="false",
     )
     log = tmp_path_factory.mktemp("server") / "server.log"
+    del env["FCN_MODEL_PATH"]
+    flags = ["--model", str(model_path), "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.main"], env=env, cwd=ROOT, stdout=sink, stderr=sink
+            [sys.executable, "-m", "service.main", *flags],
+            env=env,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=sink,
         )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + 60
@@ -204,11 +210,36 @@ def test_fcn_serve_names_a_missing_setting(
     monkeypatch.delenv("FCN_MODEL_PATH", raising=False)
     monkeypatch.setenv("FCN_PORT", "http")
     with pytest.raises(SystemExit) as caught:
-        run()
+        run([])
     assert caught.value.code == 2
     err = capsys.readouterr().err
-    assert "FCN_MODEL_PATH: Field required" in err
+    assert "FCN_MODEL_PATH: Field required (set it, or pass --model PATH)" in err
     assert "FCN_PORT" in err
+
+
+def test_fcn_serve_help_lists_every_setting_and_flags_are_checked_like_them(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        run(["--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    for name, field in Settings.model_fields.items():
+        assert f"FCN_{name.upper()} " in out
+        assert str(field.description) in " ".join(out.split())
+    assert "[375x500]" in out
+    assert "[CUDAExecutionProvider,CPUExecutionProvider]" in out
+
+    monkeypatch.setenv("FCN_MODEL_PATH", str(model_path))
+    monkeypatch.setenv("FCN_PORT", "8000")  # so that the flag's value is undone after
+    with pytest.raises(SystemExit) as caught:
+        run(["--port", "eighty"])
+    assert caught.value.code == 2
+    assert "FCN_PORT: Input should be a valid integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        run(["--prot", "80"])
+    assert caught.value.code == 2
+    assert "unrecognized arguments: --prot" in capsys.readouterr().err
 
 
 def test_fcn_serve_exits_cleanly_when_a_required_gpu_is_missing(
