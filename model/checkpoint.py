@@ -9,6 +9,8 @@ numbers, strings, lists and dicts only.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,8 +158,38 @@ def load_checkpoint(
     source = Path(path)
     if not source.is_file():
         raise CheckpointError(f"{source}: no such checkpoint file")
+    with source.open("rb") as f:
+        head = f.read(4)
+    if head != ZIP_MAGIC and head[:1] != PICKLE_MAGIC:  # torch.save's zip, or a legacy pickle
+        raise CheckpointError(f"{source}: not a PyTorch checkpoint{_what_it_is(source, head)}")
     try:
         payload = torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # objects a weights-only load refuses to build
+        found = re.search(r"WeightsUnpickler error: (.*?)(?: was not|\.?$)", str(exc), re.M)
+        reason = found.group(1).strip() if found else "unpickling failed"
+        raise CheckpointError(
+            f"{source}: not an FCN checkpoint: it holds Python objects that a safe "
+            f"(weights-only) load refuses ({reason})"
+        ) from exc
     except Exception as exc:
-        raise CheckpointError(f"{source}: unreadable or truncated checkpoint ({exc})") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{source}: unreadable or truncated checkpoint ({first_line})"
+        ) from exc
     return Checkpoint.from_payload(payload, str(source))
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_MAGIC = b"\x80"
+
+
+def _what_it_is(source: Path, head: bytes) -> str:
+    """A hint for files users mistake for checkpoints."""
+    suffix = source.suffix.lower()
+    if suffix == ".onnx":
+        return " (an ONNX model: serve it with fcn-serve, or check it with fcn verify-onnx)"
+    if suffix == ".caffemodel":
+        return " (Caffe weights: convert them with fcn convert-caffe)"
+    if not head:
+        return " (the file is empty)"
+    return ""

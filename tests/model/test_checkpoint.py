@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,32 @@ def test_missing_truncated_and_foreign_files_are_named(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match="foreign.pt: not an FCN checkpoint"):
         load_checkpoint(foreign)
+
+
+def test_files_mistaken_for_checkpoints_are_named_for_what_they_are(tmp_path: Path) -> None:
+    onnx_file = tmp_path / "fcn8s.onnx"
+    onnx_file.write_bytes(b"\x08\x0a\x12\x07pytorch")  # an ONNX ModelProto's first fields
+    with pytest.raises(CheckpointError, match=r"fcn8s.onnx: not a PyTorch checkpoint \(an ONNX"):
+        load_checkpoint(onnx_file)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"notes.txt: not a PyTorch checkpoint$"):
+        load_checkpoint(text)
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    with pytest.raises(CheckpointError, match=r"empty.pt: .*\(the file is empty\)"):
+        load_checkpoint(empty)
+
+    # A pickle of arbitrary objects is refused without running it, in one line.
+    objects = tmp_path / "objects.pt"
+    torch.save({"args": argparse.Namespace(lr=0.1)}, objects)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(objects)
+    message = str(caught.value)
+    assert message.startswith(f"{objects}: not an FCN checkpoint")
+    assert "argparse.Namespace" in message
+    assert "\n" not in message
+    assert "weights_only=False" not in message  # no advice to load it unsafely
 
 
 def test_weights_that_do_not_fit_the_recorded_network_are_refused(tmp_path: Path) -> None:
