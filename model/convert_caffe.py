@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         save_checkpoint(checkpoint, out)
     except OSError as exc:
-        raise CLIError(f"--out {out}: cannot write ({exc})") from exc
+        raise CLIError(
+            f"--out {out}: cannot write in {out.parent} ({exc.strerror or exc})"
+        ) from exc
 
     spec = checkpoint.spec
     values = sum(t.numel() for t in checkpoint.state_dict.values())

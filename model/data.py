@@ -49,7 +49,8 @@ def check(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = sub.add_parser("check", help="report missing, unreadable, mis-sized or mislabelled files")
+    text = "report missing, unreadable, mis-sized or mislabelled files"
+    p = sub.add_parser("check", help=text, description=text)
     p.add_argument(
         "root", type=Path, metavar="DIR", help="data folder (VOC, SBD or images/ + masks/)"
     )
@@ -59,23 +60,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, default=4, help="reading threads (default: 4)")
 
-    p = sub.add_parser("synth", help="write a synthetic data set in PASCAL VOC's layout")
+    text = "write a synthetic data set in PASCAL VOC's layout"
+    p = sub.add_parser("synth", help=text, description=text)
     p.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
     p.add_argument("--train", type=int, default=300, help="training images (default: 300)")
-    p.add_argument("--val", type=int, default=100, help="validation images (default: 100)")
+    p.add_argument(
+        "--val", type=int, default=100, help="validation images, 1 or more (default: 100)"
+    )
     p.add_argument("--size", default="128x128", help="image size HxW (default: 128x128)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same files (default: 0)")
     p.add_argument(
         "--band", type=int, default=1, help="255 band on boundaries, pixels each side (default: 1)"
     )
 
-    p = sub.add_parser("download", help="download VOC2012 or SBD (needs internet)")
+    text = "download VOC2012 or SBD (needs internet)"
+    p = sub.add_parser("download", help=text, description=text)
     p.add_argument("dataset", choices=("voc", "sbd"))
     p.add_argument("--root", type=Path, required=True, help="folder to download into")
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.cli import CLIError
+    from model.cli import CLIError, check_output_folder
 
     if args.action == "check":
         if args.workers < 1:
@@ -98,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
             size = parse_size(args.size)
         except ValueError as exc:
             raise CLIError(f"--size: {exc}") from exc
+        for flag, value, least in (("--train", args.train, 1), ("--val", args.val, 1)):
+            if value < least:
+                raise CLIError(f"{flag} {value}: must be at least {least}")
+        if args.band < 0:
+            raise CLIError(f"--band {args.band}: must be 0 or more")
+        check_output_folder(args.out)
         with tqdm(total=args.train + args.val, unit="img", disable=None, leave=False) as bar:
 
             def advance(count: int) -> None:
@@ -115,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
                 )
             except FileExistsError as exc:
                 raise CLIError(f"--out: {exc}") from exc
+            except OSError as exc:
+                raise CLIError(
+                    f"--out {args.out}: cannot write in {args.out.parent} ({exc.strerror or exc})"
+                ) from exc
         print(f"wrote {args.train} train + {args.val} val images ({size[0]}x{size[1]}) to {out}")
         return 0
     try:

@@ -4,7 +4,8 @@ for images, from a checkpoint."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,7 @@ def read_photo(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.array(ImageOps.exif_transpose(img).convert("RGB"))
-    except OSError as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: unreadable image ({exc})") from exc
 
 
@@ -120,9 +121,14 @@ def predict(
     alpha: float = DEFAULT_ALPHA,
     device: str = "auto",
     amp: str = "none",
+    on_unreadable: Callable[[DataError], None] | None = None,
 ) -> list[Path]:
     """Write ``out/STEM.png`` (label map) and ``out/STEM_overlay.jpg`` for each image;
-    returns the label map paths."""
+    returns the label map paths.
+
+    An image that cannot be read raises ``DataError``, or, given ``on_unreadable``, is
+    passed to it and skipped. ``out`` is created only when there is something to write.
+    """
     out_dir = check_folder(out)
     images = collect_images(inputs)
     ckpt = load_checkpoint(checkpoint)
@@ -130,10 +136,16 @@ def predict(
     autocast = amp_dtype(amp, target_device)
     net = ckpt.build_model().to(target_device).eval()
     normalize = Normalize(ckpt.preprocessing).to(target_device)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for path in images:
-        image = read_photo(path)
+        try:
+            image = read_photo(path)
+        except DataError as exc:
+            if on_unreadable is None:
+                raise
+            on_unreadable(exc)
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
         labels = predict_labels(net, normalize, image, target_device, autocast)
         written.append(save_label_png(labels, ckpt.palette, out_dir / f"{path.stem}.png"))
         if overlays:
@@ -163,6 +175,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
     check_output_folder(args.out)
+    unreadable: list[DataError] = []
+
+    def skip(exc: DataError) -> None:  # one bad photo does not stop a folder of them
+        print(f"fcn predict: skipped {exc}", file=sys.stderr)
+        unreadable.append(exc)
+
     written = predict(
         args.checkpoint,
         args.inputs,
@@ -171,6 +189,12 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         device=args.device,
         amp=args.amp,
+        on_unreadable=skip,
     )
-    print(f"wrote {len(written)} label map{'s' if len(written) != 1 else ''} to {args.out}")
-    return 0
+    maps = f"{len(written)} label map{'s' if len(written) != 1 else ''}"
+    if not unreadable:
+        print(f"wrote {maps} to {args.out}")
+        return 0
+    where = f" to {args.out}" if written else ""
+    print(f"wrote {maps}{where}; {len(unreadable)} image(s) unreadable, skipped (above)")
+    return 1

@@ -259,10 +259,9 @@ def write_synthetic(
     appears complete or not at all: it is built beside ``out`` and renamed at the end.
     """
     target = Path(out)
-    if train < 1 or val < 0:
-        raise DataError(
-            f"need at least 1 training image and 0 or more val images, got {train}, {val}"
-        )
+    if train < 1 or val < 1:
+        # Training validates on val and `fcn eval` scores it: an empty split is refused there.
+        raise DataError(f"need at least 1 training and 1 val image, got {train} and {val}")
     if min(size) < 8:
         raise DataError(f"image size {size[0]}x{size[1]} is too small (at least 8x8)")
     if band < 0:

@@ -126,8 +126,21 @@ def test_bad_inputs_are_named(
     assert main([*base, str(photos)]) == 2
     assert "a.png and" in capsys.readouterr().err  # two images would write a.png
     (photos / "a.jpg").unlink()
-    assert main([*base, str(photos)]) == 2
-    assert f"{photos / 'a.png'}: unreadable image" in capsys.readouterr().err
+    # An unreadable image is skipped and named; the others are still segmented.
+    assert main([*base, str(photos)]) == 1
+    captured = capsys.readouterr()
+    assert f"skipped {photos / 'a.png'}: unreadable image" in captured.err
+    assert "wrote 2 label maps to" in captured.out
+    assert "1 image(s) unreadable" in captured.out
+    assert sorted(p.name for p in Path(out).iterdir() if not p.name.endswith("_overlay.jpg")) == [
+        "b.png",
+        "c.png",
+    ]
+    # Nothing readable at all: no output folder appears.
+    nothing = tmp_path / "nothing"
+    bad_only = ["predict", "--checkpoint", str(checkpoint), "--out", str(nothing)]
+    assert main([*bad_only, str(photos / "a.png")]) == 1
+    assert not nothing.exists()
     assert main([*base, "--alpha", "2", str(photos)]) == 2
     assert "--alpha must be in [0, 1]" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(tmp_path / "x.pt"), "--out", out, str(photos)]) == 2

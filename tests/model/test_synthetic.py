@@ -69,6 +69,22 @@ def test_refuses_to_write_over_a_folder(tmp_path: Path, capsys: pytest.CaptureFi
     assert "--size: '12by4' is not HxW" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--val", "0"], "--val 0: must be at least 1"),
+        (["--train", "-1"], "--train -1: must be at least 1"),
+        (["--band", "-2"], "--band -2: must be 0 or more"),
+    ],
+)
+def test_counts_that_would_make_an_unusable_data_set_are_refused_by_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--size", "16", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_void_band_straddles_every_boundary() -> None:
     target = np.zeros((8, 8), np.uint8)
     target[2:6, 2:6] = 3
