@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from model.checkpoint import CheckpointError, load_checkpoint
-from model.cli import CLIError
+from model.cli import CLIError, check_output_folder
 from model.export import (
     MIN_OPSET,
     OutputPathError,
@@ -93,9 +93,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CLIError(f"--max-batch-size {args.max_batch_size}: must be 0 or more")
     if args.max_queue_delay_us is not None and args.max_queue_delay_us < 0:
         raise CLIError(f"--max-queue-delay-us {args.max_queue_delay_us}: must be 0 or more")
-    existing = next((p for p in [args.triton_repo, *args.triton_repo.parents] if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise CLIError(f"--triton-repo {args.triton_repo}: {existing} is not a folder")
+    # Before the export, so that a repository that cannot be written costs no work.
+    check_output_folder(args.triton_repo, "--triton-repo")
 
 
 def run(args: argparse.Namespace) -> int:

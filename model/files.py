@@ -35,8 +35,8 @@ def read_json_or_yaml(path: str | os.PathLike[str]) -> Any:
 
 
 def check_folder(path: str | os.PathLike[str]) -> Path:
-    """Check, without creating anything, that ``path`` is a folder we can write in or can
-    be created as one; else raise ``NotADirectoryError`` or ``PermissionError`` saying why."""
+    """Check, leaving nothing behind, that ``path`` is a folder we can write in or can be
+    created as one; else raise ``NotADirectoryError`` or ``PermissionError`` saying why."""
     folder = Path(path)
     # The deepest part that exists: the folder itself, or where it would be created.
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
@@ -45,6 +45,11 @@ def check_folder(path: str | os.PathLike[str]) -> Path:
         raise NotADirectoryError(f"{where} a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write in {existing} (permission denied)")
+    # Mode bits do not tell everything (root, read-only or virtual file systems): try.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fcn-write-test.", dir=existing))
+    except OSError as exc:
+        raise PermissionError(f"cannot write in {existing} ({exc.strerror or exc})") from exc
     return folder
 
 

@@ -136,7 +136,19 @@ def _triton_flag_alone(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
 
 def _triton_repo_is_file(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
     args = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")]
-    return [*args, "--triton-repo", str(ckpt)], f"--triton-repo {ckpt}: {ckpt} is not a folder"
+    return [*args, "--triton-repo", str(ckpt)], f"--triton-repo {ckpt}: it is a file, not a folder"
+
+
+def _triton_repo_unwritable(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
+    # Refused before the export, so that neither --out nor the repository is written.
+    if os.geteuid() == 0:
+        folder = Path("/proc")  # refuses new folders even to root
+    else:
+        folder = tmp_path / "locked"
+        folder.mkdir(mode=0o555)
+    args = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")]
+    repo = folder / "repo"
+    return [*args, "--triton-repo", str(repo)], f"--triton-repo {repo}: cannot write in {folder}"
 
 
 def _bad_triton_name(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
@@ -162,6 +174,7 @@ def _bad_triton_name(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
         _old_opset,
         _triton_flag_alone,
         _triton_repo_is_file,
+        _triton_repo_unwritable,
         _bad_triton_name,
     ],
     ids=lambda case: case.__name__.strip("_"),
