@@ -366,6 +366,11 @@ def _train(
         resumed = load_checkpoint(config.resume)
     if resumed is not None and resumed.training_state is None:
         raise CheckpointError(f"{config.resume}: holds no training state; it cannot be resumed")
+    if resumed is not None and resumed.iteration >= config.max_iter:
+        raise ConfigError(
+            f"--max-iter {config.max_iter}: {config.resume} is already at iteration "
+            f"{resumed.iteration}; nothing to train (give a larger --max-iter)"
+        )
     say = _printer(procs)
     # Seeded before the network is built: a random init (``none``) repeats too.
     _seed(config.seed + procs.rank)
@@ -780,15 +785,17 @@ class Run:
             plot_log(self.log.read(), self.out / PLOT)
         self.say(f"iteration {self.state.iteration}: {format_summary(metrics)}")
 
-    def save(self, batch_size: int) -> None:
-        """``last.pt`` (and ``best.pt`` when mean IU improved) at this step; every rank
-        takes part, since each one's RNG state goes in."""
+    def save(self, batch_size: int, *, best: bool = True) -> None:
+        """``last.pt`` (and, if ``best``, ``best.pt`` when mean IU improved) at this step;
+        every rank takes part, since each one's RNG state goes in."""
         state = self.state
         rng = _gather(rng_state(self.device), self.procs)
         state.saved_at = state.iteration  # on every rank: they must agree on the next save
         if not self.procs.is_main:
             return
-        improved = state.metrics is not None and state.metrics["mean_iu"] > state.best_mean_iu
+        improved = (
+            best and state.metrics is not None and state.metrics["mean_iu"] > state.best_mean_iu
+        )
         if improved and state.metrics is not None:
             state.best_mean_iu = state.metrics["mean_iu"]
         record = self.record
@@ -812,7 +819,7 @@ class Run:
             },
         )
         save_checkpoint(ckpt, self.out / LAST)
-        if improved or not (self.out / BEST).exists():
+        if improved or (best and state.metrics is not None and not (self.out / BEST).exists()):
             save_checkpoint(ckpt, self.out / BEST)
 
 
@@ -880,14 +887,13 @@ def _loop(run: Run, train_loader: Batches, val_loader: Batches, config: TrainCon
     except KeyboardInterrupt:
         # Keep the steps done: last.pt at a step boundary resumes exactly (one process only,
         # since the others may be anywhere).
+        # Not best.pt: the steps since the last validation were never scored.
         if not procs.distributed and state.saved_at != state.iteration and state.iteration > 0:
-            run.save(config.batch_size)
+            run.save(config.batch_size, best=False)
             run.say(f"interrupted: saved {run.out / LAST} at iteration {state.iteration}")
         raise
     finally:
         bar.close()
-    if state.saved_at != state.iteration:  # resumed at or past max_iter: nothing was run
-        run.save(config.batch_size)
 
 
 def _log_training(run: Run, window: LossWindow, bar: tqdm[Any], lr: float, base_lr: float) -> None:

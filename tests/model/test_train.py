@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -158,6 +160,41 @@ def test_resume_repeats_the_uninterrupted_run(synth: Path, tmp_path: Path) -> No
     for key in momentum_a:
         assert torch.equal(momentum_a[key]["momentum_buffer"], momentum_b[key]["momentum_buffer"])
     assert b.config["workers"] == 1
+
+
+def test_ctrl_c_keeps_the_steps_done_but_no_unscored_best(synth: Path, tmp_path: Path) -> None:
+    """Interrupted before any validation: last.pt resumes, best.pt is not claimed; a resume
+    with nothing left to train says so instead of rewriting the run."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "model.cli", "train", "--data", str(synth), "--arch", "fcn32s",
+        "--width", "0.03125", "--init", "none", "--loss", "mean", "--lr", "0.001",
+        "--max-iter", "100000", "--val-every", "100000", "--log-every", "1", "--batch-size", "2",
+        "--workers", "0", "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not ((out / LOG).exists() and log_records(out, "train")):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    said, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    assert "interrupted: saved" in said
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == [LAST]
+    stopped = load_checkpoint(out / LAST).iteration
+    assert stopped >= 1
+
+    resume = ["train", "--resume", str(out / LAST), "--no-progress", "--workers", "0"]
+    assert main([*resume, "--max-iter", str(stopped)]) == 2
+    assert main([*resume, "--max-iter", str(stopped + 1), "--val-every", "1"]) == 0
+    best = load_checkpoint(out / BEST)
+    assert best.iteration == stopped + 1
+    assert "mean_iu" in best.metrics
 
 
 def test_resume_takes_changed_solver_flags_and_refuses_another_optimizer(
