@@ -40,7 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--with-scores", action="store_true", help="also output float32 logits 'scores'"
     )
-    parser.add_argument("--opset", type=int, metavar="N", help=f"ONNX opset ({MIN_OPSET}+)")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        metavar="N",
+        help=f"ONNX opset, {MIN_OPSET} to {onnx.defs.onnx_opset_version()} "
+        "(default: torch.onnx's own, 20 in torch 2.14)",
+    )
     parser.add_argument(
         "--no-verify",
         action="store_true",

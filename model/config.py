@@ -328,16 +328,16 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"device: {name!r} is not a device ({exc})") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} asked for, but CUDA is not available here")
+        raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from exc
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device: {name!r}; use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r}: CUDA is not available here")
     if device.type == "cuda" and device.index is not None:
         count = torch.cuda.device_count()
         if device.index >= count:
             raise ConfigError(
-                f"device: {name!r} asked for, but this machine has {count} CUDA device(s) "
+                f"--device {name!r}: this machine has {count} CUDA device(s) "
                 f"(cuda:0 to cuda:{count - 1})"
             )
     return device
@@ -349,8 +349,8 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return None
     if device.type != "cuda":
         raise ConfigError(
-            f"amp: {amp} needs a CUDA device; this run is on {device} (use --amp none)"
+            f"--amp {amp}: needs a CUDA device; this run is on {device} (use --amp none)"
         )
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("amp: bf16 is not supported by this GPU; use --amp fp16")
+        raise ConfigError("--amp bf16: not supported by this GPU; use --amp fp16")
     return torch.bfloat16 if amp == "bf16" else torch.float16

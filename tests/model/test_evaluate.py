@@ -105,9 +105,10 @@ def test_command_prints_table_and_writes_files(
         (["--data", "nowhere"], "nowhere: no such data folder"),
         (["--split", "test"], "test.txt: no such split list"),
         (["--predictions"], "--predictions and --overlays need --out DIR"),
-        (["--amp", "bf16", "--device", "cpu"], "amp: bf16 needs a CUDA device"),
+        (["--amp", "bf16", "--device", "cpu"], "--amp bf16: needs a CUDA device"),
+        (["--device", "gpu"], "--device 'gpu': use auto, cpu, cuda or cuda:N"),
     ],
-    ids=["checkpoint", "data", "split", "predictions-without-out", "amp"],
+    ids=["checkpoint", "data", "split", "predictions-without-out", "amp", "device"],
 )
 def test_bad_arguments_are_named(
     checkpoint: Path,

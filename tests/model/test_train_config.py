@@ -104,7 +104,7 @@ def test_bad_config_files_are_named(tmp_path: Path, text: str, message: str) -> 
         (["--max-iter", "0"], "--max-iter: must be at least 1, got 0"),
         (["--momentum", "1.5"], "--momentum: must be in [0, 1), got 1.5"),
         (["--crop-size", "1", "2", "3"], "--crop-size: needs H or H W"),
-        (["--amp", "fp16", "--device", "cpu", "--data", "x"], "amp: fp16 needs a CUDA device"),
+        (["--amp", "fp16", "--device", "cpu", "--data", "x"], "--amp fp16: needs a CUDA device"),
         (["--config", "missing.yaml"], "missing.yaml: no such config file"),
         (["--init", "imagenet21k", "--data", "DATA"], "unknown init 'imagenet21k'"),
         (["--data", "nowhere"], "nowhere: no such data folder"),
@@ -128,7 +128,7 @@ def test_train_command_names_the_bad_flag(
 
 def test_amp_is_cuda_only() -> None:
     assert amp_dtype("none", torch.device("cpu")) is None
-    with pytest.raises(ConfigError, match="amp: bf16 needs a CUDA device"):
+    with pytest.raises(ConfigError, match="--amp bf16: needs a CUDA device"):
         amp_dtype("bf16", torch.device("cpu"))
 
 
@@ -196,7 +196,7 @@ def test_cuda_rng_of_the_run_device_round_trips_and_missing_devices_are_named() 
     assert torch.equal(torch.rand(3, device=device), expected)
     assert "saved off CUDA" in set_rng_state({**state, "cuda": None}, device)
     count = torch.cuda.device_count()
-    with pytest.raises(ConfigError, match=f"'cuda:{count}' asked for, but this machine has"):
+    with pytest.raises(ConfigError, match=f"--device 'cuda:{count}': this machine has"):
         resolve_device(f"cuda:{count}")
 
 
