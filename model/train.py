@@ -553,7 +553,16 @@ def _initialized_model(
             )
     net = build_fcn(spec)
     if parent is not None:
-        init_from_parent(net, parent.state_dict)
+        copied = {n.split(".")[0] for n in init_from_parent(net, parent.state_dict)}
+        # Upsampling layers differ between stages by design; a learned layer left behind
+        # (an FCN-8s's score_pool3 under an FCN-16s) is worth a word.
+        layers = {n.split(".")[0] for n in parent.state_dict if not n.startswith("upscore")}
+        left = sorted(layers - copied)
+        if left:
+            say(
+                f"warning: init: {net.arch} has no place for {parent.spec.arch}'s "
+                f"{', '.join(left)} ({parent_path}); they are dropped"
+            )
         return net, parent.preprocessing
     # Rank 0 first, so that a weights download happens once.
     if procs.distributed and not procs.is_main:

@@ -286,6 +286,18 @@ def test_fine_tuning_keeps_the_names_of_the_data_or_of_classes(
     printed = capsys.readouterr().out
     assert f"warning: init: {parent_file} names its classes otherwise" in printed
     assert "voc1 -> disc" in printed
+    assert "dropped" not in printed  # a 32s parent leaves nothing behind in a 16s
+
+    # Back a stage: the 8s's own skip has no place in a 16s, and the run says so.
+    fcn8s = build_fcn(ModelSpec("fcn8s", len(SYNTH_CLASSES), 1 / 32))
+    fcn8s_file = tmp_path / "fcn8s.pt"
+    save_checkpoint(
+        Checkpoint(fcn8s.spec, fcn8s.state_dict(), list(SYNTH_CLASSES), palette, CAFFE),
+        fcn8s_file,
+    )
+    back = {**settings, "init": f"checkpoint:{fcn8s_file}"}
+    train(tiny_config(synth, tmp_path / "back", **back))
+    assert "fcn16s has no place for fcn8s's score_pool3" in capsys.readouterr().out
 
     named = ["sea", "disc", "square", "triangle", "ring", "bar"]
     train(tiny_config(synth, tmp_path / "flag-names", classes=named, **settings))
