@@ -101,14 +101,14 @@ def main() -> None:
         fcn8s, vgg16 = folder / FCN8S_FILE, folder / VGG16_FILE
         fcn8s_size, vgg16_size = fcn8s.stat().st_size, vgg16.stat().st_size
 
-        baseline = measure("import torch\nimport model.caffe")
+        baseline = measure("import torch\nimport model.caffe.convert")
         convert = measure(
             "from model.cli import main\n"
             f"assert main(['convert-caffe', {str(fcn8s)!r}, '--arch', 'fcn8s', "
             f"'--out', {str(folder / 'fcn8s.pt')!r}]) == 0"
         )
         init = measure(
-            "from model.caffe import load_caffe_vgg16\nfrom model.fcn import FCN32s\n"
+            "from model.caffe.convert import load_caffe_vgg16\nfrom model.nets.fcn import FCN32s\n"
             f"load_caffe_vgg16(FCN32s(), {str(vgg16)!r})"
         )
 
@@ -120,7 +120,7 @@ def main() -> None:
         f" {'whole process':>14} {'time':>6}"
     )
     rows = [
-        ("import torch, model.caffe (baseline)", baseline, fcn8s_size),
+        ("import torch, model.caffe.convert (baseline)", baseline, fcn8s_size),
         ("fcn convert-caffe, FCN-8s", convert, fcn8s_size),
         ("load_caffe_vgg16, VGG16 -> FCN-32s", init, vgg16_size),
     ]

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from contract.palette import VOC_CLASSES, voc_colormap
 from model.checkpoint import Checkpoint
-from model.export import SegmentationGraph, export_model
-from model.fcn import ModelSpec, build_fcn
-from model.palette import VOC_CLASSES, voc_colormap
-from model.preprocessing import CAFFE
+from model.export.exporter import SegmentationGraph, export_model
+from model.nets.fcn import ModelSpec, build_fcn
+from model.nets.preprocessing import CAFFE
 
 
 def random_checkpoint(arch: str, width: float) -> Checkpoint:

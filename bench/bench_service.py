@@ -67,11 +67,11 @@ def export_default(width: float, folder: Path) -> Path:
     """A random-weight FCN-8s of ``width`` with VOC's 21 classes, exported to ONNX."""
     import torch
 
+    from contract.palette import VOC_CLASSES, voc_colormap
     from model.checkpoint import Checkpoint
-    from model.export import export_onnx
-    from model.fcn import ModelSpec, build_fcn
-    from model.palette import VOC_CLASSES, voc_colormap
-    from model.preprocessing import TORCHVISION
+    from model.export.exporter import export_onnx
+    from model.nets.fcn import ModelSpec, build_fcn
+    from model.nets.preprocessing import TORCHVISION
 
     torch.manual_seed(0)
     spec = ModelSpec("fcn8s", len(VOC_CLASSES), width)

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from model.config import TrainConfig
-from model.datasets import voc_dataset
-from model.fcn import ModelSpec, build_fcn
-from model.preprocessing import TORCHVISION, Normalize
-from model.synthetic import SYNTH_CLASSES, write_synthetic
-from model.train import LOG, make_optimizer, segmentation_loss, train
+from model.data.datasets import voc_dataset
+from model.data.synthetic import SYNTH_CLASSES, write_synthetic
+from model.nets.fcn import ModelSpec, build_fcn
+from model.nets.preprocessing import TORCHVISION, Normalize
+from model.training.config import TrainConfig
+from model.training.train import LOG, make_optimizer, segmentation_loss, train
 
 
 def step_rate(

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from contract.palette import IGNORE_INDEX, Color
 from model.errors import FCNError
-from model.fcn import FCN, ModelSpec, build_fcn
 from model.files import atomic_path
-from model.palette import IGNORE_INDEX, Color
-from model.preprocessing import Preprocessing
+from model.nets.fcn import FCN, ModelSpec, build_fcn
+from model.nets.preprocessing import Preprocessing
 
 FORMAT = "fcn-checkpoint"
 VERSION = 1
@@ -43,7 +43,7 @@ class Checkpoint:
     dataset: str = ""
     # Evaluation figures of these weights (the four metrics), when known.
     metrics: dict[str, float] = field(default_factory=dict)
-    # The training config as a plain dict (see model.config), recorded for reproduction.
+    # The training config as a plain dict (see model.training.config), recorded for reproduction.
     config: dict[str, Any] = field(default_factory=dict)
     iteration: int = 0
     # Optimiser, scaler and RNG states for an exact resume; None in exported weights.

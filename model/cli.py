@@ -18,13 +18,22 @@ from model.files import check_folder
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "convert-caffe": ("model.convert_caffe", "convert a reference Caffe FCN to a checkpoint"),
-    "export": ("model.cli_export", "export a checkpoint to a verified ONNX model (+ Triton)"),
-    "verify-onnx": ("model.cli_verify_onnx", "check an ONNX model against its checkpoint"),
-    "data": ("model.data", "check a data set, or write a synthetic one in VOC's layout"),
-    "train": ("model.train", "train an FCN (SGD, the paper's solver; torchrun for many GPUs)"),
-    "eval": ("model.evaluate", "a checkpoint's four metrics, per-class IoU and confusion matrix"),
-    "predict": ("model.predict", "label-map PNGs and overlays for images"),
+    "convert-caffe": (
+        "model.commands.convert_caffe",
+        "convert a reference Caffe FCN to a checkpoint",
+    ),
+    "export": ("model.commands.export", "export a checkpoint to a verified ONNX model (+ Triton)"),
+    "verify-onnx": ("model.commands.verify_onnx", "check an ONNX model against its checkpoint"),
+    "data": ("model.commands.data", "check a data set, or write a synthetic one in VOC's layout"),
+    "train": (
+        "model.training.train",
+        "train an FCN (SGD, the paper's solver; torchrun for many GPUs)",
+    ),
+    "eval": (
+        "model.evaluation.evaluate",
+        "a checkpoint's four metrics, per-class IoU and confusion matrix",
+    ),
+    "predict": ("model.evaluation.predict", "label-map PNGs and overlays for images"),
 }
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model.contract import read_metadata
-from model.metrics import ConfusionMatrix
-from model.synthetic import SYNTH_CLASSES, write_synthetic
+from model.data.synthetic import SYNTH_CLASSES, write_synthetic
+from model.evaluation.metrics import ConfusionMatrix
+from model.export.metadata import read_metadata
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
 MODEL = DEMO / "fcn8s.onnx"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from contract.palette import VOC_CLASSES, voc_colormap
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from model.fcn import ModelSpec, build_fcn
-from model.palette import VOC_CLASSES, voc_colormap
-from model.preprocessing import CAFFE
+from model.nets.fcn import ModelSpec, build_fcn
+from model.nets.preprocessing import CAFFE
 
 
 def make_checkpoint(arch: str = "fcn16s") -> Checkpoint:

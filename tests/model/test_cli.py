@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import model.predict
+import model.evaluation.predict
 from model.cli import main
-from model.datasets import DataError
+from model.data.datasets import DataError
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict"])
@@ -42,7 +42,7 @@ def test_named_errors_are_one_line_and_bugs_keep_their_traceback(
         def predict(*args: object, **kwargs: object) -> list[Path]:
             raise error
 
-        monkeypatch.setattr(model.predict, "predict", predict)
+        monkeypatch.setattr(model.evaluation.predict, "predict", predict)
 
     raising(DataError("photo.jpg: unreadable image"))
     assert main(argv) == 2

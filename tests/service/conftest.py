@@ -24,8 +24,8 @@ def _checkpoint():  # type: ignore[no-untyped-def]
     import torch
 
     from model.checkpoint import Checkpoint
-    from model.fcn import ModelSpec, build_fcn
-    from model.preprocessing import CAFFE
+    from model.nets.fcn import ModelSpec, build_fcn
+    from model.nets.preprocessing import CAFFE
 
     spec = ModelSpec("fcn8s", NUM_CLASSES, 1 / 32)
     torch.manual_seed(0)
@@ -42,7 +42,7 @@ def _checkpoint():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """FCN-8s at width 1/32, 5 classes: labels only."""
-    from model.export import export_onnx
+    from model.export.exporter import export_onnx
 
     return export_onnx(_checkpoint(), tmp_path_factory.mktemp("onnx") / "fcn8s-tiny.onnx")
 
@@ -50,7 +50,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def model_with_scores_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same network exported with its ``scores`` output too."""
-    from model.export import export_onnx
+    from model.export.exporter import export_onnx
 
     path = tmp_path_factory.mktemp("onnx") / "fcn8s-tiny-scores.onnx"
     return export_onnx(_checkpoint(), path, with_scores=True)

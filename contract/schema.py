@@ -1,0 +1,232 @@
+"""Schema 1: the tensors of an FCN ONNX file and its ``fcn.*`` metadata, with the one set of
+rules that the exporter's verifier and the service's start-up both apply.
+
+A file either half refuses, the other refuses with the same words: every problem is found
+here and phrased here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from contract.palette import Color
+
+SCHEMA = "1"
+INPUT = "image"
+LABELS = "labels"
+SCORES = "scores"
+OUTPUTS = (LABELS, SCORES)
+# Symbolic dimension names written onto the graph's inputs and outputs.
+DIMS = ("N", "H", "W")
+# Keys every schema-1 model carries; values are strings, JSON where structured.
+REQUIRED_KEYS = (
+    "fcn.schema",
+    "fcn.arch",
+    "fcn.backbone",
+    "fcn.width",
+    "fcn.classes",
+    "fcn.palette",
+    "fcn.ignore_index",
+    "fcn.dataset",
+    "fcn.metrics",
+    "fcn.created",
+)
+# Keys a reader may find, with the value it assumes when they are absent.
+OPTIONAL_KEYS = {
+    "fcn.precision": "fp32",
+    "fcn.outputs": json.dumps([LABELS]),
+    "fcn.preprocessing": "{}",
+}
+PRECISIONS = ("fp32", "fp16")
+# Labels are uint8 while every class id fits below 255 (the ignore index), else int32.
+MAX_UINT8_CLASSES = 255
+
+
+class MetadataError(ValueError):
+    """A model file whose ``fcn.*`` metadata or tensors break the contract; the message
+    names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a schema-1 model says about itself."""
+
+    schema: str
+    arch: str
+    backbone: str
+    width: float
+    classes: tuple[str, ...]
+    palette: tuple[Color, ...]
+    ignore_index: int
+    dataset: str
+    metrics: dict[str, float]
+    created: str
+    # "fp32" or "fp16": the precision of weights and compute (input and labels never change).
+    precision: str = "fp32"
+    outputs: tuple[str, ...] = (LABELS,)
+    # Informational: the normalisation baked into the graph.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def label_dtype(self) -> str:
+        """The element type of ``labels``: ``uint8``, or ``int32`` above 255 classes."""
+        return label_dtype(self.num_classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready metadata, as the service reports it."""
+        return {
+            "schema": self.schema,
+            "arch": self.arch,
+            "backbone": self.backbone,
+            "width": self.width,
+            "classes": list(self.classes),
+            "palette": [list(c) for c in self.palette],
+            "ignore_index": self.ignore_index,
+            "dataset": self.dataset,
+            "metrics": self.metrics,
+            "preprocessing": self.preprocessing,
+            "precision": self.precision,
+            "outputs": list(self.outputs),
+            "created": self.created,
+        }
+
+
+def label_dtype(num_classes: int) -> str:
+    """The element type of ``labels`` for ``num_classes`` classes."""
+    return "uint8" if num_classes <= MAX_UINT8_CLASSES else "int32"
+
+
+def _json(props: Mapping[str, str], key: str, source: str) -> Any:
+    try:
+        return json.loads(props.get(key, OPTIONAL_KEYS.get(key, "")))
+    except json.JSONDecodeError as exc:
+        raise MetadataError(f"{source}: {key} is not valid JSON ({exc})") from exc
+
+
+def _color(entry: object) -> Color:
+    if not isinstance(entry, list) or len(entry) != 3:
+        raise ValueError(f"palette entry {entry!r} is not [r, g, b]")
+    r, g, b = (int(v) for v in entry)
+    if not all(0 <= v <= 255 for v in (r, g, b)):
+        raise ValueError(f"palette entry {entry!r} has a value outside 0-255")
+    return r, g, b
+
+
+def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMetadata:
+    """Check and parse ``fcn.*`` metadata (``onnx``'s ``metadata_props`` or ONNX Runtime's
+    ``custom_metadata_map``); ``source`` (the file) starts every error message."""
+    missing = [key for key in REQUIRED_KEYS if key not in props]
+    if missing:
+        raise MetadataError(f"{source}: not an FCN model, metadata lacks {', '.join(missing)}")
+    if props["fcn.schema"] != SCHEMA:
+        raise MetadataError(
+            f"{source}: fcn.schema is {props['fcn.schema']!r}, this reader knows {SCHEMA!r}"
+        )
+    try:
+        classes = _json(props, "fcn.classes", source)
+        if not isinstance(classes, list) or not classes:
+            raise ValueError("fcn.classes is not a non-empty list of names")
+        palette = tuple(_color(c) for c in _json(props, "fcn.palette", source))
+        metrics = {str(k): float(v) for k, v in _json(props, "fcn.metrics", source).items()}
+        outputs = tuple(str(o) for o in _json(props, "fcn.outputs", source))
+        meta = ModelMetadata(
+            schema=props["fcn.schema"],
+            arch=props["fcn.arch"],
+            backbone=props["fcn.backbone"],
+            width=float(props["fcn.width"]),
+            classes=tuple(str(name) for name in classes),
+            palette=palette,
+            ignore_index=int(props["fcn.ignore_index"]),
+            dataset=props["fcn.dataset"],
+            metrics=metrics,
+            created=props["fcn.created"],
+            precision=props.get("fcn.precision", OPTIONAL_KEYS["fcn.precision"]),
+            outputs=outputs,
+            preprocessing=dict(_json(props, "fcn.preprocessing", source)),
+        )
+    except MetadataError:
+        raise
+    except (TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise MetadataError(f"{source}: malformed fcn.* metadata ({exc})") from exc
+    if len(palette) < len(meta.classes):
+        raise MetadataError(
+            f"{source}: fcn.palette has {len(palette)} colours for {len(meta.classes)} classes"
+        )
+    if meta.precision not in PRECISIONS:
+        raise MetadataError(
+            f"{source}: fcn.precision is {meta.precision!r}, not one of {', '.join(PRECISIONS)}"
+        )
+    if LABELS not in outputs or not set(outputs) <= set(OUTPUTS):
+        raise MetadataError(
+            f"{source}: fcn.outputs is {list(outputs)}; it must list {LABELS!r} "
+            f"and may add {SCORES!r}"
+        )
+    return meta
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output as either reader sees it: its name, its ONNX element type in
+    lower case (``uint8``, ``int32``, ``float``, ``float16``) and its dimensions (an int
+    when fixed, a name or None when dynamic)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+
+def check_tensors(
+    inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], meta: ModelMetadata
+) -> list[str]:
+    """Every way the graph's tensors break the contract for ``meta``; empty when none."""
+    problems: list[str] = []
+    found = {t.name: t for t in [*inputs, *outputs]}
+    expected = {INPUT: ("uint8", 4), LABELS: (meta.label_dtype, 3)}
+    if SCORES in meta.outputs or SCORES in found:
+        expected[SCORES] = ("float", 4)
+    for name, (dtype, rank) in expected.items():
+        tensor = found.get(name)
+        if tensor is None:
+            problems.append(f"the graph has no {name!r} tensor")
+            continue
+        if tensor.dtype != dtype:
+            problems.append(f"{name!r} is {tensor.dtype}, the contract says {dtype}")
+        if len(tensor.shape) != rank:
+            problems.append(f"{name!r} has rank {len(tensor.shape)}, the contract says {rank}")
+    image = found.get(INPUT)
+    if image is not None and len(image.shape) == 4:
+        if image.shape[3] != 3:
+            problems.append(f"{INPUT!r} must end in 3 channels")
+        if any(isinstance(d, int) for d in image.shape[:3]):
+            problems.append(f"{INPUT!r} has a fixed N, H or W; the contract needs them dynamic")
+    if [t.name for t in inputs] != [INPUT]:
+        problems.append(f"the graph's inputs are {[t.name for t in inputs]}, not [{INPUT!r}]")
+    declared = sorted(meta.outputs)
+    if sorted(t.name for t in outputs) != declared:
+        problems.append(
+            f"the graph's outputs are {sorted(t.name for t in outputs)}, fcn.outputs says "
+            f"{declared}"
+        )
+    return problems
+
+
+def check_model(
+    props: Mapping[str, str],
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    source: str,
+) -> ModelMetadata:
+    """The metadata of a schema-1 file whose tensors keep the contract; else MetadataError
+    naming ``source`` and every problem found."""
+    meta = parse_metadata(props, source)
+    problems = check_tensors(inputs, outputs, meta)
+    if problems:
+        raise MetadataError(f"{source}: {'; '.join(problems)}")
+    return meta

@@ -1,0 +1,1 @@
+"""The reference Caffe weights without Caffe: a ``.caffemodel`` reader and the conversion."""

@@ -1,0 +1,274 @@
+"""The reference Caffe weights on this project's networks, matched by layer name.
+
+A reference FCN ``.caffemodel`` becomes a checkpoint (``convert_caffemodel``); Caffe's
+ILSVRC VGG16 initialises an FCN's trunk for training (``load_caffe_vgg16``). Every layer
+and shape is checked before any value is read, and each tensor is read once, from the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NoReturn
+
+import torch
+from torch import Tensor
+
+from contract.palette import VOC_CLASSES, voc_colormap
+from model.caffe.caffemodel import CaffeBlob, CaffeLayer, CaffeModelError, read_caffemodel
+from model.checkpoint import Checkpoint
+from model.nets.backbones import CONV_NAMES, zero_score_layers
+from model.nets.fcn import ARCHS, FCN, ModelSpec, build_fcn
+from model.nets.preprocessing import CAFFE, Preprocessing
+
+# Official files whose SHA1 is known: checked whenever a file carries one of these names.
+KNOWN_SHA1 = {"fcn8s-heavy-pascal.caffemodel": "c449ea74dd7d83751d1357d6a8c323fcf4038962"}
+VGG16_LAYERS = (*CONV_NAMES, "fc6", "fc7")
+VGG16_CONV1_CHANNELS = 64
+# The ImageNet classifier of VGG16: in the file, of no use to an FCN.
+VGG16_CLASSIFIER = "fc8"
+
+Plan = list[tuple[str, CaffeBlob]]
+
+
+def file_sha1(path: str | os.PathLike[str]) -> str:
+    """The SHA1 of a file as 40 lowercase hex digits, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
+
+
+def check_sha1(path: str | os.PathLike[str], expected: str) -> None:
+    """Raise ``CaffeModelError`` unless the file's SHA1 is ``expected``."""
+    actual = file_sha1(path)
+    if actual != expected.lower():
+        raise CaffeModelError(
+            f"{path}: SHA1 is {actual}, expected {expected.lower()}: "
+            "a damaged download or another file"
+        )
+
+
+@functools.cache
+def arch_layers(arch: str) -> tuple[str, ...]:
+    """The weighted Caffe layers of ``arch``'s reference net, in network order."""
+    # Names do not depend on width: a tiny network names them in a millisecond.
+    net = build_fcn(ModelSpec(arch, len(VOC_CLASSES), width=1 / VGG16_CONV1_CHANNELS))
+    return tuple(caffe_layers(net.state_dict()))
+
+
+def caffe_layers(shapes: Iterable[str]) -> dict[str, list[str]]:
+    """Tensor names grouped by the Caffe layer that holds them, blob order kept:
+    ``conv1_1`` -> [conv1_1.weight, conv1_1.bias]; the at-once Scale layer ``scale_pool4``
+    -> [scale_pool4] (a buffer)."""
+    layers: dict[str, list[str]] = {}
+    for name in shapes:
+        layers.setdefault(name.rsplit(".", 1)[0], []).append(name)
+    return layers
+
+
+def weighted_layers(path: str | os.PathLike[str]) -> dict[str, CaffeLayer]:
+    """The layers of a .caffemodel that hold blobs, by name (data, ReLU, ... carry none)."""
+    layers: dict[str, CaffeLayer] = {}
+    for layer in read_caffemodel(path):
+        if not layer.blobs:
+            continue
+        if layer.name in layers:
+            raise CaffeModelError(f"{path}: two layers named {layer.name!r} hold weights")
+        layers[layer.name] = layer
+    return layers
+
+
+def detect_arch(layer_names: Iterable[str]) -> str | None:
+    """The architecture whose reference net has exactly these weighted layers, if any."""
+    names = set(layer_names)
+    return next((arch for arch in ARCHS if names == set(arch_layers(arch))), None)
+
+
+def _strip_ones(shape: Sequence[int]) -> tuple[int, ...]:
+    i = 0
+    while i < len(shape) and shape[i] == 1:
+        i += 1
+    return tuple(shape[i:])
+
+
+def fits(stored: Sequence[int], wanted: Sequence[int]) -> bool:
+    """Whether a blob of shape ``stored`` holds a tensor of shape ``wanted`` value for value.
+
+    Equal up to leading ones (Caffe's legacy blobs are 4-D: a bias is 1x1x1xC), or an
+    InnerProduct [out, in] for a convolution [out, c, k, k] with in = c*k*k: the ImageNet
+    classifier's fc6/fc7 read as 7x7 and 1x1 kernels, pool5 being flattened channel-major.
+    """
+    stored = _strip_ones(stored)
+    if stored == _strip_ones(wanted):
+        return True
+    return (
+        len(stored) == 2
+        and len(wanted) == 4
+        and stored[0] == wanted[0]
+        and stored[1] == math.prod(wanted[1:])
+    )
+
+
+def _plan(
+    path: str | os.PathLike[str],
+    layers: Mapping[str, CaffeLayer],
+    groups: Mapping[str, list[str]],
+    shapes: Mapping[str, tuple[int, ...]],
+    label: str,
+) -> Plan:
+    """Pair every tensor with its blob, checking blob counts and shapes."""
+    plan: Plan = []
+    for name, tensors in groups.items():
+        layer = layers[name]
+        if len(layer.blobs) != len(tensors):
+            raise CaffeModelError(
+                f"{path}: layer {name!r} ({layer.type or 'untyped'}) has "
+                f"{len(layer.blobs)} blobs; {label} takes {len(tensors)} "
+                f"({', '.join(t.removeprefix(name + '.') for t in tensors)})"
+            )
+        for i, (tensor, blob) in enumerate(zip(tensors, layer.blobs, strict=True)):
+            wanted = shapes[tensor]
+            if not fits(blob.shape, wanted):
+                hint = ""
+                stored = _strip_ones(blob.shape)
+                if name.startswith("score") and stored and stored[0] != wanted[0]:
+                    hint = f" (scores for {stored[0]} classes, not {wanted[0]})"
+                raise CaffeModelError(
+                    f"{path}: layer {name!r} blob {i} has shape {list(blob.shape)}; "
+                    f"{tensor} of {label} is {list(wanted)}{hint}"
+                )
+            plan.append((tensor, blob))
+    return plan
+
+
+def _label(spec: ModelSpec) -> str:
+    width = "" if spec.width == 1.0 else f" at width {spec.width:g}"
+    return f"{spec.arch}{width}"
+
+
+def _layer_problems(
+    found: set[str], wanted: Sequence[str], allowed: set[str], net: str
+) -> list[str]:
+    """What sets the file's weighted layers apart from ``net``'s: those it lacks of
+    ``wanted`` and those it has beyond ``allowed``."""
+    missing = [name for name in wanted if name not in found]
+    extra = sorted(found - allowed)
+    problems = []
+    if missing:
+        problems.append(f"it lacks layers {', '.join(missing)}")
+    if extra:
+        problems.append(f"it has layers {net} does not: {', '.join(extra)}")
+    return problems
+
+
+def _check_names(
+    path: str | os.PathLike[str],
+    found: set[str],
+    wanted: Sequence[str],
+    arch: str,
+    verdict: str = "",
+) -> None:
+    """Raise unless the file's weighted layers are exactly ``arch``'s, saying which differ
+    and what the file looks like instead."""
+    problems = _layer_problems(found, wanted, set(wanted), arch)
+    if not problems:
+        return
+    hint = ""
+    other = detect_arch(found)
+    if other is not None:
+        hint = f" Its layers are those of {other}."
+    elif found <= set(wanted):  # only some layers missing
+        hint = " Is the file cut short?"
+    elif VGG16_CLASSIFIER in found and "score_fr" not in found:
+        hint = (
+            " It looks like an ImageNet classifier such as Caffe's VGG16, which initialises"
+            " training (fcn train --init caffe-vgg16:PATH) but is no segmentation network."
+        )
+    verdict = verdict or f"not the weights of {arch}"
+    raise CaffeModelError(f"{path}: {verdict}: {'; '.join(problems)}.{hint}")
+
+
+def _load(
+    path: str | os.PathLike[str],
+    layers: Mapping[str, CaffeLayer],
+    groups: Mapping[str, list[str]],
+    state: Mapping[str, Tensor],
+    label: str,
+) -> None:
+    """Check every blob against its tensor, then read each into its tensor in place."""
+    shapes = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    plan = _plan(path, layers, groups, shapes, label)
+    # In file order, so the file is read front to back once.
+    for name, blob in sorted(plan, key=lambda item: item[1].offset):
+        _read_into(blob, state[name])
+
+
+def convert_caffemodel(
+    path: str | os.PathLike[str], arch: str | None = None, *, width: float | None = None
+) -> Checkpoint:
+    """A checkpoint from a reference PASCAL VOC FCN ``.caffemodel``: 21 VOC classes and
+    palette, Caffe preprocessing. ``arch`` defaults to the one the file's layers name and
+    ``width`` to conv1_1's channels over 64 (1.0 for the reference files)."""
+    layers = weighted_layers(path)
+    if width is None:
+        width = _stored_width(layers)
+    if arch is None:
+        arch = detect_arch(layers) or _unknown_net(path, set(layers))
+    spec = ModelSpec(arch, len(VOC_CLASSES), width)
+    _check_names(path, set(layers), arch_layers(arch), arch)
+    # Built on the CPU and overwritten: the tensors are the weights' only copy in memory.
+    state_dict = build_fcn(spec).state_dict()
+    _load(path, layers, caffe_layers(state_dict), state_dict, _label(spec))
+    return Checkpoint(
+        spec=spec,
+        state_dict=state_dict,
+        classes=list(VOC_CLASSES),
+        palette=voc_colormap(len(VOC_CLASSES)),
+        preprocessing=CAFFE,
+        dataset="voc",
+    )
+
+
+def _stored_width(layers: Mapping[str, CaffeLayer]) -> float:
+    conv = layers.get(CONV_NAMES[0])
+    if conv is None or not conv.blobs or len(conv.blobs[0].shape) != 4:
+        return 1.0  # the layer checks will say what is wrong
+    return conv.blobs[0].shape[0] / VGG16_CONV1_CHANNELS
+
+
+def _unknown_net(path: str | os.PathLike[str], found: set[str]) -> NoReturn:
+    """Explain a file that is no FCN against the nearest architecture."""
+    nearest = min(ARCHS, key=lambda arch: len(found ^ set(arch_layers(arch))))
+    verdict = f"not the weights of any FCN; against the nearest, {nearest}"
+    _check_names(path, found, arch_layers(nearest), nearest, verdict)
+    raise CaffeModelError(f"{path}: not the weights of any FCN")
+
+
+def load_caffe_vgg16(net: FCN, path: str | os.PathLike[str]) -> Preprocessing:
+    """Initialise ``net``'s trunk, fc6 and fc7 from Caffe's VGG_ILSVRC_16_layers.caffemodel.
+
+    Score layers are set to zero; upsampling is left as built. Returns the preprocessing
+    the weights expect (``CAFFE``: BGR, 0-255, mean subtracted).
+    """
+    layers = weighted_layers(path)
+    found = set(layers)
+    problems = _layer_problems(found, VGG16_LAYERS, {*VGG16_LAYERS, VGG16_CLASSIFIER}, "VGG16")
+    if problems:
+        arch = detect_arch(found)
+        hint = f" It holds an {arch}: convert it with fcn convert-caffe." if arch else ""
+        raise CaffeModelError(f"{path}: not Caffe's VGG16: {'; '.join(problems)}.{hint}")
+    groups = {name: [f"{name}.weight", f"{name}.bias"] for name in VGG16_LAYERS}
+    _load(path, layers, groups, net.state_dict(), f"{_label(net.spec)} (VGG16 trunk)")
+    zero_score_layers(net)
+    return CAFFE
+
+
+def _read_into(blob: CaffeBlob, tensor: Tensor) -> None:
+    """Read a blob into a tensor in place: straight into its memory when on the CPU."""
+    if tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous():
+        blob.read(out=tensor.detach().numpy())
+    else:
+        with torch.no_grad():
+            tensor.copy_(torch.from_numpy(blob.read()).reshape(tensor.shape))

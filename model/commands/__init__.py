@@ -1,0 +1,1 @@
+"""The ``fcn`` subcommands: one module each, ``add_arguments(parser)`` and ``run(args)``."""

@@ -1,0 +1,1 @@
+"""Data: VOC, SBD and folder data sets, paired transforms, and the synthetic VOC-layout set."""

@@ -1,0 +1,291 @@
+"""``fcn eval``: a checkpoint's four metrics on a data set, per-class IoU, the confusion
+matrix as a PNG, and optionally the predicted label maps and overlays.
+
+``evaluate_model`` is also the validation step of training (one rank's shard; the caller
+reduces the confusion matrix across ranks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from model.checkpoint import load_checkpoint
+from model.data.datasets import (
+    FORMATS,
+    DataError,
+    SegmentationDataset,
+    check_dataset,
+    format_problems,
+    open_dataset,
+)
+from model.data.transforms import collate_padded
+from model.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, json_safe
+from model.files import atomic_path, check_folder
+from model.nets.preprocessing import Normalize
+from model.training.config import add_device_arguments, amp_dtype, resolve_device
+
+# The confusion plot: past this many classes, names label every k-th row and column only,
+# and the figure stops growing (a 150-class set would otherwise be a 70-inch image).
+MAX_TICKS = 60
+MAX_FIGURE_INCHES = 30.0
+# Called per batch with (images uint8 [N, 3, H, W], targets [N, H, W], labels [N, H, W]).
+BatchCallback = Callable[[Tensor, Tensor, Tensor], None]
+
+
+def evaluate_model(
+    net: nn.Module,
+    loader: DataLoader[tuple[Tensor, Tensor]],
+    normalize: Normalize,
+    num_classes: int,
+    device: torch.device,
+    *,
+    autocast: torch.dtype | None = None,
+    on_batch: BatchCallback | None = None,
+) -> ConfusionMatrix:
+    """The confusion matrix of ``net`` over ``loader`` (images at native size), on ``device``."""
+    was_training = net.training
+    net.eval()
+    confusion = ConfusionMatrix(num_classes, device=device)
+    with torch.inference_mode():
+        for batch_images, batch_targets in loader:
+            images = batch_images.to(device, non_blocking=True)
+            targets = batch_targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                logits = net(normalize(images))
+            labels = logits.argmax(1)
+            confusion.update(targets, labels)
+            if on_batch is not None:
+                on_batch(images, targets, labels)
+    net.train(was_training)
+    return confusion
+
+
+@dataclass
+class Evaluation:
+    metrics: SegmentationMetrics
+    confusion: Tensor  # [C, C] int64, rows = truth
+    classes: list[str]
+    images: int
+
+
+def class_table(metrics: SegmentationMetrics, classes: list[str], confusion: Tensor) -> str:
+    """Per-class IoU, accuracy and ground-truth pixels as an aligned text table."""
+    pixels = confusion.sum(1).tolist()
+    width = max(len("class"), *(len(c) for c in classes))
+    lines = [f"{'class':<{width}}  {'IoU':>7}  {'acc':>7}  {'pixels':>12}"]
+    for name, iu, acc, n in zip(
+        classes, metrics.class_iu, metrics.class_accuracy, pixels, strict=True
+    ):
+        iu_text = "-" if math.isnan(iu) else f"{100 * iu:6.2f}%"
+        acc_text = "-" if math.isnan(acc) else f"{100 * acc:6.2f}%"
+        lines.append(f"{name:<{width}}  {iu_text:>7}  {acc_text:>7}  {n:>12,}")
+    return "\n".join(lines)
+
+
+def plot_confusion(confusion: Tensor, classes: list[str], path: Path) -> Path:
+    """The row-normalised confusion matrix (truth rows, prediction columns) as a PNG."""
+    from matplotlib.figure import Figure
+
+    counts = confusion.to(torch.float64).cpu().numpy()
+    rows = counts.sum(1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    n = len(classes)
+    size = min(max(4.0, 0.45 * n + 2), MAX_FIGURE_INCHES)
+    fig = Figure(figsize=(size, size * 0.9), layout="constrained")
+    ax = fig.add_subplot()
+    shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(0, n, math.ceil(n / MAX_TICKS))  # every class up to MAX_TICKS of them
+    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90)
+    ax.set_yticks(ticks, [classes[i] for i in ticks])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title("confusion (share of each true class)")
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if share[i, j] >= 0.005:
+                    color = "white" if share[i, j] > 0.5 else "black"
+                    ax.text(
+                        j,
+                        i,
+                        f"{share[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color=color,
+                    )
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    split: str = "val",
+    data_format: str = "auto",
+    out: str | Path | None = None,
+    save_predictions: bool = False,
+    overlays: bool = False,
+    device: str = "auto",
+    amp: str = "none",
+    workers: int = 2,
+    check_data: bool = True,
+) -> Evaluation:
+    """Evaluate a checkpoint on ``data``; with ``out``, write metrics.json and confusion.png
+    there (and predictions/ID.png, overlays/ID.jpg when asked). The data is checked first,
+    so a bad file is named rather than failing mid-way."""
+    from model.evaluation.predict import save_label_png, save_overlay
+
+    out_dir = None if out is None else check_folder(out)
+    ckpt = load_checkpoint(checkpoint)
+    dataset = open_dataset(data, split, data_format)
+    if dataset.num_classes != ckpt.spec.num_classes:
+        raise DataError(
+            f"{dataset.root}: {dataset.num_classes} classes, but {checkpoint} predicts "
+            f"{ckpt.spec.num_classes}"
+        )
+    target_device = resolve_device(device)
+    autocast = amp_dtype(amp, target_device)
+    if check_data:
+        problems = check_dataset(dataset, workers=max(2, workers), progress=True)
+        if problems:
+            raise DataError(f"{len(problems)} problem(s) in the data:\n{format_problems(problems)}")
+    net = ckpt.build_model().to(target_device)
+    normalize = Normalize(ckpt.preprocessing).to(target_device)
+    loader: DataLoader[tuple[Tensor, Tensor]] = DataLoader(
+        dataset,
+        batch_size=1,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=partial(collate_padded, fill_rgb=ckpt.preprocessing.mean_rgb_255),
+        pin_memory=target_device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
+    )
+    on_batch: BatchCallback | None = None
+    if out_dir is not None and (save_predictions or overlays):
+        prediction_dir, overlay_dir = out_dir / "predictions", out_dir / "overlays"
+        for folder, wanted in ((prediction_dir, save_predictions), (overlay_dir, overlays)):
+            if wanted:
+                folder.mkdir(parents=True, exist_ok=True)
+        position = iter(range(len(dataset)))
+
+        def on_batch(images: Tensor, targets: Tensor, labels: Tensor) -> None:
+            for image, label in zip(images, labels, strict=True):
+                sample = dataset.samples[next(position)]
+                label_np = label.cpu().numpy()
+                if save_predictions:
+                    save_label_png(label_np, ckpt.palette, prediction_dir / f"{sample.id}.png")
+                if overlays:
+                    rgb = image.permute(1, 2, 0).cpu().numpy()
+                    save_overlay(rgb, label_np, ckpt.palette, overlay_dir / f"{sample.id}.jpg")
+
+    confusion = evaluate_model(
+        net,
+        loader,
+        normalize,
+        ckpt.spec.num_classes,
+        target_device,
+        autocast=autocast,
+        on_batch=on_batch,
+    )
+    result = Evaluation(
+        confusion.compute(), confusion.matrix.cpu(), list(ckpt.classes), len(dataset)
+    )
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_metrics(result, Path(checkpoint), dataset, out_dir / "metrics.json")
+        plot_confusion(result.confusion, result.classes, out_dir / "confusion.png")
+    return result
+
+
+def _write_metrics(
+    result: Evaluation, checkpoint: Path, dataset: SegmentationDataset, path: Path
+) -> None:
+    record = {
+        "checkpoint": str(checkpoint),
+        "data": dataset.describe(),
+        "images": result.images,
+        **result.metrics.summary(),
+        "classes": result.classes,
+        "class_iu": result.metrics.class_iu,
+        "class_accuracy": result.metrics.class_accuracy,
+        "confusion": result.confusion.tolist(),
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe(record), indent=2) + "\n")
+
+
+def format_summary(metrics: SegmentationMetrics) -> str:
+    """The four metrics on one line, in percent, as the paper's tables give them."""
+    return (
+        f"pixel acc {100 * metrics.pixel_accuracy:.2f}  "
+        f"mean acc {100 * metrics.mean_accuracy:.2f}  "
+        f"mean IU {100 * metrics.mean_iu:.2f}  f.w. IU {100 * metrics.frequency_weighted_iu:.2f}"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="checkpoint (.pt) to evaluate"
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, help="data folder (VOC, SBD or folder layout)"
+    )
+    parser.add_argument("--split", default="val", help="split list to evaluate (default: val)")
+    parser.add_argument(
+        "--format", default="auto", choices=FORMATS, help="data layout (default: auto)"
+    )
+    parser.add_argument("--out", type=Path, help="write metrics.json and confusion.png here")
+    parser.add_argument(
+        "--predictions", action="store_true", help="also write predicted label PNGs"
+    )
+    parser.add_argument(
+        "--overlays", action="store_true", help="also write image/prediction overlays"
+    )
+    add_device_arguments(parser)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="data loading processes (default: 2)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.cli import CLIError, check_output_folder
+
+    if (args.predictions or args.overlays) and args.out is None:
+        raise CLIError("--predictions and --overlays need --out DIR")
+    if args.workers < 0:
+        raise CLIError(f"--workers must be 0 or more, got {args.workers}")
+    if args.out is not None:
+        check_output_folder(args.out)
+    result = evaluate(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        data_format=args.format,
+        out=args.out,
+        save_predictions=args.predictions,
+        overlays=args.overlays,
+        device=args.device,
+        amp=args.amp,
+        workers=args.workers,
+    )
+    print(f"{args.checkpoint} on {args.data} ({args.split}, {result.images} images)")
+    print(format_summary(result.metrics))
+    print(class_table(result.metrics, result.classes, result.confusion))
+    if args.out is not None:
+        print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}")
+    return 0

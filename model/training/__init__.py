@@ -1,0 +1,1 @@
+"""Training: the typed config, the reference solver, sampling, processes, resume and the run log."""

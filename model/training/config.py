@@ -1,0 +1,356 @@
+"""The typed training config: defaults (the reference solver), then a config file, then flags.
+
+``TrainConfig`` is recorded as a plain dict in every checkpoint, so a run can be read back
+and resumed from its checkpoint alone. Device and AMP resolution live here too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import typing
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.errors import FCNError
+from model.files import read_json_or_yaml
+from model.nets.fcn import ARCHS
+
+LOSSES = ("sum", "mean")
+OPTIMIZERS = ("sgd", "adamw")
+LR_POLICIES = ("fixed", "poly")
+AMP_MODES = ("none", "bf16", "fp16")
+# The reference solvers' fixed learning rates for the pixel-summed loss (batch 1, ~500x375
+# images, so ~1e5 pixels per step): each stage 100x lower than the one it starts from.
+SUM_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-10}
+# With the per-pixel mean loss the gradient no longer grows with the image area.
+MEAN_LR = {"fcn32s": 1e-4, "fcn16s": 1e-4, "fcn8s": 1e-4, "fcn8s-atonce": 1e-4}
+
+
+class ConfigError(FCNError, ValueError):
+    """A config value, key or file that cannot be used; the message names it."""
+
+
+# AdamW's step does not scale with the loss, so one rate serves both losses.
+ADAMW_LR = 1e-4
+
+
+def default_lr(arch: str, loss: str, optimizer: str = "sgd") -> float:
+    """The learning rate used when none is given: SGD with the summed loss takes the
+    reference's per-stage rate, with the mean loss 1e-4; AdamW 1e-4."""
+    if optimizer == "adamw":
+        return ADAMW_LR
+    return (SUM_LR if loss == "sum" else MEAN_LR)[arch]
+
+
+FORMAT_CHOICES = ("auto", "voc", "sbd", "folder")
+METAVARS: dict[str, str | tuple[str, str]] = {
+    "data": "DIR",
+    "val_data": "DIR",
+    "out": "DIR",
+    "resume": "PATH",
+    "crop_size": "N",
+    "scale_range": ("LOW", "HIGH"),
+    "classes": "NAME",
+}
+# Per field: (help, choices, nargs) for the command line.
+FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
+    "arch": ("network", ARCHS, None),
+    "width": ("channel width multiplier (1.0 = the paper's VGG16)", None, None),
+    "learn_upsampling": ("train the bilinear upsampling layers too", None, None),
+    "init": (
+        "initial weights: imagenet, vgg16:PATH (a torchvision VGG16 state dict), "
+        "caffe-vgg16:PATH (Caffe's VGG16 .caffemodel), checkpoint:PATH (the previous stage), "
+        "none (random trunk)",
+        None,
+        None,
+    ),
+    "data": ("training data folder (VOC, SBD or images/ + masks/); required", None, None),
+    "data_format": ("layout of --data", FORMAT_CHOICES, None),
+    "train_split": ("split list of the training images", None, None),
+    "val_data": ("validation data folder (default: --data)", None, None),
+    "val_format": ("layout of --val-data", FORMAT_CHOICES, None),
+    "val_split": ("split list of the validation images (e.g. seg11valid)", None, None),
+    "classes": ("class names (default: the data set's)", None, "+"),
+    "check_data": ("check every image and label before the first step", None, None),
+    "workers": ("data loading processes per training process", None, None),
+    "loss": ("sum: pixel-summed cross-entropy (the reference); mean: per-pixel mean", LOSSES, None),
+    "optimizer": (
+        "sgd (the reference) or adamw (small nets trained from scratch)",
+        OPTIMIZERS,
+        None,
+    ),
+    "lr": ("learning rate (default: by arch, loss and optimizer; see README)", None, None),
+    "lr_policy": ("fixed (the reference) or poly (power 0.9)", LR_POLICIES, None),
+    "momentum": ("SGD momentum (adamw keeps its beta1 of 0.9)", None, None),
+    "weight_decay": ("L2 weight decay of weights (never of biases)", None, None),
+    "bias_lr_mult": ("learning-rate multiplier of biases", None, None),
+    "max_iter": ("training iterations (one batch per process each)", None, None),
+    "batch_size": ("images per iteration and process", None, None),
+    "crop_size": ("random crop H [W] (default: native size, no crop)", None, "+"),
+    "scale_range": ("random rescaling factor range LOW HIGH (default: none)", None, 2),
+    "flip": ("random horizontal flips", None, None),
+    "amp": ("mixed precision on CUDA", AMP_MODES, None),
+    "device": ("auto, cpu, cuda or cuda:N", None, None),
+    "seed": ("seed of weight init, data order, augmentation and dropout", None, None),
+    "val_every": ("validate and save checkpoints every K iterations", None, None),
+    "log_every": ("log the mean training loss every K iterations", None, None),
+    "out": ("output folder: last.pt, best.pt, log.jsonl, training.png", None, None),
+    "resume": ("checkpoint (last.pt) to continue exactly from", None, None),
+    "progress": ("progress bar (on terminals)", None, None),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Defaults are the paper's reference solver."""
+
+    # Model
+    arch: str = "fcn32s"
+    width: float = 1.0
+    learn_upsampling: bool = False
+    init: str = "imagenet"
+    # Data
+    data: str = ""
+    data_format: str = "auto"
+    train_split: str = "train"
+    val_data: str = ""
+    val_format: str = "auto"
+    val_split: str = "val"
+    classes: list[str] = field(default_factory=list)
+    check_data: bool = True
+    workers: int = 2
+    # Loss and solver
+    loss: str = "sum"
+    optimizer: str = "sgd"
+    lr: float | None = None
+    lr_policy: str = "fixed"
+    momentum: float = 0.99
+    weight_decay: float = 5e-4
+    bias_lr_mult: float = 2.0
+    max_iter: int = 100_000
+    batch_size: int = 1
+    crop_size: list[int] | None = None
+    scale_range: list[float] | None = None
+    flip: bool = False
+    # Run
+    amp: str = "none"
+    device: str = "auto"
+    seed: int = 0
+    val_every: int = 4000
+    log_every: int = 20
+    out: str = "runs/fcn"
+    resume: str = ""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, message: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name.replace('_', '-')}: {message}")
+
+        need(self.arch in ARCHS, "arch", f"{self.arch!r} is not one of {', '.join(ARCHS)}")
+        need(self.width > 0, "width", f"must be positive, got {self.width}")
+        need(self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)}")
+        need(
+            self.lr is None or (math.isfinite(self.lr) and self.lr > 0),
+            "lr",
+            f"must be positive, got {self.lr}",
+        )
+        need(
+            self.optimizer in OPTIMIZERS,
+            "optimizer",
+            f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}",
+        )
+        need(self.lr_policy in LR_POLICIES, "lr_policy", f"{self.lr_policy!r} is not fixed/poly")
+        need(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        need(self.bias_lr_mult >= 0, "bias_lr_mult", f"must be >= 0, got {self.bias_lr_mult}")
+        need(self.max_iter >= 1, "max_iter", f"must be at least 1, got {self.max_iter}")
+        need(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        if self.crop_size is not None:
+            need(
+                len(self.crop_size) in (1, 2) and min(self.crop_size) >= 1,
+                "crop_size",
+                f"needs H or H W, positive, got {self.crop_size}",
+            )
+        if self.scale_range is not None:
+            need(
+                len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
+                "scale_range",
+                f"needs LOW HIGH with 0 < LOW <= HIGH, got {self.scale_range}",
+            )
+        need(self.amp in AMP_MODES, "amp", f"{self.amp!r} is not one of {', '.join(AMP_MODES)}")
+        need(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        need(self.val_every >= 1, "val_every", f"must be at least 1, got {self.val_every}")
+        need(self.log_every >= 1, "log_every", f"must be at least 1, got {self.log_every}")
+        need(bool(self.out), "out", "an output folder is needed")
+        need(len(set(self.classes)) == len(self.classes), "classes", "names must be distinct")
+
+    @property
+    def learning_rate(self) -> float:
+        """The base learning rate in effect: ``lr`` or the default for arch and loss."""
+        return self.lr if self.lr is not None else default_lr(self.arch, self.loss, self.optimizer)
+
+    @property
+    def crop(self) -> tuple[int, int] | None:
+        """The crop as (H, W); a single number is a square."""
+        if self.crop_size is None:
+            return None
+        h = self.crop_size[0]
+        return h, self.crop_size[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping of field names (``-`` or ``_``), checking names and types."""
+        return TrainConfig().updated(data, source)
+
+    def updated(self, changes: dict[str, Any], source: str = "config") -> TrainConfig:
+        """A copy with ``changes`` applied; unknown names and wrong types raise ConfigError."""
+        hints = typing.get_type_hints(TrainConfig)
+        known = {f.name for f in fields(TrainConfig)}
+        values: dict[str, Any] = {}
+        for key, value in changes.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"{source}: unknown setting {key!r}")
+            where = f"--{name.replace('_', '-')}" if source == "flags" else f"{source}: {key}"
+            values[name] = _coerce(value, hints[name], where)
+        try:
+            return replace(self, **values)
+        except ConfigError as exc:
+            # Flags are named as typed: "--max-iter: ...".
+            raise ConfigError(f"--{exc}" if source == "flags" else f"{source}: {exc}") from exc
+
+
+# Per scalar field type: the values accepted (ints for floats, never bools for numbers) and
+# how an error describes them.
+SCALARS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a field's type, accepting ints for floats."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{where}: may not be null")
+    if type(None) in args:
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, where) for v in value]
+    if hint not in SCALARS:
+        raise ConfigError(f"{where}: unsupported type {hint}")  # pragma: no cover
+    accepts, expected = SCALARS[hint]
+    if not accepts(value):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a YAML or JSON file (a mapping of field names)."""
+    source = Path(path)
+    if not source.is_file():
+        raise ConfigError(f"{source}: no such config file")
+    try:
+        data = read_json_or_yaml(source)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{source}: unreadable config file ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (``--max-iter``...); flags not given stay out of the namespace."""
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        help_text, choices, nargs = FLAGS[f.name]
+        hint = hints[f.name]
+        if typing.get_origin(hint) is not list:  # Optional[X] -> X
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint = args[0] if args else hint
+        default = getattr(defaults, f.name)
+        if "default" not in help_text and default not in ("", None, []):
+            help_text = f"{help_text} (default: {default})"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name, "help": help_text}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            if typing.get_origin(hint) is list:
+                (kwargs["type"],) = typing.get_args(hint)
+                kwargs["nargs"] = nargs
+            else:
+                kwargs["type"] = hint
+            if choices:
+                kwargs["choices"] = choices
+            else:
+                kwargs["metavar"] = METAVARS.get(f.name, f.name.split("_")[-1].upper())
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given as flags."""
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--amp`` as ``fcn eval`` and ``fcn predict`` take them."""
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
+    )
+    parser.add_argument("--amp", default="none", choices=AMP_MODES, help="mixed precision on CUDA")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(
+                f"--device {name!r}: this machine has {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    return device
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device``; AMP is refused off CUDA."""
+    if amp == "none":
+        return None
+    if device.type != "cuda":
+        raise ConfigError(
+            f"--amp {amp}: needs a CUDA device; this run is on {device} (use --amp none)"
+        )
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--amp bf16: not supported by this GPU; use --amp fp16")
+    return torch.bfloat16 if amp == "bf16" else torch.float16

@@ -1,0 +1,111 @@
+"""The schema-1 rules: metadata parsed or refused with words naming the file and the key,
+and the graph's tensors held to the contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from contract.schema import (
+    REQUIRED_KEYS,
+    MetadataError,
+    TensorSpec,
+    check_model,
+    check_tensors,
+    parse_metadata,
+)
+
+PROPS = {
+    "fcn.schema": "1",
+    "fcn.arch": "fcn8s",
+    "fcn.backbone": "vgg16",
+    "fcn.width": "0.125",
+    "fcn.classes": json.dumps(["background", "disc", "square"]),
+    "fcn.palette": json.dumps([[0, 0, 0], [128, 0, 0], [0, 128, 0]]),
+    "fcn.ignore_index": "255",
+    "fcn.dataset": "synthetic",
+    "fcn.metrics": json.dumps({"mean_iu": 0.885}),
+    "fcn.created": "2026-12-02T12:00:00+00:00",
+}
+INPUTS = [TensorSpec("image", "uint8", ("N", "H", "W", 3))]
+OUTPUTS = [TensorSpec("labels", "uint8", ("N", "H", "W"))]
+
+
+def test_complete_metadata_parses_with_the_optional_keys_defaulted() -> None:
+    meta = parse_metadata(PROPS, "m.onnx")
+    assert meta.classes == ("background", "disc", "square")
+    assert meta.palette[1] == (128, 0, 0)
+    assert (meta.precision, meta.outputs, meta.preprocessing) == ("fp32", ("labels",), {})
+    assert meta.label_dtype == "uint8"
+    assert meta.to_dict()["metrics"] == {"mean_iu": 0.885}
+
+
+@pytest.mark.parametrize("key", REQUIRED_KEYS)
+def test_every_required_key_is_required(key: str) -> None:
+    props = {k: v for k, v in PROPS.items() if k != key}
+    with pytest.raises(MetadataError, match=f"^m.onnx: not an FCN model, metadata lacks {key}$"):
+        parse_metadata(props, "m.onnx")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("fcn.schema", "2", "fcn.schema is '2', this reader knows '1'"),
+        ("fcn.palette", json.dumps([[0, 0, 0]]), "fcn.palette has 1 colours for 3 classes"),
+        ("fcn.palette", json.dumps([[0, 0, 0], [1, 2], [3, 4, 5]]), "is not \\[r, g, b\\]"),
+        ("fcn.palette", json.dumps([[0, 0, 0], [0, 0, 256], [3, 4, 5]]), "outside 0-255"),
+        ("fcn.classes", "[]", "not a non-empty list"),
+        ("fcn.classes", "[background", "fcn.classes is not valid JSON"),
+        ("fcn.width", "wide", "malformed fcn.\\* metadata"),
+        ("fcn.precision", "fp8", "fcn.precision is 'fp8'"),
+        ("fcn.outputs", json.dumps(["scores"]), "it must list 'labels'"),
+    ],
+    ids=["schema", "short-palette", "bad-colour", "colour-range", "no-classes", "json",
+         "width", "precision", "outputs"],
+)  # fmt: skip
+def test_malformed_metadata_is_refused_naming_the_key(key: str, value: str, words: str) -> None:
+    with pytest.raises(MetadataError, match=f"^m.onnx: .*{words}"):
+        parse_metadata({**PROPS, key: value}, "m.onnx")
+
+
+def test_tensors_that_keep_the_contract_pass() -> None:
+    meta = parse_metadata(PROPS)
+    assert check_tensors(INPUTS, OUTPUTS, meta) == []
+    scored = parse_metadata({**PROPS, "fcn.outputs": json.dumps(["labels", "scores"])})
+    scores = TensorSpec("scores", "float", ("N", 3, "H", "W"))
+    assert check_tensors(INPUTS, [*OUTPUTS, scores], scored) == []
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "words"),
+    [
+        ([TensorSpec("image", "float", ("N", "H", "W", 3))], OUTPUTS, "'image' is float"),
+        ([TensorSpec("image", "uint8", (1, "H", "W", 3))], OUTPUTS, "fixed N, H or W"),
+        ([TensorSpec("image", "uint8", ("N", "H", "W", 4))], OUTPUTS, "3 channels"),
+        ([TensorSpec("pixels", "uint8", ("N", "H", "W", 3))], OUTPUTS, "no 'image' tensor"),
+        (INPUTS, [TensorSpec("labels", "int32", ("N", "H", "W"))], "'labels' is int32"),
+        (INPUTS, [TensorSpec("labels", "uint8", ("H", "W"))], "'labels' has rank 2"),
+        (INPUTS, [*OUTPUTS, TensorSpec("scores", "float", ("N", 3, "H", "W"))], "fcn.outputs"),
+    ],
+    ids=["input-type", "fixed-size", "channels", "input-name", "label-type", "label-rank",
+         "undeclared-scores"],
+)  # fmt: skip
+def test_tensors_that_break_it_are_named(
+    inputs: list[TensorSpec], outputs: list[TensorSpec], words: str
+) -> None:
+    problems = check_tensors(inputs, outputs, parse_metadata(PROPS))
+    assert any(words in p for p in problems), problems
+    with pytest.raises(MetadataError, match=f"^m.onnx: .*{words}"):
+        check_model(PROPS, inputs, outputs, "m.onnx")
+
+
+def test_above_255_classes_the_labels_are_int32() -> None:
+    classes = [f"c{i}" for i in range(300)]
+    props = {
+        **PROPS,
+        "fcn.classes": json.dumps(classes),
+        "fcn.palette": json.dumps([[i % 256, 0, 0] for i in range(300)]),
+    }
+    labels = [TensorSpec("labels", "int32", ("N", "H", "W"))]
+    assert check_model(props, INPUTS, labels, "m.onnx").label_dtype == "int32"

@@ -1,0 +1,147 @@
+"""``fcn eval``: the paper's four metrics of a checkpoint on a data set, its per-class table,
+the confusion-matrix PNG and the optional predictions and overlays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contract.palette import voc_colormap
+from model.checkpoint import Checkpoint, save_checkpoint
+from model.cli import main
+from model.data.datasets import voc_dataset
+from model.data.synthetic import SYNTH_CLASSES, write_synthetic
+from model.evaluation.evaluate import evaluate
+from model.evaluation.metrics import ConfusionMatrix
+from model.nets.fcn import ModelSpec, build_fcn
+from model.nets.preprocessing import TORCHVISION, Normalize
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("data") / "synth", 1, 3, (40, 56), seed=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained FCN-8s with random scores: predicts several classes, badly."""
+    torch.manual_seed(0)
+    net = build_fcn(ModelSpec("fcn8s", len(SYNTH_CLASSES), 1 / 32))
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        torch.nn.init.normal_(getattr(net, name).weight, std=0.5)
+        torch.nn.init.normal_(getattr(net, name).bias, std=2.0)
+    ckpt = Checkpoint(
+        net.spec,
+        net.state_dict(),
+        list(SYNTH_CLASSES),
+        voc_colormap(len(SYNTH_CLASSES)),
+        TORCHVISION,
+    )
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+def reference_confusion(checkpoint: Path, data: Path) -> ConfusionMatrix:
+    """The confusion matrix computed by hand: one image at a time, at native size."""
+    from model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    net = ckpt.build_model().eval()
+    normalize = Normalize(ckpt.preprocessing)
+    confusion = ConfusionMatrix(len(SYNTH_CLASSES))
+    dataset = voc_dataset(data, "val")
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            image, target = dataset[i]
+            confusion.update(target, net(normalize(image[None])).argmax(1)[0])
+    return confusion
+
+
+def test_metrics_match_a_hand_computed_confusion(checkpoint: Path, synth: Path) -> None:
+    result = evaluate(checkpoint, synth, workers=0)
+    expected = reference_confusion(checkpoint, synth)
+    assert torch.equal(result.confusion, expected.matrix)
+    assert result.metrics.summary() == expected.compute().summary()
+    assert result.images == 3
+    # The untrained net does predict several classes, so the figures are not degenerate.
+    assert int((result.confusion.sum(0) > 0).sum()) >= 2
+
+
+def test_command_prints_table_and_writes_files(
+    checkpoint: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    args = ["eval", "--checkpoint", str(checkpoint), "--data", str(synth), "--out", str(out)]
+    assert main([*args, "--predictions", "--overlays", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean IU" in printed
+    for name in SYNTH_CLASSES:
+        assert any(line.startswith(name) for line in printed.splitlines()), name
+    record = json.loads((out / "metrics.json").read_text())
+    expected = reference_confusion(checkpoint, synth).compute()
+    assert record["mean_iu"] == pytest.approx(expected.mean_iu)
+    assert record["classes"] == list(SYNTH_CLASSES)
+    assert len(record["confusion"]) == len(SYNTH_CLASSES)
+    assert (out / "confusion.png").read_bytes()[:8] == PNG
+    # One palette PNG and one overlay per image, at the image's size.
+    for sample_id in ("val_000000", "val_000001", "val_000002"):
+        with Image.open(out / "predictions" / f"{sample_id}.png") as label:
+            assert (label.mode, label.size) == ("P", (56, 40))
+            assert set(np.unique(np.asarray(label)).tolist()) <= set(range(len(SYNTH_CLASSES)))
+        with Image.open(out / "overlays" / f"{sample_id}.jpg") as overlay:
+            assert (overlay.mode, overlay.size) == ("RGB", (56, 40))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--checkpoint", "missing.pt"], "missing.pt: no such checkpoint file"),
+        (["--data", "nowhere"], "nowhere: no such data folder"),
+        (["--split", "test"], "test.txt: no such split list"),
+        (["--predictions"], "--predictions and --overlays need --out DIR"),
+        (["--amp", "bf16", "--device", "cpu"], "--amp bf16: needs a CUDA device"),
+        (["--device", "gpu"], "--device 'gpu': use auto, cpu, cuda or cuda:N"),
+    ],
+    ids=["checkpoint", "data", "split", "predictions-without-out", "amp", "device"],
+)
+def test_bad_arguments_are_named(
+    checkpoint: Path,
+    synth: Path,
+    flags: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = {"--checkpoint": str(checkpoint), "--data": str(synth)}
+    for flag in ("--checkpoint", "--data"):
+        if flag in flags:
+            base.pop(flag)
+    args = ["eval", *[x for kv in base.items() for x in kv], *flags]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_class_count_mismatch_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    from model.data.datasets import DataError
+
+    data = tmp_path / "voc"
+    write_synthetic(data, 1, 1, (16, 16))
+    (data / "classes.json").write_text(json.dumps({"classes": ["a", "b", "c"]}))
+    with pytest.raises(DataError, match=f"3 classes, but {checkpoint} predicts 6"):
+        evaluate(checkpoint, data, workers=0)
+
+
+def test_bad_label_is_named_before_evaluating(checkpoint: Path, tmp_path: Path) -> None:
+    from model.data.datasets import DataError
+
+    data = tmp_path / "voc"
+    write_synthetic(data, 1, 1, (16, 16))
+    label = data / "SegmentationClass" / "val_000000.png"
+    Image.fromarray(np.full((16, 16), 9, dtype=np.uint8), mode="L").save(label)
+    with pytest.raises(DataError, match=f"{label}: label values \\[9\\] outside \\[0, 6\\)"):
+        evaluate(checkpoint, data, workers=0)

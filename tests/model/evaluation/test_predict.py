@@ -1,0 +1,176 @@
+"""``fcn predict``: palette PNG label maps (pixel = class id, the checkpoint's colours) and
+overlays, for single images and folders, with bad inputs named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contract.palette import palette_bytes, voc_colormap
+from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.cli import main
+from model.data.datasets import read_label_png
+from model.data.synthetic import write_synthetic
+from model.evaluation.predict import overlay_image, predict
+from model.nets.fcn import ModelSpec, build_fcn
+from model.nets.preprocessing import CAFFE, Normalize
+
+PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200)]
+MANY = 300
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    net = build_fcn(ModelSpec("fcn16s", 4, 1 / 32))
+    for name in ("score_fr", "score_pool4"):
+        torch.nn.init.normal_(getattr(net, name).weight, std=0.5)
+        torch.nn.init.zeros_(getattr(net, name).bias)
+    ckpt = Checkpoint(net.spec, net.state_dict(), ["sky", "roof", "tree", "car"], PALETTE, CAFFE)
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def many_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 classes: label maps past one byte. FCN-8s, whose largest upsampling is 16x16
+    (FCN-32s's 64x64 would make a 1.5 GB checkpoint); random scores, ids 256-299 ahead."""
+    torch.manual_seed(2)
+    net = build_fcn(ModelSpec("fcn8s", MANY, 1 / 32))
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        torch.nn.init.normal_(getattr(net, name).weight, std=0.5)
+    with torch.no_grad():
+        net.score_fr.bias[256:] = 5.0  # the ids a byte cannot hold win
+    names = [f"class{i}" for i in range(MANY)]
+    ckpt = Checkpoint(net.spec, net.state_dict(), names, voc_colormap(MANY), CAFFE)
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "many.pt")
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 41, 3), dtype=np.uint8)).save(folder / "a.jpg")
+    Image.fromarray(rng.integers(0, 255, (17, 9), dtype=np.uint8), mode="L").save(folder / "b.png")
+    Image.fromarray(rng.integers(0, 255, (12, 20, 4), dtype=np.uint8), mode="RGBA").save(
+        folder / "c.webp"
+    )
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def expected_labels(checkpoint: Path, path: Path) -> np.ndarray:
+    ckpt = load_checkpoint(checkpoint)
+    with Image.open(path) as img:
+        image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        logits = ckpt.build_model().eval()(Normalize(ckpt.preprocessing)(image))
+    return logits.argmax(1)[0].numpy()
+
+
+def test_label_maps_are_palette_pngs_of_class_ids(
+    checkpoint: Path, photos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    written = predict(checkpoint, [photos], out)
+    assert [p.name for p in written] == ["a.png", "b.png", "c.png"]
+    classes_seen: set[int] = set()
+    for source, size in (
+        (photos / "a.jpg", (41, 30)),
+        (photos / "b.png", (9, 17)),
+        (photos / "c.webp", (20, 12)),
+    ):
+        with Image.open(out / f"{source.stem}.png") as label:
+            assert (label.mode, label.size) == ("P", size)
+            assert label.getpalette()[: 3 * 256] == palette_bytes(PALETTE)  # type: ignore[index]
+            labels = np.asarray(label)
+        assert np.array_equal(labels, expected_labels(checkpoint, source))
+        classes_seen |= set(np.unique(labels).tolist())
+        with Image.open(out / f"{source.stem}_overlay.jpg") as overlay:
+            assert overlay.size == size
+    assert len(classes_seen) >= 2  # a real test of the colours, not one flat map
+
+
+def test_overlay_blends_image_and_class_colour() -> None:
+    image = np.full((2, 3, 3), 100, dtype=np.uint8)
+    labels = np.array([[0, 1, 1], [2, 3, 0]])
+    blended = overlay_image(image, labels, PALETTE, alpha=0.5)
+    assert blended[0, 1].tolist() == [150, 50, 50]
+    assert blended[1, 2].tolist() == [55, 60, 65]
+    assert np.array_equal(overlay_image(image, labels, PALETTE, alpha=0.0), image)
+
+
+def test_command_with_a_single_image_and_no_overlay(
+    checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = ["predict", "--checkpoint", str(checkpoint), str(photos / "b.png"), "--out", str(out)]
+    assert main([*args, "--no-overlay"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"]
+    assert "wrote 1 label map to" in capsys.readouterr().out
+
+
+def test_bad_inputs_are_named(
+    checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "out")
+    base = ["predict", "--checkpoint", str(checkpoint), "--out", out]
+    assert main([*base, str(tmp_path / "none.jpg")]) == 2
+    assert f"{tmp_path / 'none.jpg'}: no such image or folder" in capsys.readouterr().err
+    (photos / "a.png").write_bytes(b"broken")
+    assert main([*base, str(photos)]) == 2
+    assert "a.png and" in capsys.readouterr().err  # two images would write a.png
+    (photos / "a.jpg").unlink()
+    # An unreadable image is skipped and named; the others are still segmented.
+    assert main([*base, str(photos)]) == 1
+    captured = capsys.readouterr()
+    assert f"skipped {photos / 'a.png'}: unreadable image" in captured.err
+    assert "wrote 2 label maps to" in captured.out
+    assert "1 image(s) unreadable" in captured.out
+    assert sorted(p.name for p in Path(out).iterdir() if not p.name.endswith("_overlay.jpg")) == [
+        "b.png",
+        "c.png",
+    ]
+    # Nothing readable at all: no output folder appears.
+    nothing = tmp_path / "nothing"
+    bad_only = ["predict", "--checkpoint", str(checkpoint), "--out", str(nothing)]
+    assert main([*bad_only, str(photos / "a.png")]) == 1
+    assert not nothing.exists()
+    assert main([*base, "--alpha", "2", str(photos)]) == 2
+    assert "--alpha must be in [0, 1]" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(tmp_path / "x.pt"), "--out", out, str(photos)]) == 2
+    assert "x.pt: no such checkpoint file" in capsys.readouterr().err
+
+
+def test_past_256_classes_label_maps_are_16_bit_pngs_of_class_ids(
+    many_classes: Path, photos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    image = photos / "a.jpg"
+    args = ["predict", "--checkpoint", str(many_classes), str(image), "--out", str(out)]
+    assert main(args) == 0
+    with Image.open(out / "a.png") as label:
+        assert (label.mode, label.size) == ("I;16", (41, 30))
+    labels = read_label_png(out / "a.png")
+    assert np.array_equal(labels, expected_labels(many_classes, image))
+    assert labels.max() > 255  # ids a byte cannot hold came through
+    with Image.open(out / "a_overlay.jpg") as overlay:
+        assert overlay.size == (41, 30)
+
+
+def test_eval_writes_the_same_16_bit_predictions(many_classes: Path, tmp_path: Path) -> None:
+    data = write_synthetic(tmp_path / "data", 1, 1, (24, 40), seed=1)
+    (data / "classes.json").write_text(json.dumps([f"class{i}" for i in range(MANY)]))
+    out = tmp_path / "eval"
+    args = ["eval", "--checkpoint", str(many_classes), "--data", str(data), "--out", str(out)]
+    assert main([*args, "--predictions", "--workers", "0"]) == 0
+    labels = read_label_png(out / "predictions" / "val_000000.png")
+    assert np.array_equal(
+        labels, expected_labels(many_classes, data / "JPEGImages" / "val_000000.jpg")
+    )
+    assert labels.max() > 255

@@ -1,0 +1,65 @@
+"""Tiny checkpoints and their ONNX exports, made once per test session and shared by the
+export, verification and Triton tests (each export takes seconds)."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from contract.palette import voc_colormap
+from model.checkpoint import Checkpoint
+from model.export.exporter import export_onnx
+from model.nets.fcn import ModelSpec, build_fcn
+from model.nets.preprocessing import CAFFE, TORCHVISION, Preprocessing
+
+ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
+# Half the variants normalise the Caffe way (BGR, 0-255), half torchvision's (RGB, 0-1).
+PREPROCESSING = {
+    "fcn32s": CAFFE,
+    "fcn16s": TORCHVISION,
+    "fcn8s": CAFFE,
+    "fcn8s-atonce": TORCHVISION,
+}
+WIDTH = 1 / 32
+
+_ROOT = Path(tempfile.mkdtemp(prefix="fcn-onnx-tests-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+
+def tiny_checkpoint(
+    arch: str = "fcn8s", num_classes: int = 5, preprocessing: Preprocessing | None = None
+) -> Checkpoint:
+    """A random tiny network whose labels vary across the image (score layers non-zero)."""
+    spec = ModelSpec(arch, num_classes, WIDTH)
+    torch.manual_seed(0)
+    net = build_fcn(spec)
+    for name in ("score_fr", *net.skip_layers):
+        torch.nn.init.normal_(getattr(net, name).weight)
+    names = [f"class{i}" for i in range(num_classes)]
+    return Checkpoint(
+        spec,
+        net.state_dict(),
+        names,
+        voc_colormap(num_classes),
+        preprocessing or PREPROCESSING.get(arch, CAFFE),
+        dataset="synthetic",
+        metrics={"mean_iu": 0.25},
+    )
+
+
+@functools.cache
+def exported(
+    arch: str = "fcn8s", *, fp16: bool = False, with_scores: bool = False, num_classes: int = 5
+) -> tuple[Checkpoint, Path]:
+    """The checkpoint and its export (unverified: the tests compare it themselves); read-only."""
+    checkpoint = tiny_checkpoint(arch, num_classes)
+    name = f"{arch}-{'fp16' if fp16 else 'fp32'}{'-scores' if with_scores else ''}-{num_classes}"
+    path = export_onnx(
+        checkpoint, _ROOT / f"{name}.onnx", fp16=fp16, with_scores=with_scores, verify=False
+    )
+    return checkpoint, path

@@ -1,0 +1,195 @@
+"""The exported graph follows the schema-1 contract and matches PyTorch through ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from contract.schema import REQUIRED_KEYS
+from model.checkpoint import Checkpoint
+from model.export.exporter import SegmentationGraph
+from tests.model.export.onnx_models import ARCHS, PREPROCESSING, exported
+
+REPO = Path(__file__).resolve().parents[3]
+# Thresholds of the contract: labels equal to PyTorch's on this share of pixels.
+AGREEMENT = {False: 0.9999, True: 0.995}
+
+
+def session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def reference(checkpoint: Checkpoint, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch float32 labels and logits for a uint8 [N, H, W, 3] batch."""
+    graph = SegmentationGraph(checkpoint.build_model(), checkpoint.preprocessing, with_scores=True)
+    with torch.no_grad():
+        labels, logits = graph.eval()(torch.from_numpy(image))
+    return labels.numpy(), logits.numpy()
+
+
+def images(*shapes: tuple[int, int, int]) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8) for shape in shapes]
+
+
+def test_graph_has_the_contract_inputs_outputs_and_metadata() -> None:
+    _, path = exported("fcn8s")
+    onnx.checker.check_model(str(path), full_check=True)
+    sess = session(path)
+    (image,) = sess.get_inputs()
+    assert (image.name, image.type, image.shape) == ("image", "tensor(uint8)", ["N", "H", "W", 3])
+    (labels,) = sess.get_outputs()
+    assert (labels.name, labels.type, labels.shape) == ("labels", "tensor(uint8)", ["N", "H", "W"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert set(REQUIRED_KEYS) <= set(meta)
+    assert meta["fcn.schema"] == "1"
+    assert meta["fcn.arch"] == "fcn8s"
+    assert json.loads(meta["fcn.classes"]) == [f"class{i}" for i in range(5)]
+    assert json.loads(meta["fcn.palette"])[1] == [128, 0, 0]
+    assert meta["fcn.ignore_index"] == "255"
+    assert json.loads(meta["fcn.metrics"]) == {"mean_iu": 0.25}
+    assert meta["fcn.precision"] == "fp32"
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_variant_matches_pytorch_on_sizes_unlike_the_export_size(
+    arch: str, fp16: bool
+) -> None:
+    checkpoint, path = exported(arch, fp16=fp16)
+    sess = session(path)
+    agree = total = 0
+    # The export traced a batch of 2 at 67x91; none of these is that size.
+    for image in images((1, 1, 1), (1, 7, 300), (2, 45, 31)):
+        (labels,) = sess.run(None, {"image": image})
+        expected, _ = reference(checkpoint, image)
+        assert labels.dtype == np.uint8
+        assert labels.shape == image.shape[:3]
+        agree += int((labels == expected).sum())
+        total += expected.size
+    assert agree / total >= AGREEMENT[fp16]
+
+
+def test_scores_output_matches_pytorch_logits_within_1e_4() -> None:
+    checkpoint, path = exported("fcn8s", with_scores=True)
+    sess = session(path)
+    assert [(o.name, o.type) for o in sess.get_outputs()] == [
+        ("labels", "tensor(uint8)"),
+        ("scores", "tensor(float)"),
+    ]
+    assert sess.get_outputs()[1].shape == ["N", 5, "H", "W"]
+    for image in images((1, 1, 1), (2, 29, 57)):
+        labels, scores = sess.run(None, {"image": image})
+        expected_labels, expected = reference(checkpoint, image)
+        assert scores.shape == expected.shape
+        # 1e-4 of the logits' magnitude: float32 sums over thousands of terms differ by ~1e-6.
+        assert np.abs(scores - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+        assert (labels == expected_labels).mean() >= 0.9999
+
+
+def test_crop_follows_the_runtime_shape_far_from_the_export_size() -> None:
+    checkpoint, path = exported("fcn8s")
+    sess = session(path)
+    for image in images((1, 1, 1), (1, 7, 300), (1, 333, 1001)):
+        (labels,) = sess.run(None, {"image": image})
+        expected, _ = reference(checkpoint, image)
+        assert labels.shape == image.shape[:3]
+        assert (labels == expected).mean() >= 0.9999
+
+
+def test_one_session_answers_three_sizes_and_batches_of_1_and_3() -> None:
+    checkpoint, path = exported("fcn16s")
+    sess = session(path)
+    for image in images((1, 1, 1), (3, 45, 31), (1, 120, 97), (3, 1, 1)):
+        (labels,) = sess.run(None, {"image": image})
+        expected, _ = reference(checkpoint, image)
+        assert labels.shape == image.shape[:3]
+        assert (labels == expected).mean() >= 0.9999
+    # Each image of a batch gets what it would get alone.
+    (batch,) = images((3, 40, 50))
+    (together,) = sess.run(None, {"image": batch})
+    for i in range(3):
+        (alone,) = sess.run(None, {"image": batch[i : i + 1]})
+        assert np.array_equal(together[i], alone[0])
+
+
+def test_fp16_halves_the_weights_but_keeps_uint8_image_and_labels() -> None:
+    _, fp32 = exported("fcn8s")
+    _, fp16 = exported("fcn8s", fp16=True)
+    model = onnx.load(fp16)
+    weights = [i for i in model.graph.initializer if i.name.startswith("net.")]
+    assert weights
+    assert all(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
+    sess = session(fp16)
+    assert [(i.name, i.type) for i in sess.get_inputs()] == [("image", "tensor(uint8)")]
+    assert [(o.name, o.type) for o in sess.get_outputs()] == [("labels", "tensor(uint8)")]
+    assert sess.get_modelmeta().custom_metadata_map["fcn.precision"] == "fp16"
+    assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
+
+
+def test_256_classes_or_more_export_int32_labels() -> None:
+    _, path = exported("fcn8s", num_classes=256)
+    sess = session(path)
+    assert sess.get_outputs()[0].type == "tensor(int32)"
+    (labels,) = sess.run(None, {"image": np.zeros((1, 8, 9, 3), np.uint8)})
+    assert labels.shape == (1, 8, 9)
+
+
+READER = """
+import importlib.util, json, sys
+sys.modules["torch"] = None  # any torch import now fails
+spec = importlib.util.spec_from_file_location("contract", sys.argv[1])
+contract = importlib.util.module_from_spec(spec)
+sys.modules["contract"] = contract
+spec.loader.exec_module(contract)
+import onnxruntime as ort
+from_file = contract.read_metadata(sys.argv[2])
+session = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+from_session = contract.parse_metadata(session.get_modelmeta().custom_metadata_map)
+assert from_file == from_session
+print(json.dumps({
+    "arch": from_file.arch, "classes": from_file.classes, "palette": from_file.palette,
+    "width": from_file.width, "precision": from_file.precision,
+    "preprocessing": from_file.preprocessing, "ignore_index": from_file.ignore_index,
+    "torch": [m for m in sys.modules if m.startswith("torch") and sys.modules[m] is not None],
+}))
+"""
+
+
+@pytest.mark.parametrize(("arch", "fp16"), [("fcn8s", False), ("fcn8s-atonce", True)])
+def test_metadata_reads_back_without_torch(arch: str, fp16: bool) -> None:
+    checkpoint, path = exported(arch, fp16=fp16)
+    done = subprocess.run(
+        [sys.executable, "-c", READER, str(REPO / "model" / "contract.py"), str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert done.returncode == 0, done.stderr
+    meta = json.loads(done.stdout)
+    assert meta["torch"] == []
+    assert meta["arch"] == arch
+    assert meta["classes"] == checkpoint.classes
+    assert meta["palette"] == [list(c) for c in checkpoint.palette]
+    assert meta["width"] == checkpoint.spec.width
+    assert meta["precision"] == ("fp16" if fp16 else "fp32")
+    assert meta["preprocessing"]["channel_order"] == PREPROCESSING[arch].channel_order
+    assert meta["ignore_index"] == 255
+
+
+def test_model_file_is_readable_by_other_users() -> None:
+    # A server in a container often runs as another user than the one who exported.
+    _, path = exported("fcn8s")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
