@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from model.checkpoint import load_checkpoint
+from model.commands.arguments import add_device_arguments
 from model.data.datasets import (
     FORMATS,
     DataError,
@@ -30,10 +31,10 @@ from model.data.datasets import (
     open_dataset,
 )
 from model.data.transforms import collate_padded
+from model.devices import amp_dtype, resolve_device
 from model.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, json_safe
 from model.files import atomic_path, check_folder
 from model.nets.preprocessing import Normalize
-from model.training.config import add_device_arguments, amp_dtype, resolve_device
 
 # The confusion plot: past this many classes, names label every k-th row and column only,
 # and the figure stops growing (a 150-class set would otherwise be a 70-inch image).

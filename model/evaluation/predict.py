@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 from contract.palette import Color, palette_bytes
 from model.checkpoint import load_checkpoint
+from model.commands.arguments import add_device_arguments
 from model.data.datasets import IMAGE_EXTENSIONS, DataError
+from model.devices import amp_dtype, resolve_device
 from model.files import atomic_path, check_folder
 from model.nets.preprocessing import Normalize
-from model.training.config import add_device_arguments, amp_dtype, resolve_device
 
 DEFAULT_ALPHA = 0.5
 

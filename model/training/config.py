@@ -1,7 +1,7 @@
 """The typed training config: defaults (the reference solver), then a config file, then flags.
 
 ``TrainConfig`` is recorded as a plain dict in every checkpoint, so a run can be read back
-and resumed from its checkpoint alone. Device and AMP resolution live here too.
+and resumed from its checkpoint alone.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from model.devices import AMP_MODES
 from model.errors import FCNError
 from model.files import read_json_or_yaml
 from model.nets.fcn import ARCHS
@@ -23,7 +22,6 @@ from model.nets.fcn import ARCHS
 LOSSES = ("sum", "mean")
 OPTIMIZERS = ("sgd", "adamw")
 LR_POLICIES = ("fixed", "poly")
-AMP_MODES = ("none", "bf16", "fp16")
 # The reference solvers' fixed learning rates for the pixel-summed loss (batch 1, ~500x375
 # images, so ~1e5 pixels per step): each stage 100x lower than the one it starts from.
 SUM_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-10}
@@ -311,46 +309,3 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields given as flags."""
     names = {f.name for f in fields(TrainConfig)}
     return {k: v for k, v in vars(args).items() if k in names}
-
-
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--amp`` as ``fcn eval`` and ``fcn predict`` take them."""
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
-    )
-    parser.add_argument("--amp", default="none", choices=AMP_MODES, help="mixed precision on CUDA")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from exc
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name!r}: CUDA is not available here")
-    if device.type == "cuda" and device.index is not None:
-        count = torch.cuda.device_count()
-        if device.index >= count:
-            raise ConfigError(
-                f"--device {name!r}: this machine has {count} CUDA device(s) "
-                f"(cuda:0 to cuda:{count - 1})"
-            )
-    return device
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device``; AMP is refused off CUDA."""
-    if amp == "none":
-        return None
-    if device.type != "cuda":
-        raise ConfigError(
-            f"--amp {amp}: needs a CUDA device; this run is on {device} (use --amp none)"
-        )
-    if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("--amp bf16: not supported by this GPU; use --amp fp16")
-    return torch.bfloat16 if amp == "bf16" else torch.float16

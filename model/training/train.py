@@ -37,6 +37,7 @@ from model.data.datasets import (
     open_dataset,
 )
 from model.data.transforms import collate_padded, train_transforms
+from model.devices import amp_dtype, resolve_device
 from model.errors import FCNError
 from model.evaluation.evaluate import evaluate_model, format_summary
 from model.evaluation.metrics import json_safe
@@ -48,10 +49,8 @@ from model.training.config import (
     ConfigError,
     TrainConfig,
     add_config_arguments,
-    amp_dtype,
     flag_overrides,
     load_config_file,
-    resolve_device,
 )
 
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ from contract.palette import voc_colormap
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.cli import main
 from model.data.synthetic import write_synthetic
+from model.devices import DeviceError, amp_dtype, resolve_device
 from model.nets.backbones import WeightsError, initialize
 from model.nets.fcn import FCN8s, FCN16s, FCN32s, ModelSpec, build_fcn
 from model.nets.preprocessing import CAFFE, TORCHVISION
@@ -21,9 +22,7 @@ from model.training.config import (
     ConfigError,
     TrainConfig,
     add_config_arguments,
-    amp_dtype,
     flag_overrides,
-    resolve_device,
 )
 from model.training.train import (
     add_arguments,
@@ -128,7 +127,7 @@ def test_train_command_names_the_bad_flag(
 
 def test_amp_is_cuda_only() -> None:
     assert amp_dtype("none", torch.device("cpu")) is None
-    with pytest.raises(ConfigError, match="--amp bf16: needs a CUDA device"):
+    with pytest.raises(DeviceError, match="--amp bf16: needs a CUDA device"):
         amp_dtype("bf16", torch.device("cpu"))
 
 
@@ -196,7 +195,7 @@ def test_cuda_rng_of_the_run_device_round_trips_and_missing_devices_are_named() 
     assert torch.equal(torch.rand(3, device=device), expected)
     assert "saved off CUDA" in set_rng_state({**state, "cuda": None}, device)
     count = torch.cuda.device_count()
-    with pytest.raises(ConfigError, match=f"--device 'cuda:{count}': this machine has"):
+    with pytest.raises(DeviceError, match=f"--device 'cuda:{count}': this machine has"):
         resolve_device(f"cuda:{count}")
 
 
