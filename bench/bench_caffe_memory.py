@@ -33,7 +33,7 @@ def write_files(folder: Path) -> None:
     """Child process: write the full-size FCN-8s (layer, BlobShape, as the official files)
     and VGG16 (legacy layers, 4-D dims, as released) files."""
     sys.path.insert(0, str(ROOT))
-    from tests.model import caffe_writer as cw
+    from tests.model.caffe import caffe_writer as cw
 
     cw.write(folder / FCN8S_FILE, cw.net(cw.reference_layers("fcn8s")))
     legacy = cw.BlobEncoding(legacy_shape=True)

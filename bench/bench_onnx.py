@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contract.palette import VOC_CLASSES, voc_colormap
 from model.checkpoint import Checkpoint
-from model.export.exporter import SegmentationGraph, export_model
+from model.export.exporter import export_model
+from model.export.graph import SegmentationGraph
 from model.nets.fcn import ModelSpec, build_fcn
 from model.nets.preprocessing import CAFFE
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from model.data.datasets import voc_dataset
+from model.data.layouts import voc_dataset
 from model.data.synthetic import SYNTH_CLASSES, write_synthetic
 from model.nets.fcn import ModelSpec, build_fcn
 from model.nets.preprocessing import TORCHVISION, Normalize

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -87,11 +86,13 @@ def guard_bombs() -> None:
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
-def _stream(source: Source) -> BinaryIO:
+def _head(source: Source) -> bytes:
+    """The first bytes of ``source``, enough to tell its format."""
     if isinstance(source, bytes):
-        return io.BytesIO(source)
+        return source[:SNIFF_BYTES]
     try:
-        return open(source, "rb")
+        with open(source, "rb") as f:
+            return f.read(SNIFF_BYTES)
     except IsADirectoryError:
         raise CorruptImageError("is a folder, not an image") from None
 
@@ -102,27 +103,22 @@ def open_image(source: Source, max_pixels: int | None = None) -> Image.Image:
 
     A missing or unreadable path raises ``OSError``; everything else is an ``ImageError``.
     """
-    stream = _stream(source)
-    head = stream.read(SNIFF_BYTES)
-    stream.seek(0)
+    head = _head(source)
     if not head:
-        stream.close()
         raise CorruptImageError("is empty; an image has bytes")
     kind = sniff(head)
     if kind is None:
-        stream.close()
         names = ", ".join(FORMATS)
         raise UnsupportedImageError(f"is not an image format we read ({names})")
+    # Given a path, Pillow opens the file itself and closes it with the picture.
+    opened = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        picture = Image.open(stream, formats=[kind])
+        picture = Image.open(opened, formats=[kind])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        stream.close()
         raise ImageTooLargeError(f"is refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        stream.close()
         raise CorruptImageError(f"starts like a {kind} file but is not a readable one") from exc
     except DECODE_ERRORS as exc:
-        stream.close()
         raise CorruptImageError(f"has an unreadable {kind} header: {exc}") from exc
     width, height = picture.size
     if max_pixels is not None and width * height > max_pixels:

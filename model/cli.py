@@ -30,10 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train an FCN (SGD, the paper's solver; torchrun for many GPUs)",
     ),
     "eval": (
-        "model.evaluation.evaluate",
+        "model.commands.eval",
         "a checkpoint's four metrics, per-class IoU and confusion matrix",
     ),
-    "predict": ("model.evaluation.predict", "label-map PNGs and overlays for images"),
+    "predict": ("model.commands.predict", "label-map PNGs and overlays for images"),
 }
 
 

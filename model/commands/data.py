@@ -7,17 +7,9 @@ import argparse
 import re
 from pathlib import Path
 
-from model.data.datasets import (
-    FORMATS,
-    SegmentationDataset,
-    available_splits,
-    check_dataset,
-    detect_format,
-    download_sbd,
-    download_voc,
-    format_problems,
-    open_dataset,
-)
+from model.data.checks import check_splits, format_problems
+from model.data.download import download_sbd, download_voc
+from model.data.layouts import FORMATS
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -27,24 +19,6 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ValueError(f"{text!r} is not HxW, e.g. 128x128")
     height = int(match.group(1))
     return height, int(match.group(2) or height)
-
-
-def check(
-    root: Path, data_format: str = "auto", splits: list[str] | None = None, workers: int = 4
-) -> tuple[list[SegmentationDataset], list[str]]:
-    """Open the named (default: every) split of ``root`` and check each file once."""
-    fmt = detect_format(root) if data_format == "auto" else data_format
-    names = splits or available_splits(root, fmt)
-    datasets = [open_dataset(root, name, fmt) for name in names]
-    seen: set[Path] = set()
-    problems: list[str] = []
-    for dataset in datasets:
-        todo = [i for i, s in enumerate(dataset.samples) if s.target not in seen]
-        seen.update(dataset.samples[i].target for i in todo)
-        problems.extend(
-            str(p) for p in check_dataset(dataset, todo, workers=workers, progress=True)
-        )
-    return datasets, problems
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "check":
         if args.workers < 1:
             raise CLIError(f"--workers must be at least 1, got {args.workers}")
-        datasets, problems = check(args.root, args.format, args.splits, args.workers)
+        datasets, problems = check_splits(args.root, args.format, args.splits, args.workers)
         for dataset in datasets:
             print(f"{dataset.describe()}: {dataset.num_classes} classes")
         if problems:

@@ -10,12 +10,8 @@ import onnx
 
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.cli import CLIError, check_output_folder
-from model.export.exporter import (
-    MIN_OPSET,
-    OutputPathError,
-    VerificationError,
-    export_model,
-)
+from model.export.exporter import OutputPathError, VerificationError, export_model
+from model.export.graph import MIN_OPSET
 from model.export.triton import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,

@@ -1,5 +1,5 @@
-"""``fcn eval``: a checkpoint's four metrics on a data set, per-class IoU, the confusion
-matrix as a PNG, and optionally the predicted label maps and overlays.
+"""A checkpoint's four metrics on a data set, per-class IoU, the confusion matrix as a PNG,
+and optionally the predicted label maps and overlays (``fcn eval``).
 
 ``evaluate_model`` is also the validation step of training (one rank's shard; the caller
 reduces the confusion matrix across ranks).
@@ -7,7 +7,6 @@ reduces the confusion matrix across ranks).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Callable
@@ -21,18 +20,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from model.checkpoint import load_checkpoint
-from model.commands.arguments import add_device_arguments
-from model.data.datasets import (
-    FORMATS,
-    DataError,
-    SegmentationDataset,
-    check_dataset,
-    format_problems,
-    open_dataset,
-)
+from model.data.checks import check_dataset, format_problems
+from model.data.datasets import DataError, SegmentationDataset
+from model.data.layouts import open_dataset
 from model.data.transforms import collate_padded
 from model.devices import amp_dtype, resolve_device
 from model.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, json_safe
+from model.evaluation.predict import write_label_png, write_overlay
 from model.files import atomic_path, check_folder
 from model.nets.preprocessing import Normalize
 
@@ -149,8 +143,6 @@ def evaluate(
     """Evaluate a checkpoint on ``data``; with ``out``, write metrics.json and confusion.png
     there (and predictions/ID.png, overlays/ID.jpg when asked). The data is checked first,
     so a bad file is named rather than failing mid-way."""
-    from model.evaluation.predict import save_label_png, save_overlay
-
     out_dir = None if out is None else check_folder(out)
     ckpt = load_checkpoint(checkpoint)
     dataset = open_dataset(data, split, data_format)
@@ -189,10 +181,10 @@ def evaluate(
                 sample = dataset.samples[next(position)]
                 label_np = label.cpu().numpy()
                 if save_predictions:
-                    save_label_png(label_np, ckpt.palette, prediction_dir / f"{sample.id}.png")
+                    write_label_png(label_np, ckpt.palette, prediction_dir / f"{sample.id}.png")
                 if overlays:
                     rgb = image.permute(1, 2, 0).cpu().numpy()
-                    save_overlay(rgb, label_np, ckpt.palette, overlay_dir / f"{sample.id}.jpg")
+                    write_overlay(rgb, label_np, ckpt.palette, overlay_dir / f"{sample.id}.jpg")
 
     confusion = evaluate_model(
         net,
@@ -237,56 +229,3 @@ def format_summary(metrics: SegmentationMetrics) -> str:
         f"mean acc {100 * metrics.mean_accuracy:.2f}  "
         f"mean IU {100 * metrics.mean_iu:.2f}  f.w. IU {100 * metrics.frequency_weighted_iu:.2f}"
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint", required=True, type=Path, help="checkpoint (.pt) to evaluate"
-    )
-    parser.add_argument(
-        "--data", required=True, type=Path, help="data folder (VOC, SBD or folder layout)"
-    )
-    parser.add_argument("--split", default="val", help="split list to evaluate (default: val)")
-    parser.add_argument(
-        "--format", default="auto", choices=FORMATS, help="data layout (default: auto)"
-    )
-    parser.add_argument("--out", type=Path, help="write metrics.json and confusion.png here")
-    parser.add_argument(
-        "--predictions", action="store_true", help="also write predicted label PNGs"
-    )
-    parser.add_argument(
-        "--overlays", action="store_true", help="also write image/prediction overlays"
-    )
-    add_device_arguments(parser)
-    parser.add_argument(
-        "--workers", type=int, default=2, help="data loading processes (default: 2)"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from model.cli import CLIError, check_output_folder
-
-    if (args.predictions or args.overlays) and args.out is None:
-        raise CLIError("--predictions and --overlays need --out DIR")
-    if args.workers < 0:
-        raise CLIError(f"--workers must be 0 or more, got {args.workers}")
-    if args.out is not None:
-        check_output_folder(args.out)
-    result = evaluate(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        data_format=args.format,
-        out=args.out,
-        save_predictions=args.predictions,
-        overlays=args.overlays,
-        device=args.device,
-        amp=args.amp,
-        workers=args.workers,
-    )
-    print(f"{args.checkpoint} on {args.data} ({args.split}, {result.images} images)")
-    print(format_summary(result.metrics))
-    print(class_table(result.metrics, result.classes, result.confusion))
-    if args.out is not None:
-        print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}")
-    return 0

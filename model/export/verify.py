@@ -17,7 +17,8 @@ import torch
 from contract.schema import INPUT, LABELS, SCORES, MetadataError, parse_metadata
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.errors import FCNError
-from model.export.exporter import SegmentationGraph
+from model.export.graph import SegmentationGraph
+from model.export.metadata import model_metadata
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -134,38 +135,18 @@ def _precision(model: onnx.ModelProto, props: dict[str, str]) -> str:
     return "fp16" if half else "fp32"
 
 
-def _contract_problems(model: onnx.ModelProto, checkpoint: Checkpoint) -> list[str]:
-    """Names, element types and ranks of the graph's inputs and outputs, and the metadata."""
+def _contract_problems(model: onnx.ModelProto, checkpoint: Checkpoint, source: str) -> list[str]:
+    """The contract's own verdict on the file (the words the service refuses it with), then
+    whether its metadata describes ``checkpoint``."""
     problems: list[str] = []
-    tensors = {v.name: v.type.tensor_type for v in [*model.graph.input, *model.graph.output]}
-    label_type = (
-        onnx.TensorProto.UINT8 if checkpoint.spec.num_classes <= 255 else onnx.TensorProto.INT32
-    )
-    expected = {INPUT: (onnx.TensorProto.UINT8, 4), LABELS: (label_type, 3)}
-    if SCORES in tensors:
-        expected[SCORES] = (onnx.TensorProto.FLOAT, 4)
-    for name, (elem_type, rank) in expected.items():
-        if name not in tensors:
-            problems.append(f"the graph has no {name!r} tensor")
-            continue
-        found = tensors[name]
-        if found.elem_type != elem_type:
-            have = onnx.TensorProto.DataType.Name(found.elem_type)
-            want = onnx.TensorProto.DataType.Name(elem_type)
-            problems.append(f"{name!r} is {have}, the contract says {want}")
-        if len(found.shape.dim) != rank:
-            problems.append(f"{name!r} has rank {len(found.shape.dim)}, the contract says {rank}")
-    image_dims = tensors[INPUT].shape.dim if INPUT in tensors else []
-    if len(image_dims) == 4 and image_dims[3].dim_value != 3:
-        problems.append("'image' must end in 3 channels")
-    if any(d.HasField("dim_value") for d in image_dims[:3]):
-        problems.append("'image' has a fixed N, H or W; the contract needs them dynamic")
-    props = {p.key: p.value for p in model.metadata_props}
     try:
-        meta = parse_metadata(props, "metadata")
+        meta = model_metadata(model, source)
     except MetadataError as exc:
         problems.append(str(exc))
-        return problems
+        try:  # the tensors broke the contract; the metadata may still be compared
+            meta = parse_metadata({p.key: p.value for p in model.metadata_props}, source)
+        except MetadataError:
+            return problems
     if meta.arch != checkpoint.spec.arch:
         problems.append(f"fcn.arch is {meta.arch!r}, the checkpoint is {checkpoint.spec.arch!r}")
     if list(meta.classes) != list(checkpoint.classes):
@@ -208,8 +189,12 @@ def verify_onnx(
     *,
     cases: Sequence[tuple[int, int, int]] = DEFAULT_CASES,
     seed: int = 0,
+    source: str | None = None,
 ) -> VerificationReport:
-    """Check ``model_path`` against ``checkpoint``: checker, contract, ORT CPU vs PyTorch."""
+    """Check ``model_path`` against ``checkpoint``: checker, contract, ORT CPU vs PyTorch.
+
+    ``source`` names the file in messages (default: ``model_path``).
+    """
     import onnxruntime as ort
 
     path = Path(model_path)
@@ -244,7 +229,7 @@ def verify_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         problems.append(f"onnx.checker: {exc}".strip())
-    problems += _contract_problems(model, checkpoint)
+    problems += _contract_problems(model, checkpoint, source or str(path))
     prepared = _session_bytes(model, precision)
     del model
     if prepared is None:

@@ -29,13 +29,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from contract.palette import IGNORE_INDEX, Color
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from model.data.datasets import (
-    DataError,
-    SegmentationDataset,
-    check_dataset,
-    format_problems,
-    open_dataset,
-)
+from model.data.checks import check_dataset, format_problems
+from model.data.datasets import DataError, SegmentationDataset
+from model.data.layouts import open_dataset
 from model.data.transforms import collate_padded, train_transforms
 from model.devices import amp_dtype, resolve_device
 from model.errors import FCNError

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import model.evaluation.predict
+import model.commands.predict
 from model.cli import main
-from model.data.datasets import DataError
+from model.evaluation.predict import PredictError
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict"])
@@ -42,9 +42,9 @@ def test_named_errors_are_one_line_and_bugs_keep_their_traceback(
         def predict(*args: object, **kwargs: object) -> list[Path]:
             raise error
 
-        monkeypatch.setattr(model.evaluation.predict, "predict", predict)
+        monkeypatch.setattr(model.commands.predict, "predict", predict)
 
-    raising(DataError("photo.jpg: unreadable image"))
+    raising(PredictError("photo.jpg: unreadable image"))
     assert main(argv) == 2
     assert capsys.readouterr().err == "fcn predict: error: photo.jpg: unreadable image\n"
     # An OSError about a file names the file, on one line too.

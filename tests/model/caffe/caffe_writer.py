@@ -252,3 +252,20 @@ def vgg16_layers(width: float = 1.0, *, classes: int = 1000, seed: int = 0) -> l
     for name, c_in, c_out in (("fc6", c(512) * 49, fc), ("fc7", fc, fc), ("fc8", fc, classes)):
         layers.append(Layer(name, "InnerProduct", [values(c_out, c_in), values(c_out)]))
     return layers
+
+
+def small_net(seed: int = 0) -> list[Layer]:
+    """A few layers of every kind the reader meets, with small random blobs."""
+    rng = np.random.default_rng(seed)
+
+    def values(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    return [
+        Layer("data", "Python"),
+        Layer("conv1_1", "Convolution", [values(4, 3, 3, 3), values(4)]),
+        Layer("relu1_1", "ReLU"),
+        Layer("fc6", "InnerProduct", [values(5, 4 * 49), values(5)]),
+        Layer("scale_pool4", "Scale", [values(4)]),
+        Layer("upscore", "Deconvolution", [values(3, 3, 4, 4)]),
+    ]

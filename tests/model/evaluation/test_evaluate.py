@@ -14,7 +14,7 @@ from PIL import Image
 from contract.palette import voc_colormap
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.cli import main
-from model.data.datasets import voc_dataset
+from model.data.layouts import voc_dataset
 from model.data.synthetic import SYNTH_CLASSES, write_synthetic
 from model.evaluation.evaluate import evaluate
 from model.evaluation.metrics import ConfusionMatrix

@@ -11,12 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from contract.decode import decode_image
 from contract.palette import palette_bytes, voc_colormap
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.cli import main
 from model.data.datasets import read_label_png
 from model.data.synthetic import write_synthetic
-from model.evaluation.predict import overlay_image, predict
+from model.evaluation.predict import PredictError, predict
+from model.export.exporter import export_onnx
 from model.nets.fcn import ModelSpec, build_fcn
 from model.nets.preprocessing import CAFFE, Normalize
 
@@ -66,8 +68,7 @@ def photos(tmp_path: Path) -> Path:
 
 def expected_labels(checkpoint: Path, path: Path) -> np.ndarray:
     ckpt = load_checkpoint(checkpoint)
-    with Image.open(path) as img:
-        image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)[None]
+    image = torch.from_numpy(np.array(decode_image(path))).permute(2, 0, 1)[None]
     with torch.no_grad():
         logits = ckpt.build_model().eval()(Normalize(ckpt.preprocessing)(image))
     return logits.argmax(1)[0].numpy()
@@ -96,15 +97,6 @@ def test_label_maps_are_palette_pngs_of_class_ids(
     assert len(classes_seen) >= 2  # a real test of the colours, not one flat map
 
 
-def test_overlay_blends_image_and_class_colour() -> None:
-    image = np.full((2, 3, 3), 100, dtype=np.uint8)
-    labels = np.array([[0, 1, 1], [2, 3, 0]])
-    blended = overlay_image(image, labels, PALETTE, alpha=0.5)
-    assert blended[0, 1].tolist() == [150, 50, 50]
-    assert blended[1, 2].tolist() == [55, 60, 65]
-    assert np.array_equal(overlay_image(image, labels, PALETTE, alpha=0.0), image)
-
-
 def test_command_with_a_single_image_and_no_overlay(
     checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -129,7 +121,7 @@ def test_bad_inputs_are_named(
     # An unreadable image is skipped and named; the others are still segmented.
     assert main([*base, str(photos)]) == 1
     captured = capsys.readouterr()
-    assert f"skipped {photos / 'a.png'}: unreadable image" in captured.err
+    assert f"skipped {photos / 'a.png'} is not an image format we read" in captured.err
     assert "wrote 2 label maps to" in captured.out
     assert "1 image(s) unreadable" in captured.out
     assert sorted(p.name for p in Path(out).iterdir() if not p.name.endswith("_overlay.jpg")) == [
@@ -174,3 +166,16 @@ def test_eval_writes_the_same_16_bit_predictions(many_classes: Path, tmp_path: P
         labels, expected_labels(many_classes, data / "JPEGImages" / "val_000000.jpg")
     )
     assert labels.max() > 255
+
+
+def test_an_exported_onnx_file_predicts_what_its_checkpoint_does(
+    checkpoint: Path, photos: Path, tmp_path: Path
+) -> None:
+    onnx_path = export_onnx(load_checkpoint(checkpoint), tmp_path / "model.onnx", verify=False)
+    from_checkpoint = predict(checkpoint, [photos], tmp_path / "pt")
+    from_onnx = predict(onnx_path, [photos], tmp_path / "onnx")
+    assert [p.name for p in from_onnx] == [p.name for p in from_checkpoint]
+    for ours, theirs in zip(from_onnx, from_checkpoint, strict=True):
+        assert ours.read_bytes() == theirs.read_bytes()
+    with pytest.raises(PredictError, match="--amp fp16: an ONNX model runs at its exported"):
+        predict(onnx_path, [photos], tmp_path / "amp", amp="fp16")

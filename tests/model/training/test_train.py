@@ -20,7 +20,8 @@ import torch
 from contract.palette import voc_colormap
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.cli import main
-from model.data.datasets import DataError, voc_dataset
+from model.data.datasets import DataError
+from model.data.layouts import voc_dataset
 from model.data.synthetic import SYNTH_CLASSES, write_synthetic
 from model.evaluation.metrics import ConfusionMatrix
 from model.nets.fcn import ModelSpec, build_fcn

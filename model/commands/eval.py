@@ -1,0 +1,62 @@
+"""``fcn eval``: a checkpoint's four metrics on a data set, per-class IoU and confusion matrix."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from model.cli import CLIError, check_output_folder
+from model.commands.arguments import add_device_arguments
+from model.data.layouts import FORMATS
+from model.evaluation.evaluate import class_table, evaluate, format_summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="checkpoint (.pt) to evaluate"
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, help="data folder (VOC, SBD or folder layout)"
+    )
+    parser.add_argument("--split", default="val", help="split list to evaluate (default: val)")
+    parser.add_argument(
+        "--format", default="auto", choices=FORMATS, help="data layout (default: auto)"
+    )
+    parser.add_argument("--out", type=Path, help="write metrics.json and confusion.png here")
+    parser.add_argument(
+        "--predictions", action="store_true", help="also write predicted label PNGs"
+    )
+    parser.add_argument(
+        "--overlays", action="store_true", help="also write image/prediction overlays"
+    )
+    add_device_arguments(parser)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="data loading processes (default: 2)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.predictions or args.overlays) and args.out is None:
+        raise CLIError("--predictions and --overlays need --out DIR")
+    if args.workers < 0:
+        raise CLIError(f"--workers must be 0 or more, got {args.workers}")
+    if args.out is not None:
+        check_output_folder(args.out)
+    result = evaluate(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        data_format=args.format,
+        out=args.out,
+        save_predictions=args.predictions,
+        overlays=args.overlays,
+        device=args.device,
+        amp=args.amp,
+        workers=args.workers,
+    )
+    print(f"{args.checkpoint} on {args.data} ({args.split}, {result.images} images)")
+    print(format_summary(result.metrics))
+    print(class_table(result.metrics, result.classes, result.confusion))
+    if args.out is not None:
+        print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}")
+    return 0

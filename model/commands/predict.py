@@ -1,0 +1,63 @@
+"""``fcn predict``: label-map PNGs and overlays for images, from a checkpoint or ONNX file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from contract.encode import DEFAULT_ALPHA
+from model.cli import CLIError, check_output_folder
+from model.commands.arguments import add_device_arguments
+from model.evaluation.predict import PredictError, predict
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs", nargs="+", metavar="IMAGE|DIR", help="images or folders of images"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        metavar="MODEL",
+        help="a checkpoint (.pt) or an exported model (.onnx)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--overlay", action=argparse.BooleanOptionalAction, default=True,
+        help="also write STEM_overlay.jpg (default: yes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help="overlay opacity of the colours"
+    )
+    add_device_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.alpha <= 1:
+        raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
+    check_output_folder(args.out)
+    unreadable: list[PredictError] = []
+
+    def skip(exc: PredictError) -> None:  # one bad photo does not stop a folder of them
+        print(f"fcn predict: skipped {exc}", file=sys.stderr)
+        unreadable.append(exc)
+
+    written = predict(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        overlays=args.overlay,
+        alpha=args.alpha,
+        device=args.device,
+        amp=args.amp,
+        on_unreadable=skip,
+    )
+    maps = f"{len(written)} label map{'s' if len(written) != 1 else ''}"
+    if not unreadable:
+        print(f"wrote {maps} to {args.out}")
+        return 0
+    where = f" to {args.out}" if written else ""
+    print(f"wrote {maps}{where}; {len(unreadable)} image(s) unreadable, skipped (above)")
+    return 1
