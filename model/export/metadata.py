@@ -33,13 +33,18 @@ def model_metadata(model: onnx.ModelProto, source: str) -> ModelMetadata:
     )
 
 
-def read_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
-    """Read and check the contract of an ONNX file (weights not loaded)."""
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """An ONNX file's graph and metadata (external weights not loaded); MetadataError names
+    a file that is missing or not ONNX."""
     source = os.fspath(path)
     try:
-        model = onnx.load(source, load_external_data=False)
+        return onnx.load(source, load_external_data=False)
     except FileNotFoundError:
         raise MetadataError(f"{source}: no such model file") from None
     except Exception as exc:
         raise MetadataError(f"{source}: not a readable ONNX file ({exc})") from exc
-    return model_metadata(model, source)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
+    """Read and check the contract of an ONNX file (weights not loaded)."""
+    return model_metadata(load_model(path), os.fspath(path))

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import onnx
 
+from contract.schema import MetadataError
 from model.errors import FCNError
+from model.export.metadata import load_model
 from model.files import atomic_path
 
 PLATFORM = "onnxruntime_onnx"
@@ -167,11 +169,9 @@ def write_triton_repository(
     if version < 1:
         raise TritonError(f"version must be 1 or more, got {version}")
     try:
-        model = onnx.load(source, load_external_data=False)
-    except FileNotFoundError:
-        raise TritonError(f"{source}: no such model file") from None
-    except Exception as exc:
-        raise TritonError(f"{source}: not a readable ONNX file ({exc})") from exc
+        model = load_model(source)
+    except MetadataError as exc:
+        raise TritonError(str(exc)) from exc
     config = triton_config(
         model,
         name=name,

@@ -1,0 +1,116 @@
+"""Both halves apply one contract: ``fcn predict`` and ``POST /segment`` give the same bytes
+for the same model and image, and a file either refuses, the other refuses in the same words.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from contract.decode import decode_image
+from contract.schema import MetadataError, parse_metadata
+from model.checkpoint import save_checkpoint
+from model.cli import main
+from model.evaluation.predict import predict
+from service.errors import StartupError
+from service.main import create_app
+from tests.images import odd_images
+from tests.model.export.onnx_models import exported
+from tests.service.support import running, serve, settings
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The odd files users send, one per decoding rule, named by kind."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, data in odd_images().items():
+        suffix = ".jpg" if data.startswith(b"\xff\xd8") else ".png"
+        (folder / f"{name}{suffix}").write_bytes(data)
+    return folder
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("source", ["onnx", "checkpoint"])
+async def test_predict_and_the_service_give_identical_labels_and_overlays(
+    source: str, corpus: Path, tmp_path: Path
+) -> None:
+    checkpoint, onnx_path = exported("fcn8s")
+    model = onnx_path
+    if source == "checkpoint":  # PyTorch on the CPU against ONNX Runtime in the service
+        model = save_checkpoint(checkpoint, tmp_path / "fcn8s.pt")
+    written = predict(model, [corpus], tmp_path / "out")
+    assert len(written) == len(odd_images())
+    classes_seen: set[int] = set()
+    async with serve(onnx_path) as client:
+        for label_png in written:
+            photo = next(corpus.glob(f"{label_png.stem}.*"))
+            body = photo.read_bytes()
+            media = "image/jpeg" if photo.suffix == ".jpg" else "image/png"
+            headers = {"content-type": media}
+            labels = await client.post("/segment", content=body, headers=headers)
+            assert labels.status_code == 200, labels.text
+            assert labels.content == label_png.read_bytes(), photo.name
+            overlay = await client.post(
+                "/segment?format=overlay&image_format=jpeg", content=body, headers=headers
+            )
+            assert overlay.status_code == 200, overlay.text
+            overlay_jpg = label_png.with_name(f"{label_png.stem}_overlay.jpg")
+            assert overlay.content == overlay_jpg.read_bytes(), photo.name
+            with Image.open(label_png) as picture:
+                height, width = decode_image(body).shape[:2]
+                assert picture.size == (width, height)  # EXIF-rotated: the turned size
+                classes_seen |= set(np.unique(np.asarray(picture)).tolist())
+    assert len(classes_seen) >= 2  # a real comparison, not one flat map
+
+
+def _broken(path: Path, out: Path, *, drop: str | None = None, palette: int | None = None) -> Path:
+    model = onnx.load(path)
+    props = {p.key: p.value for p in model.metadata_props}
+    if drop is not None:
+        del props[drop]
+    if palette is not None:
+        props["fcn.palette"] = json.dumps(json.loads(props["fcn.palette"])[:palette])
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, out)
+    return out
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("drop", "palette", "words"),
+    [
+        ("fcn.dataset", None, "metadata lacks fcn.dataset"),
+        (None, 2, "fcn.palette has 2 colours for 5 classes"),
+    ],
+    ids=["missing-key", "short-palette"],
+)
+async def test_verify_onnx_and_the_service_refuse_a_file_in_the_same_words(
+    drop: str | None,
+    palette: int | None,
+    words: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    checkpoint, good = exported("fcn8s")
+    bad = _broken(good, tmp_path / "bad.onnx", drop=drop, palette=palette)
+    with pytest.raises(MetadataError) as contract:
+        parse_metadata({p.key: p.value for p in onnx.load(bad).metadata_props}, str(bad))
+    message = str(contract.value)
+    assert words in message
+    ckpt = save_checkpoint(checkpoint, tmp_path / "fcn8s.pt")
+    assert main(["verify-onnx", str(bad), "--checkpoint", str(ckpt)]) == 1
+    verdict = capsys.readouterr().out
+    assert f"    - {message}\n" in verdict
+    assert "FAILED" in verdict
+    with pytest.raises(StartupError) as refused:
+        async with running(create_app(settings(bad))):
+            pass
+    assert str(refused.value) == message
