@@ -79,9 +79,6 @@ class ConfusionMatrix:
             )
         self.matrix += torch.bincount(c * target + labels, minlength=c * c).view(c, c)
 
-    def reset(self) -> None:
-        self.matrix.zero_()
-
     def all_reduce(self) -> None:
         """Sum the matrices of every rank of a running process group (no-op otherwise)."""
         if dist.is_available() and dist.is_initialized():

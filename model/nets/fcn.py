@@ -7,7 +7,6 @@ same crop offsets, so weights map one to one by parameter name.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -171,9 +170,6 @@ class FCN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError
-
-    def learnable_parameters(self) -> Iterator[nn.Parameter]:
-        return (p for p in self.parameters() if p.requires_grad)
 
 
 class FCN32s(FCN):

@@ -80,7 +80,6 @@ CAFFE = Preprocessing(
     mean=(104.00699, 116.66877, 122.67892),
     std=(1.0, 1.0, 1.0),
 )
-PRESETS = {p.name: p for p in (TORCHVISION, CAFFE)}
 
 
 class Normalize(nn.Module):

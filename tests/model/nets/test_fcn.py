@@ -63,7 +63,7 @@ def test_full_width_learnable_parameter_counts_match_the_reference(
 ) -> None:
     with torch.device("meta"):
         net = build_fcn(ModelSpec(arch, 21))
-    assert sum(p.numel() for p in net.learnable_parameters()) == expected
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == expected
 
 
 def test_full_width_layer_shapes_follow_the_reference() -> None:
