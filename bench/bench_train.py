@@ -28,7 +28,9 @@ from model.data.synthetic import SYNTH_CLASSES, write_synthetic
 from model.nets.fcn import ModelSpec, build_fcn
 from model.nets.preprocessing import TORCHVISION, Normalize
 from model.training.config import TrainConfig
-from model.training.train import LOG, make_optimizer, segmentation_loss, train
+from model.training.runlog import LOG
+from model.training.solver import make_optimizer, segmentation_loss
+from model.training.train import train
 
 
 def step_rate(
@@ -54,7 +56,7 @@ def step_rate(
         logits = net(normalize(images[index]))
         value = segmentation_loss(logits, targets[index].long(), loss)
         optimizer.zero_grad(set_to_none=True)
-        value.backward()
+        torch.autograd.backward(value)
         optimizer.step()
         if i >= 2:
             times.append(time.perf_counter() - start)

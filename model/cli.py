@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify-onnx": ("model.commands.verify_onnx", "check an ONNX model against its checkpoint"),
     "data": ("model.commands.data", "check a data set, or write a synthetic one in VOC's layout"),
     "train": (
-        "model.training.train",
+        "model.commands.train",
         "train an FCN (SGD, the paper's solver; torchrun for many GPUs)",
     ),
     "eval": (

@@ -1,1 +1,2 @@
-"""Training: the typed config, the reference solver, sampling, processes, resume and the run log."""
+"""Training: the typed config, processes, sampling, the solver, exact resume, the run log,
+the step loop, and ``train()`` that puts them together in that order."""

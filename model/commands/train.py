@@ -1,0 +1,138 @@
+"""``fcn train``: one flag per ``TrainConfig`` field, ``--config FILE``, and the order they
+apply in: defaults (or the ``--resume`` checkpoint's config), then the file, then flags."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint import Checkpoint, load_checkpoint
+from model.data.layouts import FORMATS
+from model.devices import AMP_MODES
+from model.nets.fcn import ARCHS
+from model.training.config import LOSSES, LR_POLICIES, OPTIMIZERS, TrainConfig, load_config_file
+from model.training.resume import resumed_config
+from model.training.train import train
+
+METAVARS: dict[str, str | tuple[str, str]] = {
+    "data": "DIR",
+    "val_data": "DIR",
+    "out": "DIR",
+    "resume": "PATH",
+    "crop_size": "N",
+    "scale_range": ("LOW", "HIGH"),
+    "classes": "NAME",
+}
+# Per field: (help, choices, nargs) for the command line.
+FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
+    "arch": ("network", ARCHS, None),
+    "width": ("channel width multiplier (1.0 = the paper's VGG16)", None, None),
+    "learn_upsampling": ("train the bilinear upsampling layers too", None, None),
+    "init": (
+        "initial weights: imagenet, vgg16:PATH (a torchvision VGG16 state dict), "
+        "caffe-vgg16:PATH (Caffe's VGG16 .caffemodel), checkpoint:PATH (the previous stage), "
+        "none (random trunk)",
+        None,
+        None,
+    ),
+    "data": ("training data folder (VOC, SBD or images/ + masks/); required", None, None),
+    "data_format": ("layout of --data", FORMATS, None),
+    "train_split": ("split list of the training images", None, None),
+    "val_data": ("validation data folder (default: --data)", None, None),
+    "val_format": ("layout of --val-data", FORMATS, None),
+    "val_split": ("split list of the validation images (e.g. seg11valid)", None, None),
+    "classes": ("class names (default: the data set's)", None, "+"),
+    "check_data": ("check every image and label before the first step", None, None),
+    "workers": ("data loading processes per training process", None, None),
+    "loss": ("sum: pixel-summed cross-entropy (the reference); mean: per-pixel mean", LOSSES, None),
+    "optimizer": (
+        "sgd (the reference) or adamw (small nets trained from scratch)",
+        OPTIMIZERS,
+        None,
+    ),
+    "lr": ("learning rate (default: by arch, loss and optimizer; see README)", None, None),
+    "lr_policy": ("fixed (the reference) or poly (power 0.9)", LR_POLICIES, None),
+    "momentum": ("SGD momentum (adamw keeps its beta1 of 0.9)", None, None),
+    "weight_decay": ("L2 weight decay of weights (never of biases)", None, None),
+    "bias_lr_mult": ("learning-rate multiplier of biases", None, None),
+    "max_iter": ("training iterations (one batch per process each)", None, None),
+    "batch_size": ("images per iteration and process", None, None),
+    "crop_size": ("random crop H [W] (default: native size, no crop)", None, "+"),
+    "scale_range": ("random rescaling factor range LOW HIGH (default: none)", None, 2),
+    "flip": ("random horizontal flips", None, None),
+    "amp": ("mixed precision on CUDA", AMP_MODES, None),
+    "device": ("auto, cpu, cuda or cuda:N", None, None),
+    "seed": ("seed of weight init, data order, augmentation and dropout", None, None),
+    "val_every": ("validate and save checkpoints every K iterations", None, None),
+    "log_every": ("log the mean training loss every K iterations", None, None),
+    "out": ("output folder: last.pt, best.pt, log.jsonl, training.png", None, None),
+    "resume": ("checkpoint (last.pt) to continue exactly from", None, None),
+    "progress": ("progress bar (on terminals)", None, None),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML or JSON file of settings (applied over the defaults, under the flags)",
+    )
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    resume = flag_overrides(args).get("resume")
+    resumed = load_checkpoint(resume) if resume else None  # read once, for config and state
+    train(config_from_args(args, resumed), resumed=resumed)
+    return 0
+
+
+def config_from_args(args: argparse.Namespace, resumed: Checkpoint | None = None) -> TrainConfig:
+    """Defaults (or the resumed checkpoint's config), then ``--config``, then flags;
+    ``resumed`` is the ``--resume`` checkpoint if already loaded."""
+    config = TrainConfig()
+    overrides = flag_overrides(args)
+    if overrides.get("resume"):
+        resumed = resumed or load_checkpoint(overrides["resume"])
+        config = resumed_config(resumed, overrides["resume"])
+    if args.config is not None:
+        config = config.updated(load_config_file(args.config), str(args.config))
+    return config.updated(overrides, "flags")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (``--max-iter``...); flags not given stay out of the namespace."""
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        help_text, choices, nargs = FLAGS[f.name]
+        hint = hints[f.name]
+        if typing.get_origin(hint) is not list:  # Optional[X] -> X
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint = args[0] if args else hint
+        default = getattr(defaults, f.name)
+        if "default" not in help_text and default not in ("", None, []):
+            help_text = f"{help_text} (default: {default})"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name, "help": help_text}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            if typing.get_origin(hint) is list:
+                (kwargs["type"],) = typing.get_args(hint)
+                kwargs["nargs"] = nargs
+            else:
+                kwargs["type"] = hint
+            if choices:
+                kwargs["choices"] = choices
+            else:
+                kwargs["metavar"] = METAVARS.get(f.name, f.name.split("_")[-1].upper())
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given as flags."""
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
