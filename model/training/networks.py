@@ -4,15 +4,22 @@ stage's checkpoint or random), and its placement on the device (DDP under torchr
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from model.caffe.convert import load_caffe_vgg16
 from model.checkpoint import load_checkpoint
-from model.nets.backbones import init_from_parent, initialize
+from model.nets.backbones import (
+    WeightsError,
+    init_from_parent,
+    load_vgg16,
+    torchvision_vgg16_state_dict,
+)
 from model.nets.fcn import FCN, ModelSpec, build_fcn
-from model.nets.preprocessing import Preprocessing
+from model.nets.preprocessing import TORCHVISION, Preprocessing
 from model.training.config import ConfigError
 from model.training.distributed import Processes
 
@@ -73,4 +80,42 @@ def placed(net: FCN, device: torch.device, procs: Processes, *, fixed_size: bool
         return net
     return nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def initialize(net: FCN, init: str) -> Preprocessing:
+    """Initialise ``net`` as a config's ``init`` says and return the preprocessing its
+    weights expect.
+
+    ``imagenet``: torchvision's ImageNet VGG16 (downloaded once); ``vgg16:PATH``: a saved
+    torchvision VGG16 state dict; ``caffe-vgg16:PATH``: Caffe's VGG_ILSVRC_16_layers
+    .caffemodel, as the reference trained from; ``checkpoint:PATH``: a previous stage's
+    checkpoint (its preprocessing carries over); ``none``: the random trunk init of a fresh
+    network (for small-width models; torchvision's normalisation).
+    """
+    scheme, _, arg = init.partition(":")
+    if scheme in ("vgg16", "caffe-vgg16", "checkpoint") and not arg:
+        raise WeightsError(f"init {init!r}: {scheme}: needs a path, e.g. {scheme}:weights.pt")
+    if init == "imagenet":
+        try:
+            state = torchvision_vgg16_state_dict("imagenet")
+        except OSError as exc:  # offline, or the download was cut short
+            raise WeightsError(
+                f"init imagenet: downloading torchvision's VGG16 weights failed ({exc}); "
+                "without internet, use vgg16:PATH with a saved copy"
+            ) from exc
+        return load_vgg16(net, state)
+    if scheme == "vgg16":
+        return load_vgg16(net, torchvision_vgg16_state_dict(Path(arg)))
+    if scheme == "caffe-vgg16":
+        return load_caffe_vgg16(net, arg)
+    if scheme == "checkpoint":
+        parent = load_checkpoint(arg)
+        init_from_parent(net, parent.state_dict)
+        return parent.preprocessing
+    if init == "none":
+        return TORCHVISION
+    raise WeightsError(
+        f"unknown init {init!r}; use imagenet, vgg16:PATH, caffe-vgg16:PATH, checkpoint:PATH "
+        "or none"
     )

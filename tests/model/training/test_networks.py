@@ -12,9 +12,10 @@ import torch
 from contract.palette import voc_colormap
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.data.synthetic import SYNTH_CLASSES
-from model.nets.backbones import WeightsError, initialize
+from model.nets.backbones import WeightsError
 from model.nets.fcn import FCN16s, FCN32s, ModelSpec, build_fcn
 from model.nets.preprocessing import CAFFE, TORCHVISION
+from model.training.networks import initialize
 from model.training.runlog import LAST
 from model.training.train import train
 from tests.model.nets.test_backbones import scaled_vgg16_state_dict

@@ -17,7 +17,6 @@ from model.cli import main
 from model.data.datasets import DataError
 from model.data.layouts import voc_dataset
 from model.data.synthetic import SYNTH_CLASSES
-from model.devices import DeviceError, amp_dtype
 from model.evaluation.metrics import ConfusionMatrix
 from model.nets.preprocessing import TORCHVISION, Normalize
 from model.training.config import TrainConfig
@@ -189,12 +188,6 @@ def test_torchrun_two_processes_on_gloo(synth: Path, tmp_path: Path) -> None:
             image, target = val[i]
             confusion.update(target, net(normalize(image[None])).argmax(1)[0])
     assert ckpt.metrics == pytest.approx(confusion.compute().summary())
-
-
-def test_amp_is_cuda_only() -> None:
-    assert amp_dtype("none", torch.device("cpu")) is None
-    with pytest.raises(DeviceError, match="--amp bf16: needs a CUDA device"):
-        amp_dtype("bf16", torch.device("cpu"))
 
 
 @pytest.mark.gpu

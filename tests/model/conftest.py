@@ -1,4 +1,4 @@
-"""Synthetic VOC-layout data sets the training tests share (read, never written to)."""
+"""Synthetic VOC-layout data sets the training and command tests share (read, never written to)."""
 
 from __future__ import annotations
 
