@@ -34,7 +34,8 @@ from serving import free_port, start_service
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.runtime import available_cpus, session_options  # noqa: E402
+from service.cpus import available_cpus  # noqa: E402
+from service.runtime import session_options  # noqa: E402
 
 HEIGHT, WIDTH = 375, 500
 

@@ -117,7 +117,8 @@ def arena_choices(model: Path, rounds: int = 3, seconds: float = 3.0) -> dict[st
     import onnxruntime as ort
 
     sys.path.insert(0, str(ROOT))
-    from service.runtime import SHRINK_ARENAS, available_cpus, session_options
+    from service.cpus import available_cpus
+    from service.runtime import SHRINK_ARENAS, session_options
 
     def session(arena: bool) -> ort.InferenceSession:
         options = session_options(available_cpus())

@@ -33,7 +33,7 @@ def start_service(model: Path, port: int, settings: dict[str, str]) -> subproces
             **settings,
         }
     )
-    process = subprocess.Popen([sys.executable, "-m", "service.main"], env=env, cwd=ROOT)
+    process = subprocess.Popen([sys.executable, "-m", "service.cli"], env=env, cwd=ROOT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -20,14 +20,15 @@ WORKDIR /app
 # that a change of the code reuses this layer. onnxruntime-gpu is pinned to the release
 # built for the base image's CUDA major; it runs on the CPU too, when no GPU is given.
 COPY pyproject.toml ./
-RUN mkdir model service \
-    && touch README.md model/__init__.py service/__init__.py \
+RUN mkdir contract model service \
+    && touch README.md contract/__init__.py model/__init__.py service/__init__.py \
     && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install '.[serve]' 'onnxruntime-gpu~=1.31.0' \
     && /opt/venv/bin/pip uninstall -y fcn-segmentation \
-    && rm -rf /root/.cache build ./*.egg-info README.md model service
+    && rm -rf /root/.cache build ./*.egg-info README.md contract model service
 
 COPY README.md LICENSE ./
+COPY contract/ contract/
 COPY model/ model/
 COPY service/ service/
 RUN /opt/venv/bin/pip install --no-deps . \

@@ -16,6 +16,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
+COPY contract/ contract/
 COPY model/ model/
 COPY service/ service/
 RUN python3 -m venv /opt/venv \

@@ -1,11 +1,13 @@
-"""The batcher: a bounded queue of decoded images, run on the model in batches of one H x W.
+"""The batcher: admission, a bounded queue of decoded images, and batches of one H x W.
 
-One worker task forms each batch on the event loop (same H x W, at most ``max_batch_size``
-images and ``max_batch_pixels`` padded pixels, waiting at most ``max_delay_s`` and only while
-more requests are still decoding) and runs it on a dedicated inference thread, one batch at
-a time. Every request owns a future: it gets its slice of the batch's labels, or the batch's
-error, and nothing else. When every request of the running batch has given up, the run is
-aborted.
+A request takes a ``Ticket`` (one of ``max_queue`` places) before its upload is read and
+holds it until it is answered, so a burst is refused before its bodies come in. One worker
+task forms each batch on the event loop (same H x W, at most ``max_batch_size`` images and
+``max_batch_pixels`` padded pixels, waiting at most ``max_delay_s`` and only while admitted
+requests are still on their way to the queue) and runs it on a dedicated inference thread,
+one batch at a time. Every request owns a future: it gets its slice of the batch's labels,
+or the batch's error, and nothing else. When every request of the running batch has given
+up, the run is aborted.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ class Prediction:
 
 
 @dataclass(eq=False)
+class Ticket:
+    """A request's place in the service, from ``Batcher.admit()`` until it is answered."""
+
+    incoming: bool = True  # its image has not reached the queue yet
+
+
+@dataclass(eq=False)
 class _Request:
     image: NDArray[np.uint8]  # H, W, 3
     future: asyncio.Future[Prediction]
@@ -90,15 +99,11 @@ class Batcher:
         self._started = 0.0  # time.monotonic() when the running batch started
         self._aborted = False  # the running batch was asked to stop
         self._waiting = 0  # submitted, not yet running or dropped
-        self._incoming = 0  # admitted, still decoding
+        self._admitted = 0  # holding a ticket: from before the upload until the answer
+        self._incoming = 0  # admitted, not yet submitted (uploading or decoding)
         self._closed = False
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcn-inference")
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for the model."""
-        return self._waiting
 
     @property
     def busy(self) -> bool:
@@ -119,41 +124,50 @@ class Batcher:
         """Run ``fn`` on the inference thread (warm-up uses it, so nothing runs beside it)."""
         return asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    def check_capacity(self) -> None:
-        """Refuse (503) now if the request could not be admitted, without reserving a place:
-        before its body is read, so an overloaded service does not take in every upload."""
-        self._check_capacity(self._waiting + self._incoming)
-
-    def _check_capacity(self, pending: int) -> None:
-        """Refuse (503) when closed or when ``pending`` requests fill the queue."""
+    def _check_open(self) -> None:
         if self._closed:
             raise NotReadyError("the service is shutting down", headers={"Retry-After": "0"})
-        if pending >= self.max_queue:
-            raise OverloadedError(
-                f"{pending} requests are waiting for the model (the limit); retry later",
-                headers={"Retry-After": self._retry_after},
-            )
 
     @contextlib.contextmanager
-    def incoming(self) -> Iterator[None]:
-        """Admit a request that is about to decode (503 when the queue is full, counting
-        those decoding), and let a forming batch wait for it."""
-        self._check_capacity(self._waiting + self._incoming)
+    def admit(self) -> Iterator[Ticket]:
+        """Take one of the ``max_queue`` places (503 when all are taken) for the ``with``
+        block: from before the upload is read until the request is answered. Until its image
+        is queued, a forming batch may wait for it."""
+        self._check_open()
+        if self._admitted >= self.max_queue:
+            raise OverloadedError(
+                f"{self._admitted} requests are in the service (the limit); retry later",
+                headers={"Retry-After": self._retry_after},
+            )
+        ticket = Ticket()
+        self._count_admitted(+1)
         self._incoming += 1
         try:
-            yield
+            yield ticket
         finally:
-            self._incoming -= 1
+            self._count_admitted(-1)
+            if ticket.incoming:
+                self._incoming -= 1
+
+    def _count_admitted(self, delta: int) -> None:
+        self._admitted += delta
+        self._metrics.admitted.set(self._admitted)
 
     async def predict(
         self,
+        ticket: Ticket,
         image: NDArray[np.uint8],
         *,
         timeout_s: float,
         disconnected: Disconnected | None = None,
     ) -> Prediction:
-        """Queue ``image`` (H x W x 3) and wait for its labels, at most ``timeout_s``."""
-        self._check_capacity(self._waiting)
+        """Queue ``image`` (H x W x 3) in the place ``ticket`` holds and wait for its labels,
+        at most ``timeout_s``; there is no second refusal for room."""
+        if not ticket.incoming:
+            raise RuntimeError("a ticket queues one image")
+        ticket.incoming = False
+        self._incoming -= 1
+        self._check_open()
         loop = asyncio.get_running_loop()
         request = _Request(image, loop.create_future(), loop.time(), disconnected)
         self._queue.put_nowait(request)
@@ -261,7 +275,7 @@ class Batcher:
         deadline = first.enqueued + self.max_delay_s
         while len(batch) < limit:
             if self._queue.empty():
-                # Wait only for requests that are on their way (decoding), never idly.
+                # Wait only for admitted requests on their way to the queue, never idly.
                 remaining = deadline - loop.time()
                 if remaining <= 0 or self._incoming == 0:
                     break

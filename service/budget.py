@@ -5,9 +5,7 @@ many pixels they hold together, so that many large images at once cannot exhaust
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
 
 
 class PixelBudget:
@@ -20,11 +18,6 @@ class PixelBudget:
         self._used = 0
         self._holders = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    @property
-    def holders(self) -> int:
-        """Work items holding a part of the budget now."""
-        return self._holders
 
     def _fits(self, pixels: int) -> bool:
         if self._holders >= self.slots:
@@ -63,12 +56,3 @@ class PixelBudget:
         self._used -= pixels
         self._holders -= 1
         self._wake()
-
-    @contextlib.asynccontextmanager
-    async def hold(self, pixels: int) -> AsyncIterator[None]:
-        """Hold ``pixels`` of the budget for the body of the ``async with``."""
-        await self.acquire(pixels)
-        try:
-            yield
-        finally:
-            self.release(pixels)

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from contract.encode import DEFAULT_ALPHA, JPEG_QUALITY, PNG_COMPRESS_LEVEL
+
 # Short names users may write in FCN_PROVIDERS, and the ONNX Runtime names they stand for.
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -67,10 +69,16 @@ class Settings(BaseSettings):
         0, ge=0, description="Most requests per batch (0: 1 on CPU, 8 on a GPU provider)."
     )
     max_delay_ms: float = Field(
-        5.0, ge=0, description="Longest a batch waits for requests that are still decoding."
+        5.0,
+        ge=0,
+        description="Longest a batch waits for admitted requests still on their way to the "
+        "queue (uploading or decoding).",
     )
     max_queue: int = Field(
-        64, ge=1, description="Requests decoding or waiting for the model; beyond it: 503."
+        64,
+        ge=1,
+        description="Requests in the service at once, from before their upload is read until "
+        "they are answered; beyond it: 503, the upload unread.",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Budget from body received to labels ready; beyond it: 504."
@@ -97,9 +105,13 @@ class Settings(BaseSettings):
 
     # Responses.
     default_format: Format = Field("png", description="Format when neither ?format= nor Accept.")
-    overlay_alpha: float = Field(0.5, ge=0, le=1, description="Default weight of class colours.")
-    jpeg_quality: int = Field(90, ge=1, le=95, description="Quality of JPEG overlays.")
-    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG responses.")
+    overlay_alpha: float = Field(
+        DEFAULT_ALPHA, ge=0, le=1, description="Default weight of class colours."
+    )
+    jpeg_quality: int = Field(JPEG_QUALITY, ge=1, le=95, description="Quality of JPEG overlays.")
+    png_compress_level: int = Field(
+        PNG_COMPRESS_LEVEL, ge=0, le=9, description="zlib level of PNG responses."
+    )
     retry_after_s: int = Field(1, ge=0, description="Retry-After header of 503 responses.")
 
     # The process.

@@ -1,4 +1,5 @@
-"""Every error the service reports, the one table mapping them to HTTP, and the one handler.
+"""Every error the service reports (its own and ``contract.decode``'s), the one table mapping
+them to HTTP, and the one handler.
 
 Clients always get ``{"error": {"code": ..., "message": ...}}`` with an honest status.
 """
@@ -12,6 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+
+from contract.decode import (
+    CorruptImageError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
 
 
 class ServiceError(Exception):
@@ -27,20 +35,17 @@ class StartupError(RuntimeError):
     """The model cannot be served (file, schema, provider); the process must not start."""
 
 
-class BadImageError(ServiceError):
-    """The body is not a decodable image (corrupt, truncated, empty)."""
+class MalformedBodyError(ServiceError):
+    """A multipart/form-data body that cannot be parsed (the image's own faults are
+    ``contract.decode``'s errors)."""
 
 
 class BodyTooLargeError(ServiceError):
     """The body is larger than FCN_MAX_UPLOAD_BYTES."""
 
 
-class ImageTooLargeError(ServiceError):
-    """The image has more pixels than allowed, or looks like a decompression bomb."""
-
-
 class UnsupportedMediaTypeError(ServiceError):
-    """The content type or the image format is not one the service reads."""
+    """The content type is not one the service reads."""
 
 
 class NotAcceptableError(ServiceError):
@@ -73,10 +78,12 @@ class ClientGoneError(ServiceError):
 
 # The one table: error -> (HTTP status, code). A subclass maps through its nearest listed base.
 ERRORS: dict[type[Exception], tuple[int, str]] = {
-    BadImageError: (400, "bad_image"),
+    CorruptImageError: (400, "bad_image"),
+    MalformedBodyError: (400, "bad_image"),
     BodyTooLargeError: (413, "body_too_large"),
     ImageTooLargeError: (413, "image_too_large"),
     UnsupportedMediaTypeError: (415, "unsupported_media_type"),
+    UnsupportedImageError: (415, "unsupported_media_type"),
     NotAcceptableError: (406, "not_acceptable"),
     InvalidParameterError: (422, "invalid_parameter"),
     RequestValidationError: (422, "invalid_parameter"),
@@ -103,6 +110,9 @@ def classify(exc: Exception) -> tuple[int, str]:
 def _message(exc: Exception) -> str:
     if isinstance(exc, ServiceError):
         return exc.message
+    if isinstance(exc, ImageError):
+        # contract.decode phrases its messages as predicates of the image.
+        return f"the image {exc}"
     if isinstance(exc, RequestValidationError):
         problems = []
         for error in exc.errors():
@@ -126,5 +136,5 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     """Route every error of ``app`` through ``handle_error``."""
-    for cls in (ServiceError, RequestValidationError, HTTPException, Exception):
+    for cls in (ServiceError, ImageError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(cls, handle_error)

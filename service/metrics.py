@@ -56,6 +56,17 @@ class Metrics:
             "Requests waiting for the model (not yet in a running batch).",
             registry=registry,
         )
+        self.admitted = Gauge(
+            "fcn_requests_admitted",
+            "Requests holding a place in the service (FCN_MAX_QUEUE at most): from before "
+            "their upload is read until they are answered.",
+            registry=registry,
+        )
+        self.body_bytes = Counter(
+            "fcn_request_body_bytes",
+            "Request body bytes the app has read; a request refused before its body adds none.",
+            registry=registry,
+        )
         self.batches_running = Gauge(
             "fcn_batches_running", "ONNX Runtime calls in progress.", registry=registry
         )

@@ -1,4 +1,4 @@
-"""One segmentation request end to end: negotiate, decode, batch, predict, unbatch, encode.
+"""One segmentation request end to end: decode, batch, predict, unbatch, encode.
 
 Decoding and encoding run on worker threads, within a budget of pixels, and inference on the
 batcher's thread, so the event loop only moves bytes and answers probes.
@@ -17,49 +17,32 @@ import anyio.to_thread
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
-from python_multipart.multipart import parse_options_header
 
-from service import imaging, uploads
-from service.batching import Batcher, Disconnected, Prediction
+from contract.decode import decode_picture, open_image
+from contract.encode import ImageFormat, encode_labels, encode_overlay
+from contract.palette import color_table
+from service import imaging
+from service.batching import Batcher, Disconnected, Prediction, Ticket
 from service.budget import PixelBudget
 from service.config import Format
-from service.errors import NotAcceptableError, RequestTimeoutError
-from service.imaging import ImageFormat, LabelEncoding
+from service.errors import RequestTimeoutError
+from service.imaging import LabelEncoding
 from service.metrics import Metrics
 from service.runtime import ModelInfo
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "json": "application/json"}
-# What each Accept media type asks for: (format, overlay image format).
-ACCEPTS: dict[str, tuple[Format, ImageFormat]] = {
-    "image/png": ("png", "png"),
-    "image/jpeg": ("overlay", "jpeg"),
-    "application/json": ("json", "png"),
-}
-
-
-class SegmentQuery(BaseModel):
-    """The query parameters of POST /segment."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: Format | None = Field(
-        None, description="png (label map), overlay or json; default from Accept, then png."
-    )
-    alpha: float | None = Field(None, ge=0, le=1, description="Overlay: weight of the colours.")
-    image_format: ImageFormat | None = Field(None, description="Overlay: png or jpeg.")
-    label_encoding: LabelEncoding = Field("rle", description="JSON: label map as rle or png.")
-    max_side: int | None = Field(
-        None, ge=1, description="Segment at this longest side at most; labels scaled back."
-    )
 
 
 @dataclass(frozen=True)
-class Choice:
-    """The response format a request gets."""
+class SegmentOptions:
+    """Everything a request asks of the pipeline besides its image, defaults filled
+    in (``service.request`` makes it from the query, the headers and the settings)."""
 
     format: Format
-    image_format: ImageFormat
+    image_format: ImageFormat  # of overlays
+    alpha: float  # overlays: the weight of the class colours
+    label_encoding: LabelEncoding  # json
+    max_side: int  # segment at this longest side at most; 0: full size
 
     @property
     def media_type(self) -> str:
@@ -67,42 +50,6 @@ class Choice:
         if self.format == "json":
             return MEDIA_TYPES["json"]
         return MEDIA_TYPES[self.image_format if self.format == "overlay" else "png"]
-
-
-def negotiate(query: SegmentQuery, accept: str | None, default: Format) -> Choice:
-    """The format from ?format=, else from the Accept header (highest q), else ``default``."""
-    if query.format is not None:
-        return Choice(query.format, query.image_format or "png")
-    wildcard = Choice(default, query.image_format or "png")
-    if not accept or not accept.strip():
-        return wildcard
-    best: tuple[float, Choice] | None = None
-    for item in accept.split(","):
-        media, options = parse_options_header(item)
-        try:
-            q = float(options.get(b"q", b"1"))
-        except ValueError:
-            continue
-        name = media.decode("latin-1")
-        if q <= 0:
-            continue
-        if name in ACCEPTS:
-            fmt, image_format = ACCEPTS[name]
-            choice = Choice(fmt, query.image_format or image_format)
-        elif name in ("*/*", "image/*"):
-            choice = wildcard
-            if name == "image/*" and default == "json":
-                choice = Choice("png", wildcard.image_format)
-        else:
-            continue
-        if best is None or q > best[0]:
-            best = (q, choice)
-    if best is None:
-        raise NotAcceptableError(
-            f"cannot answer with any of {accept!r}; "
-            "accept image/png, image/jpeg or application/json, or pass ?format="
-        )
-    return best[1]
 
 
 @dataclass(frozen=True)
@@ -118,11 +65,6 @@ def _millis(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
-def _open(body: bytes, content_type: str | None, max_pixels: int) -> Image.Image:
-    """The image out of the body, opened: its size read from the header, no pixel decoded."""
-    return imaging.open_image(uploads.image_bytes(content_type, body), max_pixels)
-
-
 @dataclass(frozen=True)
 class Decoded:
     """A request's image: its size, the array the model sees, the full one for overlays."""
@@ -135,7 +77,7 @@ class Decoded:
 
 def _decode(picture: Image.Image, max_side: int, keep_image: bool) -> Decoded:
     """Decode an opened picture and reduce it for the model."""
-    image = imaging.decode_picture(picture)
+    image = decode_picture(picture)
     height, width = image.shape[:2]
     return Decoded(height, width, imaging.shrink(image, max_side), image if keep_image else None)
 
@@ -152,9 +94,7 @@ class Segmenter:
         *,
         max_pixels: int,
         max_model_pixels: int,
-        max_side: int,
         request_timeout_s: float,
-        overlay_alpha: float,
         jpeg_quality: int,
         png_compress_level: int,
     ):
@@ -164,44 +104,35 @@ class Segmenter:
         self.budget = budget
         self.max_pixels = max_pixels
         self.max_model_pixels = max_model_pixels
-        self.max_side = max_side
         self.request_timeout_s = request_timeout_s
-        self.overlay_alpha = overlay_alpha
         self.jpeg_quality = jpeg_quality
         self.png_compress_level = png_compress_level
-        self.table = imaging.color_table(info.palette, len(info.classes))
-        self.model = {"name": info.name, "arch": info.arch, "version": info.version}
+        self.table = color_table(info.meta.palette)
+        self.model = {"name": info.name, "arch": info.meta.arch, "version": info.version}
 
-    def _side(self, requested: int | None) -> int:
-        sides = [s for s in (self.max_side, requested or 0) if s > 0]
-        return min(sides) if sides else 0
-
-    def _encode(
-        self, decoded: Decoded, prediction: Prediction, query: SegmentQuery, choice: Choice
-    ) -> bytes:
+    def _encode(self, decoded: Decoded, prediction: Prediction, options: SegmentOptions) -> bytes:
         labels = imaging.enlarge(prediction.labels, decoded.height, decoded.width)
-        if choice.format == "overlay":
+        if options.format == "overlay":
             assert decoded.image is not None  # kept for overlays
-            alpha = self.overlay_alpha if query.alpha is None else query.alpha
-            return imaging.encode_overlay(
+            return encode_overlay(
                 decoded.image,
                 labels,
                 self.table,
-                alpha=alpha,
-                image_format=choice.image_format,
+                alpha=options.alpha,
+                image_format=options.image_format,
                 jpeg_quality=self.jpeg_quality,
                 compress_level=self.png_compress_level,
             )
-        if choice.format == "json":
+        if options.format == "json":
             return imaging.encode_json(
                 labels,
-                classes=self.info.classes,
+                classes=self.info.meta.classes,
                 table=self.table,
                 model=self.model,
-                label_encoding=query.label_encoding,
+                label_encoding=options.label_encoding,
                 compress_level=self.png_compress_level,
             )
-        return imaging.encode_labels(labels, self.table, self.png_compress_level)
+        return encode_labels(labels, self.table, self.png_compress_level)
 
     def _late(self) -> RequestTimeoutError:
         return RequestTimeoutError(
@@ -223,46 +154,43 @@ class Segmenter:
 
     async def segment(
         self,
-        body: bytes,
-        content_type: str | None,
-        query: SegmentQuery,
-        choice: Choice,
+        data: bytes,
+        options: SegmentOptions,
+        ticket: Ticket,
         *,
         disconnected: Disconnected | None = None,
     ) -> Result:
-        """Segment the image in a request body and encode the result as ``choice`` says."""
+        """Segment the encoded image ``data`` in the place ``ticket`` holds and encode the
+        result as ``options`` say."""
         started = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.request_timeout_s
-        side = self._side(query.max_side)
-        with self.batcher.incoming():
-            # Multipart parsing and header reading take milliseconds: off the event loop.
-            picture = await anyio.to_thread.run_sync(_open, body, content_type, self.max_pixels)
-            try:
-                width, height = picture.size
-                imaging.check_model_size(
-                    height, width, max_model_pixels=self.max_model_pixels, max_side=side
+        side = options.max_side
+        # Reading the header takes milliseconds: off the event loop.
+        picture = await anyio.to_thread.run_sync(open_image, data, self.max_pixels)
+        try:
+            width, height = picture.size
+            imaging.check_model_size(
+                height, width, max_model_pixels=self.max_model_pixels, max_side=side
+            )
+            async with self._image_work(width * height, deadline):
+                decoded = await anyio.to_thread.run_sync(
+                    _decode, picture, side, options.format == "overlay"
                 )
-                async with self._image_work(width * height, deadline):
-                    decoded = await anyio.to_thread.run_sync(
-                        _decode, picture, side, choice.format == "overlay"
-                    )
-            finally:
-                picture.close()
+        finally:
+            picture.close()
         decoded_at = time.perf_counter()
         remaining = self.request_timeout_s - (decoded_at - started)
         if remaining <= 0:
             raise self._late()
         try:
             prediction = await self.batcher.predict(
-                decoded.model_input, timeout_s=remaining, disconnected=disconnected
+                ticket, decoded.model_input, timeout_s=remaining, disconnected=disconnected
             )
         except RequestTimeoutError:
             raise self._late() from None
         predicted = time.perf_counter()
         async with self._image_work(decoded.height * decoded.width, None):
-            content = await anyio.to_thread.run_sync(
-                self._encode, decoded, prediction, query, choice
-            )
+            content = await anyio.to_thread.run_sync(self._encode, decoded, prediction, options)
         encoded = time.perf_counter()
         stages: dict[str, Any] = {
             "decode": decoded_at - started,
@@ -280,4 +208,4 @@ class Segmenter:
             "X-Encode-Time-Ms": _millis(stages["encode"]),
             "X-Batch-Size": str(prediction.batch_size),
         }
-        return Result(content, choice.media_type, headers)
+        return Result(content, options.media_type, headers)

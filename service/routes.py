@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import uploads
-from service.pipeline import SegmentQuery, negotiate
+from service import request as http
+from service.request import SegmentQuery, segment_options
 from service.state import Service
 
 router = APIRouter()
@@ -72,17 +72,14 @@ async def segment(
     """Segment one image: the labels at the image's own width and height."""
     settings = service.settings
     service.health.check_serving(settings.retry_after_s)
-    choice = negotiate(query, request.headers.get("accept"), settings.default_format)
-    request.state.format = choice.format
-    service.batcher.check_capacity()  # before the upload is taken in
-    body = await uploads.read_body(request, settings.max_upload_bytes)
-    result = await service.segmenter.segment(
-        body,
-        request.headers.get("content-type"),
-        query,
-        choice,
-        disconnected=request.is_disconnected,
-    )
+    options = segment_options(query, request.headers.get("accept"), settings)
+    request.state.format = options.format
+    # The place is taken before the upload is read, and held until the answer is made.
+    with service.batcher.admit() as ticket:
+        image = await http.read_image(request, settings.max_upload_bytes)
+        result = await service.segmenter.segment(
+            image, options, ticket, disconnected=request.is_disconnected
+        )
     return Response(result.content, media_type=result.media_type, headers=result.headers)
 
 
@@ -124,8 +121,8 @@ async def model(service: ServiceDep) -> dict[str, Any]:
             "labels": runtime.label_type,
         },
         "input": {
-            "content_types": list(uploads.ACCEPTED_TYPES),
-            "multipart_field": uploads.FIELD,
+            "content_types": list(http.ACCEPTED_TYPES),
+            "multipart_field": http.FIELD,
             "image_formats": IMAGE_TYPES,
             "max_upload_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_pixels,

@@ -1,4 +1,5 @@
-"""The ONNX Runtime session: the schema-1 file checked and read, providers placed and verified.
+"""The ONNX Runtime session: the file checked by ``contract.schema``, its session created on
+the providers asked for, and the provider really in use verified.
 
 Only ``session.get_providers()`` after creation is trusted: onnxruntime-gpu lists CUDA as
 available and quietly falls back to CPU when its libraries or the device are missing.
@@ -6,16 +7,12 @@ available and quietly falls back to CPU when its libraries or the device are mis
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import json
 import logging
-import math
-import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +20,14 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from contract.schema import INPUT, LABELS, MetadataError, ModelMetadata, TensorSpec, check_model
+from service.cpus import available_cpus
 from service.errors import StartupError
 from service.imaging import padded_pixels
+from service.providers import GPU_PROVIDERS, missing_library, provider_options
 
 logger = logging.getLogger("fcn.service")
 
-SCHEMA = "1"
-INPUT = "image"
-LABELS = "labels"
-GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-SELF_CGROUP = Path("/proc/self/cgroup")
-# Mount points of the cgroup v1 cpu controller.
-CGROUP_V1_CPU = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
-# The libraries onnxruntime-gpu loads for its GPU providers (Linux names).
-PROVIDER_LIBRARIES = {
-    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
-    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
-}
 # ONNX Runtime's default logger severities: 2 warning (its default), 4 fatal.
 ORT_WARNING, ORT_FATAL = 2, 4
 SHRINK_ARENAS = "memory.enable_memory_arena_shrinkage"
@@ -48,177 +35,36 @@ SHRINK_ARENAS = "memory.enable_memory_arena_shrinkage"
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the ``fcn.*`` metadata says about the model, plus the file's identity."""
+    """The file's identity and what its ``fcn.*`` metadata says about the model."""
 
     name: str
     version: str
     sha256: str
-    arch: str
-    backbone: str
-    width: float
-    classes: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-    ignore_index: int
-    dataset: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    preprocessing: dict[str, Any] = field(default_factory=dict)
-    precision: str = "fp32"
-    outputs: tuple[str, ...] = (LABELS,)
-    created: str = ""
+    meta: ModelMetadata
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready metadata for /v1/model."""
+        """JSON-ready identity and metadata for /v1/model."""
         return {
             "name": self.name,
             "version": self.version,
             "sha256": self.sha256,
-            "schema": SCHEMA,
-            "arch": self.arch,
-            "backbone": self.backbone,
-            "width": self.width,
-            "classes": list(self.classes),
-            "palette": [list(c) for c in self.palette],
-            "ignore_index": self.ignore_index,
-            "dataset": self.dataset,
-            "metrics": self.metrics,
-            "preprocessing": self.preprocessing,
-            "precision": self.precision,
-            "outputs": list(self.outputs),
-            "created": self.created,
+            **self.meta.to_dict(),
         }
 
 
-def read_metadata(meta: dict[str, str], *, source: str, name: str, sha256: str) -> ModelInfo:
-    """Check and parse the ``fcn.*`` metadata; the error names the file and the key."""
-    schema = meta.get("fcn.schema")
-    if schema != SCHEMA:
-        found = "no fcn.schema entry" if schema is None else f"fcn.schema {schema!r}"
-        raise StartupError(
-            f"{source}: not a schema-{SCHEMA} FCN model ({found}); export it with `fcn export`"
-        )
-
-    def get(key: str, default: str | None = None) -> str:
-        value = meta.get(key, default)
-        if value is None:
-            raise StartupError(f"{source}: metadata entry {key} is missing")
-        return value
-
-    def parse(key: str, default: str | None = None) -> Any:
-        text = get(key, default)
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StartupError(f"{source}: metadata entry {key} is not JSON ({exc})") from exc
-
-    try:
-        classes = tuple(str(c) for c in parse("fcn.classes"))
-        palette = tuple((int(c[0]), int(c[1]), int(c[2])) for c in parse("fcn.palette", "[]"))
-        arch = get("fcn.arch")
-        return ModelInfo(
-            name=name,
-            version=f"{arch}-{sha256[:12]}",
-            sha256=sha256,
-            arch=arch,
-            backbone=get("fcn.backbone", "vgg16"),
-            width=float(get("fcn.width", "1.0")),
-            classes=classes,
-            palette=palette,
-            ignore_index=int(get("fcn.ignore_index", "255")),
-            dataset=get("fcn.dataset", ""),
-            metrics=dict(parse("fcn.metrics", "{}")),
-            preprocessing=dict(parse("fcn.preprocessing", "{}")),
-            precision=get("fcn.precision", "fp32"),
-            outputs=tuple(str(o) for o in parse("fcn.outputs", json.dumps([LABELS]))),
-            created=get("fcn.created", ""),
-        )
-    except (TypeError, ValueError, IndexError) as exc:
-        raise StartupError(f"{source}: malformed fcn.* metadata ({exc})") from exc
+def tensor_specs(tensors: Sequence[ort.NodeArg]) -> list[TensorSpec]:
+    """ONNX Runtime's inputs or outputs as the contract sees them: ``tensor(uint8)`` is
+    ``uint8``; dimensions stay as ONNX Runtime gives them (int, name or None)."""
+    return [
+        TensorSpec(t.name, t.type.removeprefix("tensor(").removesuffix(")"), tuple(t.shape))
+        for t in tensors
+    ]
 
 
-def _cgroup_dirs(root: Path, self_cgroup: Path) -> list[Path]:
-    """This process's cgroup folders for the cpu controller, and their ancestors up to root."""
-    try:
-        lines = self_cgroup.read_text().splitlines()
-    except OSError:
-        lines = []
-    leaves: list[Path] = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        relative = path.strip().lstrip("/")
-        if controllers == "":  # cgroup v2: "0::/path"
-            leaves.append(root / relative)
-        elif "cpu" in controllers.split(","):
-            leaves.extend(root / mount / relative for mount in CGROUP_V1_CPU)
-    if not leaves:
-        leaves = [root, *(root / mount for mount in CGROUP_V1_CPU)]
-    found: list[Path] = []
-    for leaf in leaves:
-        for folder in (leaf, *leaf.parents):
-            if folder not in found and folder.is_relative_to(root):
-                found.append(folder)
-    return found
-
-
-def cgroup_cpu_limit(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> float | None:
-    """CPUs the cgroup quota allows (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); None: no quota."""
-    limits: list[float] = []
-    for folder in _cgroup_dirs(root, self_cgroup):
-        try:
-            if (folder / "cpu.max").is_file():
-                quota, period = (folder / "cpu.max").read_text().split()[:2]
-                if quota != "max":
-                    limits.append(int(quota) / int(period))
-            elif (folder / "cpu.cfs_quota_us").is_file():
-                quota_us = int((folder / "cpu.cfs_quota_us").read_text())
-                period_us = int((folder / "cpu.cfs_period_us").read_text())
-                if quota_us > 0:
-                    limits.append(quota_us / period_us)
-        except (OSError, ValueError):
-            continue
-    return min(limits) if limits else None
-
-
-def available_cpus(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int:
-    """CPUs this process may really use: its affinity mask, capped by the cgroup quota."""
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
-    cpus = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-    quota = cgroup_cpu_limit(root, self_cgroup)
-    if quota is not None:
-        # A fractional quota is rounded down: one thread more than the quota is throttled.
-        cpus = min(cpus, max(1, math.floor(quota)))
-    return max(1, cpus)
-
-
-def provider_options(
-    providers: Sequence[str],
-    *,
-    device_id: int,
-    gpu_mem_limit_mb: int,
-    cudnn_conv_algo_search: str,
-    trt_fp16: bool,
-    trt_cache_dir: Path | None,
-) -> list[tuple[str, dict[str, str]]]:
-    """ONNX Runtime (provider, options) pairs for the requested providers."""
-    result: list[tuple[str, dict[str, str]]] = []
-    for name in providers:
-        options: dict[str, str] = {}
-        if name == "CUDAExecutionProvider":
-            options = {
-                "device_id": str(device_id),
-                # EXHAUSTIVE benchmarks every conv for every new input shape (seconds each).
-                "cudnn_conv_algo_search": cudnn_conv_algo_search,
-                "arena_extend_strategy": "kSameAsRequested",
-                "do_copy_in_default_stream": "1",
-            }
-            if gpu_mem_limit_mb > 0:
-                options["gpu_mem_limit"] = str(gpu_mem_limit_mb * 2**20)
-        elif name == "TensorrtExecutionProvider":
-            options = {"device_id": str(device_id), "trt_fp16_enable": str(trt_fp16)}
-            if trt_cache_dir is not None:
-                options["trt_engine_cache_enable"] = "True"
-                options["trt_engine_cache_path"] = str(trt_cache_dir)
-        result.append((name, options))
-    return result
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -235,25 +81,6 @@ def session_options(threads: int) -> ort.SessionOptions:
     # not hold up the others (ONNX Runtime's advice for preempted threads: 4).
     options.add_session_config_entry("session.dynamic_block_base", "4")
     return options
-
-
-def _check_contract(session: ort.InferenceSession, source: str) -> str:
-    """Verify the graph's input and output against schema 1; returns the labels' type."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name: o for o in session.get_outputs()}
-    image = inputs.get(INPUT)
-    if image is None or image.type != "tensor(uint8)" or len(image.shape) != 4:
-        raise StartupError(f"{source}: the graph has no uint8 [N, H, W, 3] input named {INPUT!r}")
-    labels = outputs.get(LABELS)
-    if labels is None or labels.type not in ("tensor(uint8)", "tensor(int32)"):
-        raise StartupError(f"{source}: the graph has no uint8/int32 output named {LABELS!r}")
-    return str(labels.type)
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class Runtime:
@@ -280,7 +107,7 @@ class Runtime:
         self.providers = tuple(session.get_providers())
         self.provider = self.providers[0]
         self.threads = threads
-        self.label_type = label_type
+        self.label_type = label_type  # ONNX Runtime's name: tensor(uint8) or tensor(int32)
         self.keep_pixels = 0  # 0: every run keeps the arenas' memory
         arenas = ["cpu:0"]
         if "CUDAExecutionProvider" in self.providers:
@@ -333,21 +160,21 @@ class Runtime:
         return time.perf_counter() - start
 
 
-def missing_library(provider: str) -> str | None:
-    """Why ``provider``'s library cannot load when a shared library it needs is not found
-    (the usual CPU-only machine), else None: then ONNX Runtime's own diagnostics matter."""
-    name = PROVIDER_LIBRARIES.get(provider)
-    if name is None:
-        return None
-    path = Path(ort.__file__).parent / "capi" / name
-    if not path.is_file():
-        return None
+def _session(
+    source: str, threads: int, placement: list[tuple[str, dict[str, str]]], quiet: bool
+) -> ort.InferenceSession:
+    """The ORT session of ``source``; ``quiet`` holds back ONNX Runtime's own load errors."""
+    if quiet:
+        ort.set_default_logger_severity(ORT_FATAL)
     try:
-        ctypes.CDLL(str(path))
-    except OSError as exc:
-        if "cannot open shared object file" in str(exc):
-            return str(exc).removeprefix(f"{path}: ")
-    return None
+        return ort.InferenceSession(
+            source, sess_options=session_options(threads), providers=placement
+        )
+    except Exception as exc:  # ORT raises its own pybind exception types
+        raise StartupError(f"{source}: ONNX Runtime cannot load it: {exc}") from exc
+    finally:
+        if quiet:
+            ort.set_default_logger_severity(ORT_WARNING)
 
 
 def load_runtime(
@@ -387,21 +214,21 @@ def load_runtime(
     reasons = [reason for reason in map(missing_library, gpus) if reason is not None]
     # Every GPU provider lacks a library: ONNX Runtime would print its failed loads in red
     # before our own warning, which names the library. Any other GPU trouble it reports.
-    quiet = bool(gpus) and len(reasons) == len(gpus)
-    if quiet:
-        ort.set_default_logger_severity(ORT_FATAL)
+    session = _session(source, threads, placement, quiet=bool(gpus) and len(reasons) == len(gpus))
+    outputs = session.get_outputs()
     try:
-        session = ort.InferenceSession(
-            source, sess_options=session_options(threads), providers=placement
+        # The same rules and words as `fcn verify-onnx`: nothing is added to the message.
+        metadata = check_model(
+            session.get_modelmeta().custom_metadata_map,
+            tensor_specs(session.get_inputs()),
+            tensor_specs(outputs),
+            source=source,
         )
-    except Exception as exc:  # ORT raises its own pybind exception types
-        raise StartupError(f"{source}: ONNX Runtime cannot load it: {exc}") from exc
-    finally:
-        if quiet:
-            ort.set_default_logger_severity(ORT_WARNING)
-    meta = session.get_modelmeta().custom_metadata_map
-    info = read_metadata(meta, source=source, name=name, sha256=sha256_of(path))
-    label_type = _check_contract(session, source)
+    except MetadataError as exc:
+        raise StartupError(str(exc)) from exc
+    sha256 = sha256_of(path)
+    info = ModelInfo(name, f"{metadata.arch}-{sha256[:12]}", sha256, metadata)
+    (label_type,) = [o.type for o in outputs if o.name == LABELS]
     runtime = Runtime(
         session,
         info,
@@ -425,8 +252,8 @@ def load_runtime(
         "model %s (%s, %d classes, %s) on %s with %d intra-op threads",
         info.name,
         info.version,
-        len(info.classes),
-        info.precision,
+        metadata.num_classes,
+        metadata.precision,
         runtime.provider,
         threads,
     )

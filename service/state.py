@@ -9,14 +9,16 @@ from typing import Literal, TypeVar
 
 import anyio.to_thread
 
+from contract.decode import guard_bombs
 from service import imaging
 from service.batching import Batcher
 from service.budget import PixelBudget
 from service.config import Settings
+from service.cpus import available_cpus
 from service.errors import NotReadyError, StartupError
 from service.metrics import Metrics
 from service.pipeline import Segmenter
-from service.runtime import Runtime, available_cpus, load_runtime
+from service.runtime import Runtime, load_runtime
 
 logger = logging.getLogger("fcn.service")
 
@@ -123,7 +125,7 @@ class Service:
     async def start(self) -> None:
         """Load the model (fatal errors raise StartupError) and start the batcher."""
         s = self.settings
-        imaging.guard_bombs()
+        guard_bombs()
         # Each server process gets its share of the CPUs: FCN_WORKERS processes, one host.
         cpus = max(1, available_cpus() // s.workers)
         runtime = await anyio.to_thread.run_sync(
@@ -162,9 +164,7 @@ class Service:
             PixelBudget(s.max_pixels, IMAGE_WORK_PER_CPU * cpus),
             max_pixels=s.max_pixels,
             max_model_pixels=s.max_model_pixels,
-            max_side=s.max_side,
             request_timeout_s=s.request_timeout_s,
-            overlay_alpha=s.overlay_alpha,
             jpeg_quality=s.jpeg_quality,
             png_compress_level=s.png_compress_level,
         )

@@ -133,16 +133,37 @@ def test_service_images_serve_the_bundled_model_as_a_non_root_user(name: str) ->
     assert ("CMD", '["fcn-serve"]') in pairs
 
 
+def packages() -> list[str]:
+    """The project's packages, as pyproject.toml has setuptools find them."""
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    names = [pattern.rstrip("*") for pattern in found["packages"]["find"]["include"]]
+    assert {"contract", "model", "service"} <= set(names)
+    return names
+
+
 @pytest.mark.parametrize("name", SERVICE_DOCKERFILES)
 def test_dependencies_install_before_the_code_is_copied(name: str) -> None:
     pairs = dockerfile(name)
     steps = [f"{instruction} {rest}" for instruction, rest in pairs]
     dependencies = next(i for i, step in enumerate(steps) if "'.[serve]'" in step)
-    code = next(i for i, step in enumerate(steps) if step.startswith("COPY service/"))
-    assert dependencies < code
     assert steps[dependencies - 1] == "COPY pyproject.toml ./"
-    # Then the project itself, without touching the dependencies again.
-    assert any("pip install --no-deps ." in step for step in steps[code:])
+    install = steps[dependencies]
+    for package in packages():
+        # An empty package stands in for each, so that pip can build the project from
+        # pyproject.toml alone; it is removed before the real code comes.
+        assert re.search(rf"\bmkdir [^&]*\b{package}\b", install), (name, package)
+        assert f"{package}/__init__.py" in install, (name, package)
+        assert re.search(rf"\brm -rf [^&]*\b{package}\b", install), (name, package)
+        code = steps.index(f"COPY {package}/ {package}/")
+        assert dependencies < code, (name, package)
+        # Then the project itself, without touching the dependencies again.
+        assert any("pip install --no-deps ." in step for step in steps[code:]), (name, package)
+
+
+def test_the_training_image_copies_every_package() -> None:
+    steps = [f"{instruction} {rest}" for instruction, rest in dockerfile("docker/train.Dockerfile")]
+    for package in packages():
+        assert f"COPY {package}/ {package}/" in steps, package
 
 
 def test_the_pinned_onnxruntime_is_built_for_the_base_images_cuda() -> None:

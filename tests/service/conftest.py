@@ -6,7 +6,7 @@ torch, which ``test_server.py`` checks in a fresh process.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from tests.service.support import NUM_CLASSES, PALETTE
+from tests.service.support import NUM_CLASSES, PALETTE, WIDTH8_METADATA
 
 CLASSES = [f"class{i}" for i in range(NUM_CLASSES)]
 
@@ -97,15 +97,21 @@ def _failing_graph(metadata: dict[str, str] | None) -> onnx.ModelProto:
 @pytest.fixture(scope="session")
 def failing_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A hand-built schema-1 model that fails on every width but 1 and 8."""
-    metadata = {
-        "fcn.schema": "1",
-        "fcn.arch": "width8",
-        "fcn.classes": json.dumps(["dark", "dim", "light", "bright"]),
-        "fcn.palette": json.dumps(PALETTE[:4]),
-    }
     path = tmp_path_factory.mktemp("onnx") / "width8.onnx"
-    onnx.save(_failing_graph(metadata), path)
+    onnx.save(_failing_graph(WIDTH8_METADATA), path)
     return path
+
+
+@pytest.fixture
+def width8_model(tmp_path: Path) -> Callable[[dict[str, str]], Path]:
+    """Writes the width-8 graph with the given ``fcn.*`` metadata; returns its path."""
+
+    def write(metadata: dict[str, str]) -> Path:
+        path = tmp_path / "width8-edited.onnx"
+        onnx.save(_failing_graph(metadata), path)
+        return path
+
+    return write
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +125,7 @@ def unlabelled_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def big_image() -> bytes:
     """A 2000x2000 BMP: quick to decode, then 0.1 s or more of inference on two CPU threads."""
-    from tests.service.support import encode, pattern
+    from tests.images import encode, pattern
 
     return encode(np.tile(pattern(100, 100), (20, 20, 1)), "BMP")
 

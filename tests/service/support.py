@@ -1,10 +1,14 @@
-"""Helpers of the service tests: images, settings, a running in-process app, metric reading."""
+"""Helpers of the service tests: settings, a running in-process app, raw ASGI requests, the
+error contract, metric reading. Test images come from ``tests.images``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import io
+import json
+import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,31 +23,40 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.config import Settings
 from service.main import create_app
 
+ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 5
 PALETTE = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
+# Every key of contract.schema.REQUIRED_KEYS, so the contract accepts the hand-built width-8 graph
+# (conftest.py).
+WIDTH8_METADATA: dict[str, str] = {
+    "fcn.schema": "1",
+    "fcn.arch": "width8",
+    "fcn.backbone": "none",
+    "fcn.width": "1.0",
+    "fcn.classes": json.dumps(["dark", "dim", "light", "bright"]),
+    "fcn.palette": json.dumps(PALETTE[:4]),
+    "fcn.ignore_index": "255",
+    "fcn.dataset": "none",
+    "fcn.metrics": "{}",
+    "fcn.created": "2026-12-02T00:00:00+00:00",
+}
 
 
-def pattern(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth H x W x 3 uint8 test image with at most 216 colours (so GIF is lossless)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    phase = rng.uniform(0, 2 * np.pi, size=3)
-    freq = rng.uniform(2, 6, size=3)
-    channels = [
-        np.sin(freq[c] * xx / max(width, 1) * np.pi + phase[c])
-        * np.cos(freq[c] * yy / max(height, 1) * np.pi)
-        for c in range(3)
-    ]
-    levels = np.round((np.stack(channels, -1) + 1) / 2 * 5)  # 6 levels per channel
-    return (levels * 51).astype(np.uint8)
+def server_environment(model: Path, **settings: str) -> dict[str, str]:
+    """The environment of a service process on ``model`` (CPU) with FCN_* ``settings``; the
+    caller's own FCN_* variables are left out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FCN_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update({"FCN_MODEL_PATH": str(model), "FCN_PROVIDERS": "cpu"})
+    env.update({f"FCN_{k.upper()}": v for k, v in settings.items()})
+    return env
 
 
-def encode(image: np.ndarray | Image.Image, fmt: str, **options: Any) -> bytes:
-    """Encode an array or a Pillow image with Pillow."""
-    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    buffer = io.BytesIO()
-    picture.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def settings(model: Path, **overrides: Any) -> Settings:
@@ -137,3 +150,67 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
         on = not on
     assert position == height * width
     return values.reshape((height, width), order="F")
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The contract's error body: {"error": {"code", "message"}} and the right status."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]  # type: ignore[no-any-return]
+
+
+async def asgi_post(
+    app: FastAPI, chunks: list[bytes], headers: list[tuple[bytes, bytes]]
+) -> tuple[int, bytes, int]:
+    """POST /segment straight through ASGI; after the body, the client is gone.
+
+    Returns the status, the body and how many body chunks the app pulled.
+    """
+    sent: list[dict[str, Any]] = []
+    pulled = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        if pulled < len(chunks):
+            pulled += 1
+            return {
+                "type": "http.request",
+                "body": chunks[pulled - 1],
+                "more_body": pulled < len(chunks),
+            }
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/segment",
+        "raw_path": b"/segment",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 5000),
+    }
+    await app(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], body, pulled
+
+
+async def busy(client: httpx.AsyncClient, big_image: bytes) -> asyncio.Task[httpx.Response]:
+    """Start a 2000x2000 request and return once the model is running it."""
+    task = asyncio.ensure_future(
+        client.post("/segment", content=big_image, headers={"content-type": "image/bmp"})
+    )
+    await wait_metric(client, "fcn_batches_running", 1)
+    return task

@@ -17,6 +17,15 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def assert_free(budget: PixelBudget) -> None:
+    """Every slot and every pixel can be taken at once: nothing is held."""
+    async with asyncio.timeout(1):
+        for _ in range(budget.slots):
+            await budget.acquire(budget.pixels // budget.slots)
+    for _ in range(budget.slots):
+        budget.release(budget.pixels // budget.slots)
+
+
 async def test_pixels_and_slots_bound_the_work_at_once() -> None:
     budget = PixelBudget(pixels=100, slots=3)
     order: list[str] = []
@@ -24,9 +33,12 @@ async def test_pixels_and_slots_bound_the_work_at_once() -> None:
 
     async def work(name: str, pixels: int) -> None:
         release[name] = asyncio.Event()
-        async with budget.hold(pixels):
+        await budget.acquire(pixels)
+        try:
             order.append(name)
             await release[name].wait()
+        finally:
+            budget.release(pixels)
 
     tasks = {name: asyncio.ensure_future(work(name, px)) for name, px in
              [("a", 60), ("b", 40), ("c", 30), ("d", 5)]}  # fmt: skip
@@ -36,22 +48,27 @@ async def test_pixels_and_slots_bound_the_work_at_once() -> None:
     release["a"].set()
     await settle()
     assert order == ["a", "b", "c", "d"]
-    assert budget.holders == 3  # b, c, d: the slots are full
+    # b, c and d fill the three slots: even a request for no pixels waits.
+    fourth = asyncio.ensure_future(budget.acquire(0))
+    await settle()
+    assert not fourth.done()
     for name in "bcd":
         release[name].set()
-    await asyncio.gather(*tasks.values())
-    assert budget.holders == 0
+    await asyncio.gather(*tasks.values(), fourth)
+    budget.release(0)
+    await assert_free(budget)
 
 
 async def test_an_image_larger_than_the_budget_runs_alone() -> None:
     budget = PixelBudget(pixels=100, slots=4)
-    async with budget.hold(500):
-        waiting = asyncio.ensure_future(budget.acquire(1))
-        await settle()
-        assert not waiting.done()
+    await budget.acquire(500)
+    waiting = asyncio.ensure_future(budget.acquire(1))
+    await settle()
+    assert not waiting.done()
+    budget.release(500)
     await waiting
     budget.release(1)
-    assert budget.holders == 0
+    await assert_free(budget)
 
 
 async def test_a_waiter_that_gives_up_leaves_nothing_behind() -> None:
@@ -67,6 +84,4 @@ async def test_a_waiter_that_gives_up_leaves_nothing_behind() -> None:
     assert small.done()  # the head gave up: the next one that fits goes
     budget.release(5)
     budget.release(90)
-    assert budget.holders == 0
-    async with asyncio.timeout(1):
-        await budget.acquire(100)  # the full budget is there again
+    await assert_free(budget)  # the full budget is there again

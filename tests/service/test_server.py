@@ -1,7 +1,8 @@
 """The service as users run it: real processes, a real uvicorn on a loopback port, signals.
 
-Each test here starts Python processes, so they are few and share one server; the SIGTERM
-test stops that server and therefore comes last.
+Each test here starts Python processes, so they are few and share one server (the burst
+test needs a small queue and starts its own); the SIGTERM test stops the shared server and
+therefore comes last.
 """
 
 from __future__ import annotations
@@ -15,88 +16,99 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
-from service.config import Settings
-from service.main import run
-from service.runtime import missing_library
-from tests.service.support import encode, metric, pattern, png_labels
+from tests.images import encode, pattern
+from tests.service.support import ROOT, free_port, metric, png_labels, server_environment
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 PNG = encode(pattern(45, 61), "PNG")
-
-
-def environment(model: Path, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FCN_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update({"FCN_MODEL_PATH": str(model), "FCN_PROVIDERS": "cpu"})
-    env.update({f"FCN_{k.upper()}": v for k, v in settings.items()})
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
 class Server:
     process: subprocess.Popen[bytes]
     url: str
+    port: int
     log: Path
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def launch(model: Path, log: Path, **settings: str) -> Server:
+    """``fcn-serve --model M --host 127.0.0.1 --port P`` (python -m service.cli) with FCN_*
+    ``settings``, once /readyz answers 200."""
+    port = free_port()
+    env = server_environment(model, port="1", **settings)  # the flag below wins
+    del env["FCN_MODEL_PATH"]
+    flags = ["--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *flags],
+            env=env,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=sink,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", port, log)
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise AssertionError(f"the server did not become ready:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+
 
 @pytest.fixture(scope="module")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``fcn-serve`` (python -m service.main) on a free loopback port, ready."""
-    port = free_port()
-    env = environment(
+    """``fcn-serve`` on a free loopback port, ready; shared by the tests of this module."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    server = launch(
         model_path,
-        port="1",  # the flag below wins
+        log,
         warmup_sizes="16x16",
         intra_op_threads="2",
         drain_delay_s="1",
         drain_timeout_s="20",
         access_log="false",
     )
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    del env["FCN_MODEL_PATH"]
-    flags = ["--model", str(model_path), "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.main", *flags],
-            env=env,
-            cwd=ROOT,
-            stdout=sink,
-            stderr=sink,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, server.output()
-        assert time.monotonic() < deadline, server.output()
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
     yield server
-    if process.poll() is None:
-        process.kill()
-        process.wait(10)
+    server.stop()
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length: status, headers, body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed mid-response: {data[:200]!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed mid-body"
+        body += chunk
+    return int(status_line.split()[1]), headers, body
 
 
 def test_segments_over_the_wire_in_every_input_mode(server: Server) -> None:
@@ -118,8 +130,7 @@ def test_segments_over_the_wire_in_every_input_mode(server: Server) -> None:
 
 
 def test_a_declared_oversized_body_is_refused_before_it_is_sent(server: Server) -> None:
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         head = (
             "POST /segment HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
             f"Content-Length: {10**10}\r\n\r\n"
@@ -136,7 +147,7 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(server: Server) 
 
 
 def test_the_container_healthcheck_asks_the_running_server(server: Server) -> None:
-    port = server.url.rsplit(":", 1)[1]
+    port = str(server.port)
 
     def healthcheck(port: str) -> subprocess.CompletedProcess[str]:
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "FCN_PORT": port}
@@ -159,7 +170,7 @@ def test_the_server_process_has_not_loaded_torch(server: Server) -> None:
     assert "libtorch" not in maps
 
 
-def test_the_app_never_imports_torch_or_model(model_path: Path) -> None:
+def test_the_app_imports_contract_but_never_torch_or_model(model_path: Path) -> None:
     script = """
 import asyncio, json, sys
 import httpx
@@ -175,7 +186,8 @@ async def main():
             png = open(sys.argv[1], "rb").read()
             response = await client.post("/segment", files={"image": ("a", png)})
     loaded = [m for m in sys.modules if m.split(".")[0] in ("torch", "model", "torchvision")]
-    print(json.dumps({"status": response.status_code, "loaded": loaded}))
+    contract = sorted(m for m in sys.modules if m.split(".")[0] == "contract")
+    print(json.dumps({"status": response.status_code, "loaded": loaded, "contract": contract}))
 
 asyncio.run(main())
 """
@@ -183,7 +195,7 @@ asyncio.run(main())
     image.write_bytes(PNG)
     result = subprocess.run(
         [sys.executable, "-c", script, str(image)],
-        env=environment(model_path, warmup_sizes="16x16"),
+        env=server_environment(model_path, warmup_sizes="16x16"),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -192,77 +204,88 @@ asyncio.run(main())
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"status": 200, "loaded": []}
+    # The ONNX file is the whole contract: the rules come from contract/, never from model/.
+    assert report["status"] == 200
+    assert report["loaded"] == []
+    assert {"contract.decode", "contract.encode", "contract.schema"} <= set(report["contract"])
 
 
-def test_uvicorn_can_build_the_app_from_the_factory(
-    model_path: Path, monkeypatch: pytest.MonkeyPatch
+QUEUE = 3
+
+
+def test_a_burst_beyond_the_queue_is_refused_before_its_bodies_are_read(
+    model_path: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("FCN_MODEL_PATH", str(model_path))
-    config = uvicorn.Config("service.main:create_app", factory=True)
-    config.load()
-    assert config.loaded
+    """FCN_MAX_QUEUE=Q: Q uploads stalled halfway hold every place, so each of 2Q more
+    complete uploads is answered 503 without one byte of its body read; the Q then finish.
 
-
-def test_fcn_serve_names_a_missing_setting(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delenv("FCN_MODEL_PATH", raising=False)
-    monkeypatch.setenv("FCN_PORT", "http")
-    with pytest.raises(SystemExit) as caught:
-        run([])
-    assert caught.value.code == 2
-    err = capsys.readouterr().err
-    assert "FCN_MODEL_PATH: Field required (set it, or pass --model PATH)" in err
-    assert "FCN_PORT" in err
-
-
-def test_fcn_serve_help_lists_every_setting_and_flags_are_checked_like_them(
-    model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as caught:
-        run(["--help"])
-    assert caught.value.code == 0
-    out = capsys.readouterr().out
-    for name, field in Settings.model_fields.items():
-        assert f"FCN_{name.upper()} " in out
-        assert str(field.description) in " ".join(out.split())
-    assert "[375x500]" in out
-    assert "[CUDAExecutionProvider,CPUExecutionProvider]" in out
-
-    monkeypatch.setenv("FCN_MODEL_PATH", str(model_path))
-    monkeypatch.setenv("FCN_PORT", "8000")  # so that the flag's value is undone after
-    with pytest.raises(SystemExit) as caught:
-        run(["--port", "eighty"])
-    assert caught.value.code == 2
-    assert "FCN_PORT: Input should be a valid integer" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as caught:
-        run(["--prot", "80"])
-    assert caught.value.code == 2
-    assert "unrecognized arguments: --prot" in capsys.readouterr().err
-
-
-def test_fcn_serve_exits_cleanly_when_a_required_gpu_is_missing(
-    model_path: Path, cuda_works: bool
-) -> None:
-    if cuda_works:
-        pytest.skip("a CUDA device works here")
-    result = subprocess.run(
-        [sys.executable, "-m", "service.main"],
-        env=environment(model_path, providers="cuda,cpu", require_gpu="true", port="0"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    On the old code this fails: the queue was only checked, not reserved, before the body,
+    and a request counted only once its body was in, so the stalled uploads held no place,
+    the 2Q passed the check and had their bodies read in full (and there was neither
+    fcn_requests_admitted to wait for nor fcn_request_body_bytes_total to read).
+    """
+    server = launch(
+        model_path,
+        tmp_path / "server.log",
+        max_queue=str(QUEUE),
+        warmup_sizes="16x16",
+        intra_op_threads="2",
+        access_log="false",
     )
-    assert result.returncode == 3  # uvicorn's start-up failure
-    assert "cannot start: FCN_REQUIRE_GPU is set" in result.stderr
-    assert "runs on CPUExecutionProvider" in result.stderr
-    if missing_library("CUDAExecutionProvider") is not None:  # then also in that process
-        # Our one line names the missing library; ONNX Runtime's own red errors are not shown.
-        assert "cannot open shared object file" in result.stderr
-        assert "[E:onnxruntime" not in result.stderr
+    half = len(PNG) // 2
+    head = (
+        "POST /segment HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {len(PNG)}\r\n\r\n"
+    ).encode()
+    stalled: list[socket.socket] = []
+
+    def scrape(name: str) -> float:
+        return metric(httpx.get(f"{server.url}/metrics", timeout=10).text, name)
+
+    def upload(_: int) -> httpx.Response:
+        headers = {"content-type": "image/png"}
+        return httpx.post(f"{server.url}/segment", content=PNG, headers=headers, timeout=30)
+
+    try:
+        for _ in range(QUEUE):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            stalled.append(sock)
+            sock.sendall(head + PNG[:half])
+        deadline = time.monotonic() + 30
+        while scrape("fcn_requests_admitted") < QUEUE or (
+            scrape("fcn_request_body_bytes_total") < QUEUE * half
+        ):
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.01)
+        assert scrape("fcn_request_body_bytes_total") == QUEUE * half
+
+        with ThreadPoolExecutor(2 * QUEUE) as pool:
+            burst = list(pool.map(upload, range(2 * QUEUE)))
+        for response in burst:
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "1"
+            error = response.json()["error"]
+            assert error["code"] == "overloaded"
+            assert (
+                error["message"] == f"{QUEUE} requests are in the service (the limit); retry later"
+            )
+        # Not one byte of the burst's bodies was read; the Q still hold their places.
+        assert scrape("fcn_request_body_bytes_total") == QUEUE * half
+        assert scrape("fcn_requests_admitted") == QUEUE
+
+        for sock in stalled:
+            sock.sendall(PNG[half:])
+        for sock in stalled:
+            status, headers, body = read_response(sock)
+            assert status == 200, body[:300]
+            assert headers["content-type"] == "image/png"
+            assert png_labels(body).shape == (45, 61)
+        assert scrape("fcn_request_body_bytes_total") == QUEUE * len(PNG)
+        assert scrape("fcn_requests_admitted") == 0
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()
 
 
 def test_sigterm_drains_in_flight_requests_then_exits(server: Server, big_image: bytes) -> None:

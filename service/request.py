@@ -1,23 +1,30 @@
-"""The request body: read under a byte limit while it streams in, then the image taken out of it.
+"""HTTP in, plain values out: the body read under its byte limit, the image taken out of a
+multipart form or a raw body, the query checked, and the response format negotiated.
 
-An image comes as the raw body (``image/*``, or ``application/octet-stream``) or as the
-``image`` field of a ``multipart/form-data`` body.
+The pipeline gets the image's bytes and one ``SegmentOptions``; it never sees HTTP.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from contract.encode import ImageFormat
+from service.config import Format, Settings
 from service.errors import (
-    BadImageError,
     BodyTooLargeError,
     InvalidParameterError,
+    MalformedBodyError,
+    NotAcceptableError,
     UnsupportedMediaTypeError,
 )
+from service.imaging import LabelEncoding
+from service.pipeline import SegmentOptions
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -98,9 +105,9 @@ def _multipart_field(body: bytes, boundary: bytes, field: str) -> bytes:
         parser.write(body)
         parser.finalize()
     except FormParserError as exc:
-        raise BadImageError(f"malformed multipart/form-data body: {exc}") from exc
+        raise MalformedBodyError(f"malformed multipart/form-data body: {exc}") from exc
     if not ended:
-        raise BadImageError("the multipart/form-data body ends before its closing boundary")
+        raise MalformedBodyError("the multipart/form-data body ends before its closing boundary")
     if len(found) != 1:
         problem = "has no field" if not found else f"has {len(found)} fields"
         raise InvalidParameterError(f"the multipart/form-data body {problem} named {field!r}")
@@ -127,5 +134,92 @@ def image_bytes(content_type: str | None, body: bytes) -> bytes:
         return body
     boundary = options.get(b"boundary")
     if not boundary:
-        raise BadImageError("multipart/form-data without a boundary parameter")
+        raise MalformedBodyError("multipart/form-data without a boundary parameter")
     return _multipart_field(body, boundary, FIELD)
+
+
+# What each Accept media type asks for: (format, overlay image format).
+ACCEPTS: dict[str, tuple[Format, ImageFormat]] = {
+    "image/png": ("png", "png"),
+    "image/jpeg": ("overlay", "jpeg"),
+    "application/json": ("json", "png"),
+}
+
+
+class SegmentQuery(BaseModel):
+    """The query parameters of POST /segment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Format | None = Field(
+        None, description="png (label map), overlay or json; default from Accept, then png."
+    )
+    alpha: float | None = Field(None, ge=0, le=1, description="Overlay: weight of the colours.")
+    image_format: ImageFormat | None = Field(None, description="Overlay: png or jpeg.")
+    label_encoding: LabelEncoding = Field("rle", description="JSON: label map as rle or png.")
+    max_side: int | None = Field(
+        None, ge=1, description="Segment at this longest side at most; labels scaled back."
+    )
+
+
+def negotiate(
+    query: SegmentQuery, accept: str | None, default: Format
+) -> tuple[Format, ImageFormat]:
+    """(format, overlay image format) from ?format=, else from the Accept header (highest q),
+    else ``default``."""
+    if query.format is not None:
+        return query.format, query.image_format or "png"
+    wildcard: tuple[Format, ImageFormat] = (default, query.image_format or "png")
+    if not accept or not accept.strip():
+        return wildcard
+    best: tuple[float, tuple[Format, ImageFormat]] | None = None
+    for item in accept.split(","):
+        media, options = parse_options_header(item)
+        try:
+            q = float(options.get(b"q", b"1"))
+        except ValueError:
+            continue
+        name = media.decode("latin-1")
+        if q <= 0:
+            continue
+        if name in ACCEPTS:
+            fmt, image_format = ACCEPTS[name]
+            choice = (fmt, query.image_format or image_format)
+        elif name in ("*/*", "image/*"):
+            choice = wildcard
+            if name == "image/*" and default == "json":
+                choice = ("png", wildcard[1])
+        else:
+            continue
+        if best is None or q > best[0]:
+            best = (q, choice)
+    if best is None:
+        raise NotAcceptableError(
+            f"cannot answer with any of {accept!r}; "
+            "accept image/png, image/jpeg or application/json, or pass ?format="
+        )
+    return best[1]
+
+
+def segment_options(query: SegmentQuery, accept: str | None, settings: Settings) -> SegmentOptions:
+    """A request's options: its query, its Accept header where the query is silent, and the
+    settings' defaults; of ?max_side= and FCN_MAX_SIDE the smaller wins."""
+    fmt, image_format = negotiate(query, accept, settings.default_format)
+    sides = [s for s in (settings.max_side, query.max_side or 0) if s > 0]
+    return SegmentOptions(
+        format=fmt,
+        image_format=image_format,
+        alpha=settings.overlay_alpha if query.alpha is None else query.alpha,
+        label_encoding=query.label_encoding,
+        max_side=min(sides) if sides else 0,
+    )
+
+
+async def read_image(request: Request, limit: int) -> bytes:
+    """The encoded image a request carries, its body read under ``limit`` bytes; multipart
+    parsing runs off the event loop."""
+    content_type = request.headers.get("content-type")
+    body = await read_body(request, limit)
+    if _media(content_type)[0] != b"multipart/form-data":
+        return body
+    return await anyio.to_thread.run_sync(image_bytes, content_type, body)

@@ -1,0 +1,93 @@
+"""``fcn-serve``: the settings from FCN_* (four also by flag), checked, then uvicorn serving
+``service.main:create_app`` with them."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for ``settings``."""
+    return {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        # Load balancers keep idle connections open (AWS ALB: 60 s); if the server closed
+        # them first, a request sent just then would get a 502.
+        "timeout_keep_alive": settings.keep_alive_s,
+        "timeout_graceful_shutdown": math.ceil(settings.drain_timeout_s),
+    }
+
+
+# Flags of ``fcn-serve``: each sets its FCN_* variable, so uvicorn's workers see it too.
+FLAGS = {"model": "model_path", "host": "host", "port": "port", "workers": "workers"}
+
+
+def _as_environment(value: object) -> str:
+    """A default as one would write it in the environment: ``375x500``, ``a,b``, ``true``."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        if all(isinstance(v, tuple) for v in value):
+            return ",".join("x".join(str(n) for n in v) for v in value) or "empty"
+        return ",".join(str(v) for v in value) or "empty"
+    return str(value) if value != "" else "empty"
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = "" if field.is_required() else f" [{_as_environment(field.default)}]"
+        lines.append(f"  FCN_{name.upper():<26} {field.description}{default}")
+    parser = argparse.ArgumentParser(
+        prog="fcn-serve",
+        description="Serve an FCN ONNX model over HTTP (POST /segment) with uvicorn. Every "
+        "setting is an FCN_* environment variable; the flags below override theirs.",
+        epilog="settings (environment):\n" + "\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", metavar="PATH", help="the ONNX file (FCN_MODEL_PATH)")
+    parser.add_argument("--host", help="address to bind (FCN_HOST)")
+    parser.add_argument("--port", help="port to listen on (FCN_PORT)")
+    parser.add_argument("--workers", help="server processes (FCN_WORKERS)")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """``fcn-serve``: serve the model with uvicorn; every setting from FCN_*, four by flag."""
+    args = _argument_parser().parse_args(argv)
+    for flag, name in FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            os.environ[f"FCN_{name.upper()}"] = str(value)
+    try:
+        settings = Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"FCN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            + (" (set it, or pass --model PATH)" if e["loc"] == ("model_path",) else "")
+            for e in exc.errors()
+        )
+        print(f"fcn-serve: bad settings: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
+    import uvicorn
+
+    uvicorn.run("service.main:create_app", **server_options(settings))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,96 @@
+"""``fcn-serve``: settings checked and named, every setting listed by --help, uvicorn's options,
+the app factory, and a clean exit when start-up fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from service.cli import run, server_options
+from service.config import Settings
+from service.providers import missing_library
+from tests.service.support import ROOT, server_environment
+
+
+def test_fcn_serve_keeps_idle_connections_longer_than_load_balancers(model_path: Path) -> None:
+    options = server_options(Settings(model_path=model_path, keep_alive_s=90, drain_timeout_s=7.5))
+    config = uvicorn.Config("service.main:create_app", **options)
+    assert config.timeout_keep_alive == 90
+    assert config.timeout_graceful_shutdown == 8
+    defaults = server_options(Settings(model_path=model_path))
+    assert defaults["timeout_keep_alive"] > 60  # AWS ALB's idle timeout
+
+
+def test_uvicorn_can_build_the_app_from_the_factory(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FCN_MODEL_PATH", str(model_path))
+    config = uvicorn.Config("service.main:create_app", factory=True)
+    config.load()
+    assert config.loaded
+
+
+def test_fcn_serve_names_a_missing_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("FCN_MODEL_PATH", raising=False)
+    monkeypatch.setenv("FCN_PORT", "http")
+    with pytest.raises(SystemExit) as caught:
+        run([])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "FCN_MODEL_PATH: Field required (set it, or pass --model PATH)" in err
+    assert "FCN_PORT" in err
+
+
+def test_fcn_serve_help_lists_every_setting_and_flags_are_checked_like_them(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        run(["--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    for name, field in Settings.model_fields.items():
+        assert f"FCN_{name.upper()} " in out
+        assert str(field.description) in " ".join(out.split())
+    assert "[375x500]" in out
+    assert "[CUDAExecutionProvider,CPUExecutionProvider]" in out
+
+    monkeypatch.setenv("FCN_MODEL_PATH", str(model_path))
+    monkeypatch.setenv("FCN_PORT", "8000")  # so that the flag's value is undone after
+    with pytest.raises(SystemExit) as caught:
+        run(["--port", "eighty"])
+    assert caught.value.code == 2
+    assert "FCN_PORT: Input should be a valid integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        run(["--prot", "80"])
+    assert caught.value.code == 2
+    assert "unrecognized arguments: --prot" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fcn_serve_exits_cleanly_when_a_required_gpu_is_missing(
+    model_path: Path, cuda_works: bool
+) -> None:
+    if cuda_works:
+        pytest.skip("a CUDA device works here")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli"],
+        env=server_environment(model_path, providers="cuda,cpu", require_gpu="true", port="0"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 3  # uvicorn's start-up failure
+    assert "cannot start: FCN_REQUIRE_GPU is set" in result.stderr
+    assert "runs on CPUExecutionProvider" in result.stderr
+    if missing_library("CUDAExecutionProvider") is not None:  # then also in that process
+        # Our one line names the missing library; ONNX Runtime's own red errors are not shown.
+        assert "cannot open shared object file" in result.stderr
+        assert "[E:onnxruntime" not in result.stderr
