@@ -22,10 +22,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Settings
 from service.main import create_app
+from tests.images import encode, pattern
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 5
 PALETTE = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
+# The image most tests post: smooth, several classes under the tiny model, odd sizes.
+IMAGE = pattern(45, 61)
+PNG = encode(IMAGE, "PNG")
 # Every key of contract.schema.REQUIRED_KEYS, so the contract accepts the hand-built width-8 graph
 # (conftest.py).
 WIDTH8_METADATA: dict[str, str] = {

@@ -17,6 +17,8 @@ from service import errors, pipeline
 from service.main import create_app
 from tests.images import encode, pattern, png_header_only
 from tests.service.support import (
+    IMAGE,
+    PNG,
     assert_error,
     metric,
     metrics,
@@ -26,9 +28,6 @@ from tests.service.support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-IMAGE = pattern(45, 61)
-PNG = encode(IMAGE, "PNG")
 
 
 def raw(data: bytes, media: str | None) -> dict[str, Any]:

@@ -13,9 +13,9 @@ import pytest
 from contract.schema import MetadataError, parse_metadata
 from service.errors import StartupError
 from service.main import create_app
-from tests.images import encode, pattern
 from tests.service.support import (
     PALETTE,
+    PNG,
     WIDTH8_METADATA,
     assert_error,
     busy,
@@ -25,9 +25,6 @@ from tests.service.support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-IMAGE = pattern(45, 61)
-PNG = encode(IMAGE, "PNG")
 
 
 async def start(model: Path) -> None:

@@ -9,12 +9,9 @@ from typing import Any
 import pytest
 
 from service.main import create_app
-from tests.images import encode, pattern
-from tests.service.support import asgi_post, metric, metrics, running, settings
+from tests.service.support import PNG, asgi_post, metric, metrics, running, settings
 
 pytestmark = pytest.mark.anyio
-
-PNG = encode(pattern(45, 61), "PNG")
 
 
 async def test_answers_are_counted_with_the_body_bytes_read(model_path: Path) -> None:

@@ -21,7 +21,9 @@ from service import imaging
 from service.main import create_app
 from tests.images import encode, pattern
 from tests.service.support import (
+    IMAGE,
     PALETTE,
+    PNG,
     asgi_post,
     assert_error,
     busy,
@@ -37,21 +39,12 @@ from tests.service.support import (
 
 pytestmark = pytest.mark.anyio
 
-IMAGE = pattern(45, 61)
-PNG = encode(IMAGE, "PNG")
-
 
 def post_kwargs(mode: str, data: bytes, media: str = "image/png") -> dict[str, Any]:
     if mode == "multipart":
         return {"files": {"image": ("picture", data, media)}}
     content_type = media if mode == "raw" else "application/octet-stream"
     return {"content": data, "headers": {"content-type": content_type}}
-
-
-IMAGE = pattern(45, 61)
-
-
-PNG = encode(IMAGE, "PNG")
 
 
 @pytest.mark.parametrize("mode", ["raw", "octet-stream", "multipart"])

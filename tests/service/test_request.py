@@ -18,8 +18,8 @@ from service.errors import (
 from service.main import create_app
 from service.pipeline import SegmentOptions
 from service.request import SegmentQuery, image_bytes, negotiate, segment_options
-from tests.images import encode, pattern
 from tests.service.support import (
+    PNG,
     asgi_post,
     assert_error,
     running,
@@ -28,9 +28,6 @@ from tests.service.support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-IMAGE = pattern(45, 61)
-PNG = encode(IMAGE, "PNG")
 
 
 @pytest.mark.parametrize(

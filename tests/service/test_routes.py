@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from service.cpus import available_cpus
-from tests.images import encode, pattern
 from tests.service.support import (
+    PNG,
     busy,
     metric,
     metrics,
@@ -18,9 +18,6 @@ from tests.service.support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-IMAGE = pattern(45, 61)
-PNG = encode(IMAGE, "PNG")
 
 
 async def test_probes_answer_quickly_while_the_model_is_saturated(

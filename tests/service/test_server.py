@@ -25,11 +25,9 @@ import numpy as np
 import pytest
 
 from tests.images import encode, pattern
-from tests.service.support import ROOT, free_port, metric, png_labels, server_environment
+from tests.service.support import PNG, ROOT, free_port, metric, png_labels, server_environment
 
 pytestmark = pytest.mark.slow
-
-PNG = encode(pattern(45, 61), "PNG")
 
 
 @dataclass

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from service.main import create_app
-from tests.images import encode, pattern
 from tests.service.support import (
+    PNG,
     assert_error,
     busy,
     metric,
@@ -23,9 +23,6 @@ from tests.service.support import (
 )
 
 pytestmark = pytest.mark.anyio
-
-IMAGE = pattern(45, 61)
-PNG = encode(IMAGE, "PNG")
 
 
 async def test_readiness_waits_for_the_warm_up_and_ends_with_draining(model_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,3 +50,21 @@ def subprocess_env() -> dict[str, str]:
     """The environment of a ``python -m model.cli`` or torchrun child: this checkout, one
     thread per process."""
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(args: list[str]) -> None:
+    """``fcn ARGS`` in two processes on gloo under torchrun; fails the test if it fails."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "model.cli", *args,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        check=False,
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

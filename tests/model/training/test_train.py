@@ -5,8 +5,6 @@ stops the run before any step, and two torchrun processes (gloo) train one model
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +21,9 @@ from model.training.config import TrainConfig
 from model.training.runlog import BEST, LAST, LOG, PLOT, TrainingError
 from model.training.train import train
 from tests.model.training.support import (
-    ROOT,
     log_records,
-    subprocess_env,
     tiny_config,
+    torchrun,
     train_losses,
 )
 
@@ -98,22 +95,12 @@ def test_sum_loss_steps_alike_at_any_batch_size_and_process_count(
     train(tiny_config(data, tmp_path / "one", batch_size=1, **settings))
     train(tiny_config(data, tmp_path / "two", batch_size=2, **settings))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "model.cli", "train", "--data", str(data), "--arch", "fcn32s", "--width", "0.03125",
+        "train", "--data", str(data), "--arch", "fcn32s", "--width", "0.03125",
         "--init", "none", "--loss", "sum", "--lr", "1e-6", "--max-iter", "1", "--val-every", "1",
         "--batch-size", "1", "--train-split", "twice", "--val-split", "twice", "--no-check-data",
         "--workers", "0", "--out", str(tmp_path / "ddp"),
     ]  # fmt: skip
-    result = subprocess.run(
-        command,
-        check=False,
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun(command)
 
     # Score layers start at zero, so step 1's score_fr.bias update depends on neither
     # dropout nor the trunk: it is -lr x 2 x the gradient of the loss.
@@ -154,21 +141,11 @@ def test_bad_data_stops_the_run_before_any_step(
 def test_torchrun_two_processes_on_gloo(synth: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "model.cli", "train", "--data", str(synth), "--arch", "fcn32s", "--width", "0.03125",
+        "train", "--data", str(synth), "--arch", "fcn32s", "--width", "0.03125",
         "--init", "none", "--loss", "mean", "--lr", "0.001", "--max-iter", "3", "--val-every", "3",
         "--log-every", "1", "--batch-size", "2", "--workers", "0", "--out", str(out),
     ]  # fmt: skip
-    result = subprocess.run(
-        command,
-        check=False,
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun(command)
     assert sorted(p.name for p in out.iterdir()) == [BEST, LAST, LOG, PLOT]
     ckpt = load_checkpoint(out / LAST)
     assert ckpt.iteration == 3
