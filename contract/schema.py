@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from contract.palette import Color
 
@@ -180,6 +180,26 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int | str | None, ...]
+
+
+class RuntimeTensor(Protocol):
+    """What ONNX Runtime's ``get_inputs()`` and ``get_outputs()`` give (``NodeArg``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[int | str | None]: ...
+
+
+def session_tensors(tensors: Sequence[RuntimeTensor]) -> list[TensorSpec]:
+    """ONNX Runtime's inputs or outputs as the contract sees them: ``tensor(uint8)`` is
+    ``uint8``; dimensions stay as ONNX Runtime gives them (int, name or None)."""
+    return [
+        TensorSpec(t.name, t.type.removeprefix("tensor(").removesuffix(")"), tuple(t.shape))
+        for t in tensors
+    ]
 
 
 def check_tensors(

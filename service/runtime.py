@@ -20,7 +20,14 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from contract.schema import INPUT, LABELS, MetadataError, ModelMetadata, TensorSpec, check_model
+from contract.schema import (
+    INPUT,
+    LABELS,
+    MetadataError,
+    ModelMetadata,
+    check_model,
+    session_tensors,
+)
 from service.cpus import available_cpus
 from service.errors import StartupError
 from service.imaging import padded_pixels
@@ -50,15 +57,6 @@ class ModelInfo:
             "sha256": self.sha256,
             **self.meta.to_dict(),
         }
-
-
-def tensor_specs(tensors: Sequence[ort.NodeArg]) -> list[TensorSpec]:
-    """ONNX Runtime's inputs or outputs as the contract sees them: ``tensor(uint8)`` is
-    ``uint8``; dimensions stay as ONNX Runtime gives them (int, name or None)."""
-    return [
-        TensorSpec(t.name, t.type.removeprefix("tensor(").removesuffix(")"), tuple(t.shape))
-        for t in tensors
-    ]
 
 
 def sha256_of(path: Path) -> str:
@@ -220,8 +218,8 @@ def load_runtime(
         # The same rules and words as `fcn verify-onnx`: nothing is added to the message.
         metadata = check_model(
             session.get_modelmeta().custom_metadata_map,
-            tensor_specs(session.get_inputs()),
-            tensor_specs(outputs),
+            session_tensors(session.get_inputs()),
+            session_tensors(outputs),
             source=source,
         )
     except MetadataError as exc:

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from contract import encode
 from contract.decode import EXTENSIONS, ImageError, decode_image
 from contract.palette import Color, color_table
-from contract.schema import INPUT, LABELS
+from contract.schema import INPUT, LABELS, MetadataError, check_model, session_tensors
 from model.checkpoint import load_checkpoint
 from model.devices import amp_dtype, resolve_device
 from model.errors import FCNError
@@ -68,17 +68,26 @@ class OnnxPredictor:
     def __init__(self, path: str | Path, device: str = "auto"):
         import onnxruntime as ort
 
-        from contract.schema import MetadataError
-        from model.export.metadata import read_metadata
-
-        try:
-            meta = read_metadata(path)
-        except MetadataError as exc:
-            raise PredictError(str(exc)) from exc
         providers = ["CPUExecutionProvider"]
         if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        source = str(path)
+        if not Path(path).is_file():
+            raise PredictError(f"{source}: no such model file")
+        try:
+            self.session = ort.InferenceSession(source, providers=providers)
+        except Exception as exc:  # ORT raises its own pybind exception types
+            raise PredictError(f"{source}: ONNX Runtime cannot load it ({exc})") from exc
+        # The contract read off the session itself, as the service reads it.
+        try:
+            meta = check_model(
+                self.session.get_modelmeta().custom_metadata_map,
+                session_tensors(self.session.get_inputs()),
+                session_tensors(self.session.get_outputs()),
+                source,
+            )
+        except MetadataError as exc:
+            raise PredictError(str(exc)) from exc
         self.palette: Sequence[Color] = meta.palette
 
     def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]:

@@ -13,11 +13,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from contract.schema import MetadataError, check_model
+from contract.schema import MetadataError, check_model, session_tensors
 from service.cpus import available_cpus
 from service.errors import StartupError
 from service.imaging import padded_pixels
-from service.runtime import load_runtime, session_options, tensor_specs
+from service.runtime import load_runtime, session_options
 from tests.images import pattern
 from tests.service.support import PALETTE
 
@@ -48,8 +48,8 @@ def test_sessions_run_one_inference_at_a_time_on_threads_that_sleep() -> None:
 
 def test_tensors_are_read_as_the_contract_names_them(model_with_scores_path: Path) -> None:
     session = ort.InferenceSession(model_with_scores_path, providers=["CPUExecutionProvider"])
-    (image,) = tensor_specs(session.get_inputs())
-    labels, scores = sorted(tensor_specs(session.get_outputs()), key=lambda t: t.name)
+    (image,) = session_tensors(session.get_inputs())
+    labels, scores = sorted(session_tensors(session.get_outputs()), key=lambda t: t.name)
     assert (image.name, image.dtype, image.shape) == ("image", "uint8", ("N", "H", "W", 3))
     assert (labels.dtype, len(labels.shape)) == ("uint8", 3)
     assert (scores.dtype, len(scores.shape)) == ("float", 4)
@@ -137,8 +137,8 @@ def test_the_contracts_refusals_are_the_startup_error(
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         check_model(
             props,
-            tensor_specs(session.get_inputs()),
-            tensor_specs(session.get_outputs()),
+            session_tensors(session.get_inputs()),
+            session_tensors(session.get_outputs()),
             str(path),
         )
     except MetadataError as exc:

@@ -177,5 +177,11 @@ def test_an_exported_onnx_file_predicts_what_its_checkpoint_does(
     assert [p.name for p in from_onnx] == [p.name for p in from_checkpoint]
     for ours, theirs in zip(from_onnx, from_checkpoint, strict=True):
         assert ours.read_bytes() == theirs.read_bytes()
+    with pytest.raises(PredictError, match="no_model.onnx: no such model file"):
+        predict(tmp_path / "no_model.onnx", [photos], tmp_path / "none")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf")
+    with pytest.raises(PredictError, match="broken.onnx: ONNX Runtime cannot load it"):
+        predict(broken, [photos], tmp_path / "none")
     with pytest.raises(PredictError, match="--amp fp16: an ONNX model runs at its exported"):
         predict(onnx_path, [photos], tmp_path / "amp", amp="fp16")

@@ -149,13 +149,11 @@ READER = """
 import json, sys
 sys.modules["torch"] = sys.modules["onnx"] = None  # any torch or onnx import now fails
 import onnxruntime as ort
-from contract.schema import TensorSpec, check_model
+from contract.schema import check_model, session_tensors
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-def specs(values):
-    return [TensorSpec(v.name, v.type.removeprefix("tensor(").rstrip(")"), tuple(v.shape))
-            for v in values]
-meta = check_model(session.get_modelmeta().custom_metadata_map, specs(session.get_inputs()),
-                   specs(session.get_outputs()), sys.argv[1])
+meta = check_model(session.get_modelmeta().custom_metadata_map,
+                   session_tensors(session.get_inputs()), session_tensors(session.get_outputs()),
+                   sys.argv[1])
 print(json.dumps({
     **meta.to_dict(),
     "loaded": [m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "model")
