@@ -81,9 +81,13 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def guard_bombs() -> None:
-    """Make Pillow's decompression-bomb warning an error everywhere, so it is refused."""
+def guard_bombs(max_pixels: int | None = None) -> None:
+    """Make Pillow's decompression-bomb warning an error everywhere, so it is refused, and
+    raise its threshold (a process-wide setting) to ``max_pixels`` when that is higher, so
+    that the limit the process chose is the one that holds."""
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    if max_pixels is not None and max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _head(source: Source) -> bytes:

@@ -21,6 +21,8 @@ JPEG_QUALITY = 90
 # zlib level 1: label maps are long runs, and level 1 encodes them several times faster than
 # the default 6 for a few percent more bytes.
 PNG_COMPRESS_LEVEL = 1
+# Rows of an overlay blended at once.
+STRIP_ROWS = 256
 
 
 def as_labels(ids: NDArray[Any], num_classes: int) -> NDArray[Any]:
@@ -50,8 +52,20 @@ def overlay(
     table: NDArray[np.uint8],
     alpha: float = DEFAULT_ALPHA,
 ) -> Image.Image:
-    """``image`` blended with each pixel's class colour (``alpha`` = weight of the colours)."""
-    return Image.blend(Image.fromarray(image), Image.fromarray(table[labels]), alpha)
+    """``image`` blended with each pixel's class colour (``alpha`` = weight of the colours).
+
+    Blended a strip of rows at a time into the one picture returned, so that a 100-megapixel
+    overlay holds that picture and a strip, not the colours and the image again in full.
+    """
+    height, width = labels.shape
+    if height <= STRIP_ROWS:
+        return Image.blend(Image.fromarray(image), Image.fromarray(table[labels]), alpha)
+    blended = Image.new("RGB", (width, height))
+    for top in range(0, height, STRIP_ROWS):
+        rows = slice(top, top + STRIP_ROWS)
+        colours = Image.fromarray(table[labels[rows]])
+        blended.paste(Image.blend(Image.fromarray(image[rows]), colours, alpha), (0, top))
+    return blended
 
 
 def encode_overlay(

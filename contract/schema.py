@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from contract.palette import Color
+from contract.tiling import KEY as TILING_KEY
+from contract.tiling import Tiling, parse_tiling
 
 SCHEMA = "1"
 INPUT = "image"
@@ -39,6 +41,8 @@ OPTIONAL_KEYS = {
     "fcn.precision": "fp32",
     "fcn.outputs": json.dumps([LABELS]),
     "fcn.preprocessing": "{}",
+    # Tile origins on the output stride and the pixels a label depends on (contract.tiling).
+    TILING_KEY: Tiling().to_json(),
 }
 PRECISIONS = ("fp32", "fp16")
 # Labels are uint8 while every class id fits below 255 (the ignore index), else int32.
@@ -69,6 +73,7 @@ class ModelMetadata:
     outputs: tuple[str, ...] = (LABELS,)
     # Informational: the normalisation baked into the graph.
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    tiling: Tiling = field(default_factory=Tiling)
 
     @property
     def num_classes(self) -> int:
@@ -94,6 +99,7 @@ class ModelMetadata:
             "preprocessing": self.preprocessing,
             "precision": self.precision,
             "outputs": list(self.outputs),
+            "tiling": self.tiling.to_dict(),
             "created": self.created,
         }
 
@@ -150,10 +156,11 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
             precision=props.get("fcn.precision", OPTIONAL_KEYS["fcn.precision"]),
             outputs=outputs,
             preprocessing=dict(_json(props, "fcn.preprocessing", source)),
+            tiling=parse_tiling(props),
         )
     except MetadataError:
         raise
-    except (TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (TypeError, ValueError, IndexError, AttributeError, KeyError) as exc:
         raise MetadataError(f"{source}: malformed fcn.* metadata ({exc})") from exc
     if len(palette) < len(meta.classes):
         raise MetadataError(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from contract.tiling import padded_pixels
 from service.errors import (
     ClientGoneError,
     InferenceError,
@@ -32,7 +33,6 @@ from service.errors import (
     OverloadedError,
     RequestTimeoutError,
 )
-from service.imaging import padded_pixels
 from service.metrics import Metrics
 
 logger = logging.getLogger("fcn.service")
@@ -59,6 +59,7 @@ class Ticket:
     """A request's place in the service, from ``Batcher.admit()`` until it is answered."""
 
     incoming: bool = True  # its image has not reached the queue yet
+    active: bool = True  # inside its admit() block
 
 
 @dataclass(eq=False)
@@ -145,6 +146,7 @@ class Batcher:
         try:
             yield ticket
         finally:
+            ticket.active = False
             self._count_admitted(-1)
             if ticket.incoming:
                 self._incoming -= 1
@@ -162,11 +164,16 @@ class Batcher:
         disconnected: Disconnected | None = None,
     ) -> Prediction:
         """Queue ``image`` (H x W x 3) in the place ``ticket`` holds and wait for its labels,
-        at most ``timeout_s``; there is no second refusal for room."""
-        if not ticket.incoming:
-            raise RuntimeError("a ticket queues one image")
-        ticket.incoming = False
-        self._incoming -= 1
+        at most ``timeout_s``; there is no second refusal for room.
+
+        A tiled request queues its tiles through one ticket, a batch's worth at a time, so
+        that requests arriving meanwhile are queued ahead of its next tiles.
+        """
+        if not ticket.active:
+            raise RuntimeError("this ticket's request is over; admit() another")
+        if ticket.incoming:
+            ticket.incoming = False
+            self._incoming -= 1
         self._check_open()
         loop = asyncio.get_running_loop()
         request = _Request(image, loop.create_future(), loop.time(), disconnected)
@@ -250,7 +257,7 @@ class Batcher:
             if await self._alive(request):
                 return request
 
-    def _batch_limit(self, shape: tuple[int, ...]) -> int:
+    def batch_limit(self, shape: tuple[int, ...]) -> int:
         """Most requests of image ``shape`` in one batch: by count, then by padded pixels."""
         by_pixels = self.max_batch_pixels // padded_pixels(shape[0], shape[1])
         return max(1, min(self.max_batch_size, by_pixels))
@@ -265,7 +272,7 @@ class Batcher:
         first = await self._next()
         batch = self._forming = [first]
         shape = first.image.shape
-        limit = self._batch_limit(shape)
+        limit = self.batch_limit(shape)
         for request in [r for r in self._held if r.image.shape == shape]:
             if len(batch) >= limit:
                 break
@@ -294,7 +301,8 @@ class Batcher:
 
     def _run_batch(self, images: list[NDArray[np.uint8]]) -> tuple[NDArray[Any], float]:
         """On the inference thread: stack, run, check the shape; returns labels and seconds."""
-        batch = images[0][None] if len(images) == 1 else np.stack(images)  # [N, H, W, 3]
+        # [N, H, W, 3]; a tile is a view of its image, made contiguous here, off the loop.
+        batch = np.ascontiguousarray(images[0][None]) if len(images) == 1 else np.stack(images)
         start = time.perf_counter()
         labels = self._predict(batch)
         seconds = time.perf_counter() - start

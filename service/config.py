@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.encode import DEFAULT_ALPHA, JPEG_QUALITY, PNG_COMPRESS_LEVEL
+from contract.tiling import DEFAULT_OVERLAP
 
 # Short names users may write in FCN_PROVIDERS, and the ONNX Runtime names they stand for.
 PROVIDER_ALIASES = {
@@ -23,6 +24,7 @@ PROVIDER_ALIASES = {
 }
 KNOWN_PROVIDERS = frozenset(PROVIDER_ALIASES.values())
 Format = Literal["png", "overlay", "json"]
+TileMode = Literal["auto", "always", "never"]
 SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
@@ -83,9 +85,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="Budget from body received to labels ready; beyond it: 504."
     )
-    max_upload_bytes: int = Field(20 * 2**20, ge=1, description="Largest request body.")
+    max_upload_bytes: int = Field(64 * 2**20, ge=1, description="Largest request body.")
     max_pixels: int = Field(
-        40_000_000,
+        100_000_000,
         ge=1,
         description="Largest image decoded, width x height; images decoding or encoding at "
         "once hold at most this many pixels together.",
@@ -93,14 +95,36 @@ class Settings(BaseSettings):
     max_model_pixels: int = Field(
         8_000_000,
         ge=1,
-        description="Largest (H + 200) x (W + 200) of one image at the model, after max_side: "
-        "conv1 pads every side by 100, and memory follows the padded area.",
+        description="Largest (H + 200) x (W + 200) of one pass at the model, after max_side: "
+        "conv1 pads every side by 100, and memory follows the padded area. Larger images "
+        "are cut into tiles of at most this size.",
+    )
+    max_tiled_pixels: int = Field(
+        0,
+        ge=0,
+        description="Most pixels of tiled images in the service at once, from decoding to "
+        "encoding (one image alone may reach FCN_MAX_PIXELS; 0: FCN_MAX_PIXELS).",
     )
     max_batch_pixels: int = Field(
         0, ge=0, description="Most padded pixels in one batch (0: FCN_MAX_MODEL_PIXELS)."
     )
     max_side: int = Field(
         0, ge=0, description="Segment larger images at this longest side (0: full size)."
+    )
+    tiling: TileMode = Field(
+        "auto",
+        description="auto: tile images too large for one pass; always; never (413 instead).",
+    )
+    tile_size: int = Field(
+        0,
+        ge=0,
+        description="Longest tile side (0: the largest that FCN_MAX_MODEL_PIXELS allows).",
+    )
+    tile_overlap: int = Field(
+        DEFAULT_OVERLAP,
+        ge=0,
+        description="Pixels shared by neighbouring tiles; /v1/model reports the overlap at "
+        "which tiled labels equal whole-image ones.",
     )
 
     # Responses.
@@ -197,6 +221,11 @@ class Settings(BaseSettings):
     def batch_pixels(self) -> int:
         """The padded pixels one batch may hold."""
         return self.max_batch_pixels or self.max_model_pixels
+
+    @property
+    def tiled_pixels(self) -> int:
+        """The image pixels tiled requests may hold together."""
+        return self.max_tiled_pixels or self.max_pixels
 
     @property
     def stuck_s(self) -> float:

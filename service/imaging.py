@@ -17,28 +17,20 @@ from PIL import Image
 
 from contract.decode import ImageTooLargeError
 from contract.encode import encode_labels, rle
+from contract.tiling import PAD, padded_pixels
 
 LabelEncoding = Literal["rle", "png"]
 
-# conv1_1 pads every side by 100 (the reference nets), so the model's memory and time follow
-# (H + 200) x (W + 200), not H x W: a 1 x 50,000 image costs as much as a 201 x 50,200 one.
-PAD = 100
 
-
-def padded_pixels(height: int, width: int) -> int:
-    """The pixels the model really processes for one H x W image: conv1's padding included."""
-    return (height + 2 * PAD) * (width + 2 * PAD)
-
-
-def check_model_size(height: int, width: int, *, max_model_pixels: int, max_side: int) -> None:
-    """Refuse (413) an image whose padded size at the model exceeds ``max_model_pixels``."""
-    model_height, model_width = reduced_size(height, width, max_side)
-    padded = padded_pixels(model_height, model_width)
+def check_model_size(height: int, width: int, *, max_model_pixels: int) -> None:
+    """Refuse (413) an untiled H x W (as the model sees it) above ``max_model_pixels`` padded."""
+    padded = padded_pixels(height, width)
     if padded > max_model_pixels:
         raise ImageTooLargeError(
-            f"would run at the model on {model_width}x{model_height}, padded by {PAD} on every "
-            f"side to {model_width + 2 * PAD}x{model_height + 2 * PAD} = {padded} pixels; "
-            f"the limit is {max_model_pixels}. Send a smaller image or set ?max_side="
+            f"would run at the model on {width}x{height}, padded by {PAD} on every "
+            f"side to {width + 2 * PAD}x{height + 2 * PAD} = {padded} pixels; the limit for "
+            f"one pass is {max_model_pixels} and tiling is off (?tile=never or FCN_TILING). "
+            "Allow tiles, send a smaller image or set ?max_side="
         )
 
 

@@ -67,6 +67,15 @@ class Metrics:
             "Request body bytes the app has read; a request refused before its body adds none.",
             registry=registry,
         )
+        self.tiled_requests = Counter(
+            "fcn_tiled_requests",
+            "Requests whose image was too large for one pass (or ?tile=always) and was cut "
+            "into tiles.",
+            registry=registry,
+        )
+        self.tiles = Counter(
+            "fcn_tiles", "Tiles of tiled requests run at the model.", registry=registry
+        )
         self.batches_running = Gauge(
             "fcn_batches_running", "ONNX Runtime calls in progress.", registry=registry
         )

@@ -2,6 +2,11 @@
 
 Decoding and encoding run on worker threads, within a budget of pixels, and inference on the
 batcher's thread, so the event loop only moves bytes and answers probes.
+
+An image too large for one pass at the model is cut into tiles (``contract.tiling``) that
+go through the batcher a batch's worth at a time, so requests arriving meanwhile are run
+between them. Its decoded pixels and label map live from decoding to encoding: tiled
+requests hold them in a budget of their own, which small requests never wait for.
 """
 
 from __future__ import annotations
@@ -21,11 +26,20 @@ from PIL import Image
 from contract.decode import decode_picture, open_image
 from contract.encode import ImageFormat, encode_labels, encode_overlay
 from contract.palette import color_table
+from contract.tiling import (
+    DEFAULT_OVERLAP,
+    Tile,
+    TilePlan,
+    TilingError,
+    check_tiles,
+    padded_pixels,
+    plan_tiles,
+)
 from service import imaging
 from service.batching import Batcher, Disconnected, Prediction, Ticket
 from service.budget import PixelBudget
-from service.config import Format
-from service.errors import RequestTimeoutError
+from service.config import Format, TileMode
+from service.errors import InvalidParameterError, RequestTimeoutError
 from service.imaging import LabelEncoding
 from service.metrics import Metrics
 from service.runtime import ModelInfo
@@ -43,6 +57,9 @@ class SegmentOptions:
     alpha: float  # overlays: the weight of the class colours
     label_encoding: LabelEncoding  # json
     max_side: int  # segment at this longest side at most; 0: full size
+    tile: TileMode = "auto"
+    tile_size: int = 0  # longest tile side; 0: the largest one pass holds
+    tile_overlap: int = DEFAULT_OVERLAP
 
     @property
     def media_type(self) -> str:
@@ -82,6 +99,11 @@ def _decode(picture: Image.Image, max_side: int, keep_image: bool) -> Decoded:
     return Decoded(height, width, imaging.shrink(image, max_side), image if keep_image else None)
 
 
+def _place(tiles: list[Tile], predictions: list[Prediction], out: NDArray[Any]) -> None:
+    for tile, prediction in zip(tiles, predictions, strict=True):
+        tile.place(prediction.labels, out)
+
+
 class Segmenter:
     """Runs the pipeline for the routes; holds the model's palette and the encoding options."""
 
@@ -92,6 +114,7 @@ class Segmenter:
         metrics: Metrics,
         budget: PixelBudget,
         *,
+        tiled_budget: PixelBudget,
         max_pixels: int,
         max_model_pixels: int,
         request_timeout_s: float,
@@ -102,6 +125,7 @@ class Segmenter:
         self.batcher = batcher
         self.metrics = metrics
         self.budget = budget
+        self.tiled_budget = tiled_budget
         self.max_pixels = max_pixels
         self.max_model_pixels = max_model_pixels
         self.request_timeout_s = request_timeout_s
@@ -109,6 +133,40 @@ class Segmenter:
         self.png_compress_level = png_compress_level
         self.table = color_table(info.meta.palette)
         self.model = {"name": info.name, "arch": info.meta.arch, "version": info.version}
+
+    def check_tiling(self, tile_size: int, tile_overlap: int) -> int:
+        """The longest tile side of these parameters; TilingError when they cannot work."""
+        return check_tiles(
+            max_pixels=self.max_model_pixels,
+            overlap=tile_overlap,
+            tiling=self.info.meta.tiling,
+            tile_size=tile_size,
+        )
+
+    def plan(self, height: int, width: int, options: SegmentOptions) -> TilePlan | None:
+        """How an image of H x W at the model is run: None for one pass, else its tiles;
+        413 when it needs tiles that ``?tile=never`` forbids, 422 for tile parameters that
+        cannot work."""
+        try:
+            self.check_tiling(options.tile_size, options.tile_overlap)
+        except TilingError as exc:
+            raise InvalidParameterError(f"?{exc.parameter}=: {exc}") from None
+        fits = padded_pixels(height, width) <= self.max_model_pixels
+        if options.tile == "never" or (fits and options.tile == "auto"):
+            imaging.check_model_size(height, width, max_model_pixels=self.max_model_pixels)
+            return None
+        try:
+            plan = plan_tiles(
+                height,
+                width,
+                max_pixels=self.max_model_pixels,
+                overlap=options.tile_overlap,
+                tiling=self.info.meta.tiling,
+                tile_size=options.tile_size,
+            )
+        except TilingError as exc:
+            raise InvalidParameterError(f"?{exc.parameter}=: {exc}") from None
+        return None if plan.count == 1 else plan
 
     def _encode(self, decoded: Decoded, prediction: Prediction, options: SegmentOptions) -> bytes:
         labels = imaging.enlarge(prediction.labels, decoded.height, decoded.width)
@@ -140,17 +198,77 @@ class Segmenter:
         )
 
     @contextlib.asynccontextmanager
-    async def _image_work(self, pixels: int, deadline: float | None) -> AsyncIterator[None]:
-        """Hold ``pixels`` of the image-work budget, waiting for it until ``deadline``."""
+    async def _hold(
+        self, budget: PixelBudget, pixels: int, deadline: float | None
+    ) -> AsyncIterator[None]:
+        """Hold ``pixels`` of ``budget``, waiting for them until ``deadline``."""
         try:
             async with asyncio.timeout_at(deadline):
-                await self.budget.acquire(pixels)
+                await budget.acquire(pixels)
         except TimeoutError:
             raise self._late() from None
         try:
             yield
         finally:
-            self.budget.release(pixels)
+            budget.release(pixels)
+
+    def _remaining(self, deadline: float) -> float:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise self._late()
+        return remaining
+
+    async def _predict(
+        self,
+        ticket: Ticket,
+        image: NDArray[np.uint8],
+        deadline: float,
+        disconnected: Disconnected | None,
+    ) -> Prediction:
+        try:
+            return await self.batcher.predict(
+                ticket, image, timeout_s=self._remaining(deadline), disconnected=disconnected
+            )
+        except RequestTimeoutError:
+            raise self._late() from None
+
+    async def _predict_tiles(
+        self,
+        ticket: Ticket,
+        image: NDArray[np.uint8],
+        plan: TilePlan,
+        deadline: float,
+        disconnected: Disconnected | None,
+    ) -> Prediction:
+        """Run the tiles a batch's worth at a time and stitch their labels."""
+        tiles = list(plan.tiles())
+        group = self.batcher.batch_limit(plan.tile_shape)
+        out: NDArray[Any] | None = None
+        queue_s = inference_s = 0.0
+        largest = 0
+        for start in range(0, len(tiles), group):
+            chunk = tiles[start : start + group]
+            runs = [
+                asyncio.ensure_future(
+                    self._predict(ticket, tile.window(image), deadline, disconnected)
+                )
+                for tile in chunk
+            ]
+            try:
+                predictions = await asyncio.gather(*runs)
+            except BaseException:
+                for run in runs:
+                    run.cancel()
+                raise
+            self.metrics.tiles.inc(len(chunk))
+            if out is None:
+                out = np.empty((plan.height, plan.width), dtype=predictions[0].labels.dtype)
+            await anyio.to_thread.run_sync(_place, chunk, predictions, out)
+            queue_s += max(p.queue_s for p in predictions)
+            inference_s += max(p.inference_s for p in predictions)
+            largest = max(largest, *(p.batch_size for p in predictions))
+        assert out is not None
+        return Prediction(out, queue_s, inference_s, largest)
 
     async def segment(
         self,
@@ -165,32 +283,42 @@ class Segmenter:
         started = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.request_timeout_s
         side = options.max_side
+        keep_image = options.format == "overlay"
         # Reading the header takes milliseconds: off the event loop.
         picture = await anyio.to_thread.run_sync(open_image, data, self.max_pixels)
-        try:
-            width, height = picture.size
-            imaging.check_model_size(
-                height, width, max_model_pixels=self.max_model_pixels, max_side=side
-            )
-            async with self._image_work(width * height, deadline):
-                decoded = await anyio.to_thread.run_sync(
-                    _decode, picture, side, options.format == "overlay"
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                width, height = picture.size
+                plan = self.plan(*imaging.reduced_size(height, width, side), options)
+                if plan is None:
+                    async with self._hold(self.budget, width * height, deadline):
+                        decoded = await anyio.to_thread.run_sync(_decode, picture, side, keep_image)
+                else:
+                    # Held until the answer is encoded: the image and its label map.
+                    await held.enter_async_context(
+                        self._hold(self.tiled_budget, width * height, deadline)
+                    )
+                    decoded = await anyio.to_thread.run_sync(_decode, picture, side, keep_image)
+            finally:
+                picture.close()
+            decoded_at = time.perf_counter()
+            if plan is None:
+                prediction = await self._predict(
+                    ticket, decoded.model_input, deadline, disconnected
                 )
-        finally:
-            picture.close()
-        decoded_at = time.perf_counter()
-        remaining = self.request_timeout_s - (decoded_at - started)
-        if remaining <= 0:
-            raise self._late()
-        try:
-            prediction = await self.batcher.predict(
-                ticket, decoded.model_input, timeout_s=remaining, disconnected=disconnected
+            else:
+                self.metrics.tiled_requests.inc()
+                prediction = await self._predict_tiles(
+                    ticket, decoded.model_input, plan, deadline, disconnected
+                )
+            predicted = time.perf_counter()
+            encoding = (
+                self._hold(self.budget, decoded.height * decoded.width, None)
+                if plan is None
+                else contextlib.nullcontext()
             )
-        except RequestTimeoutError:
-            raise self._late() from None
-        predicted = time.perf_counter()
-        async with self._image_work(decoded.height * decoded.width, None):
-            content = await anyio.to_thread.run_sync(self._encode, decoded, prediction, options)
+            async with encoding:
+                content = await anyio.to_thread.run_sync(self._encode, decoded, prediction, options)
         encoded = time.perf_counter()
         stages: dict[str, Any] = {
             "decode": decoded_at - started,
@@ -207,5 +335,6 @@ class Segmenter:
             "X-Inference-Time-Ms": _millis(stages["inference"]),
             "X-Encode-Time-Ms": _millis(stages["encode"]),
             "X-Batch-Size": str(prediction.batch_size),
+            "X-Tiles": str(1 if plan is None else plan.count),
         }
         return Result(content, options.media_type, headers)

@@ -15,7 +15,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from contract.encode import ImageFormat
-from service.config import Format, Settings
+from service.config import Format, Settings, TileMode
 from service.errors import (
     BodyTooLargeError,
     InvalidParameterError,
@@ -160,6 +160,15 @@ class SegmentQuery(BaseModel):
     max_side: int | None = Field(
         None, ge=1, description="Segment at this longest side at most; labels scaled back."
     )
+    tile: TileMode | None = Field(
+        None, description="auto (tile what one pass cannot hold), always or never."
+    )
+    tile_size: int | None = Field(
+        None, ge=1, description="Longest tile side; default FCN_TILE_SIZE or the largest."
+    )
+    tile_overlap: int | None = Field(
+        None, ge=0, description="Pixels shared by neighbouring tiles; default FCN_TILE_OVERLAP."
+    )
 
 
 def negotiate(
@@ -212,6 +221,9 @@ def segment_options(query: SegmentQuery, accept: str | None, settings: Settings)
         alpha=settings.overlay_alpha if query.alpha is None else query.alpha,
         label_encoding=query.label_encoding,
         max_side=min(sides) if sides else 0,
+        tile=query.tile or settings.tiling,
+        tile_size=settings.tile_size if query.tile_size is None else query.tile_size,
+        tile_overlap=settings.tile_overlap if query.tile_overlap is None else query.tile_overlap,
     )
 
 

@@ -130,6 +130,15 @@ async def model(service: ServiceDep) -> dict[str, Any]:
             "max_side": settings.max_side,
             "tensor": {"name": "image", "dtype": "uint8", "shape": ["N", "H", "W", 3]},
         },
+        # The file's fcn.tiling, and how this service cuts images with it.
+        "tiling": {
+            **runtime.info.meta.tiling.to_dict(),
+            "exact_overlap": runtime.info.meta.tiling.exact_overlap,
+            "mode": settings.tiling,
+            "tile_size": service.segmenter.check_tiling(settings.tile_size, settings.tile_overlap),
+            "overlap": settings.tile_overlap,
+            "max_tiled_pixels": settings.tiled_pixels,
+        },
         "batching": {
             "max_batch_size": service.batcher.max_batch_size,
             "max_batch_pixels": service.batcher.max_batch_pixels,

@@ -28,9 +28,9 @@ from contract.schema import (
     check_model,
     session_tensors,
 )
+from contract.tiling import padded_pixels
 from service.cpus import available_cpus
 from service.errors import StartupError
-from service.imaging import padded_pixels
 from service.providers import GPU_PROVIDERS, missing_library, provider_options
 
 logger = logging.getLogger("fcn.service")

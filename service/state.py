@@ -10,7 +10,7 @@ from typing import Literal, TypeVar
 import anyio.to_thread
 
 from contract.decode import guard_bombs
-from service import imaging
+from contract.tiling import TilingError, padded_pixels
 from service.batching import Batcher
 from service.budget import PixelBudget
 from service.config import Settings
@@ -75,7 +75,7 @@ def default_batch_size(on_gpu: bool) -> int:
 
 def arena_keep_pixels(warmup_sizes: tuple[tuple[int, int], ...], batch_size: int) -> int:
     """Padded pixels of the largest run that keeps ONNX Runtime's arena afterwards."""
-    usual = max(imaging.padded_pixels(h, w) for h, w in warmup_sizes or (DEFAULT_SIZE,))
+    usual = max(padded_pixels(h, w) for h, w in warmup_sizes or (DEFAULT_SIZE,))
     return ARENA_KEEP_FACTOR * batch_size * usual
 
 
@@ -125,7 +125,7 @@ class Service:
     async def start(self) -> None:
         """Load the model (fatal errors raise StartupError) and start the batcher."""
         s = self.settings
-        guard_bombs()
+        guard_bombs(s.max_pixels)
         # Each server process gets its share of the CPUs: FCN_WORKERS processes, one host.
         cpus = max(1, available_cpus() // s.workers)
         runtime = await anyio.to_thread.run_sync(
@@ -162,12 +162,19 @@ class Service:
             batcher,
             self.metrics,
             PixelBudget(s.max_pixels, IMAGE_WORK_PER_CPU * cpus),
+            tiled_budget=PixelBudget(s.tiled_pixels, s.max_queue),
             max_pixels=s.max_pixels,
             max_model_pixels=s.max_model_pixels,
             request_timeout_s=s.request_timeout_s,
             jpeg_quality=s.jpeg_quality,
             png_compress_level=s.png_compress_level,
         )
+        try:
+            self._segmenter.check_tiling(s.tile_size, s.tile_overlap)
+        except TilingError as exc:
+            await batcher.stop(0)
+            name = f"FCN_{exc.parameter.upper()}"
+            raise StartupError(f"{name}={getattr(s, exc.parameter)}: {exc}") from None
         self._runtime, self._batcher = runtime, batcher
         info = runtime.info
         self.metrics.provider.labels(

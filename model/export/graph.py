@@ -20,9 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from contract.schema import DIMS, INPUT, LABELS, SCHEMA, SCORES, label_dtype
+from contract.tiling import KEY as TILING_KEY
 from model.checkpoint import Checkpoint
 from model.errors import FCNError
-from model.nets.fcn import FCN
+from model.nets.fcn import FCN, network_tiling
 from model.nets.preprocessing import Normalize, Preprocessing
 
 # Below this opset the exporter's translations are not maintained.
@@ -84,6 +85,7 @@ def metadata(checkpoint: Checkpoint, *, fp16: bool, with_scores: bool) -> dict[s
         "fcn.preprocessing": json.dumps(checkpoint.preprocessing.to_dict()),
         "fcn.precision": "fp16" if fp16 else "fp32",
         "fcn.outputs": json.dumps([LABELS, SCORES] if with_scores else [LABELS]),
+        TILING_KEY: network_tiling(spec.arch).to_json(),
         "fcn.created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     }
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contract.tiling import Tiling
+
 # (name, channels at width 1.0) of the 13 VGG16 convolutions; None marks a 2x2 max pool.
 VGG16_LAYERS: tuple[tuple[str, int] | None, ...] = (
     ("conv1_1", 64), ("conv1_2", 64), None,
@@ -25,6 +27,8 @@ VGG16_LAYERS: tuple[tuple[str, int] | None, ...] = (
 FC_CHANNELS = 4096
 # conv1_1 pads by 100 so that even a 1x1 input leaves a non-empty map after pool5 and fc6.
 CONV1_1_PAD = 100
+# pool5's stride: tiles starting on multiples of it keep every pixel's place on the grid.
+OUTPUT_STRIDE = 32
 ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
 
 
@@ -98,6 +102,9 @@ class FCN(nn.Module):
     upsampling_layers: ClassVar[tuple[str, ...]]
     # Skip score layers that start at zero (besides score_fr).
     skip_layers: ClassVar[tuple[str, ...]] = ()
+    # Pixels on either side that a label depends on, over every phase of the stride-32 grid
+    # (measured by perturbation, tests/model/nets/test_receptive_field.py).
+    context: ClassVar[int]
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
         super().__init__()
@@ -144,6 +151,11 @@ class FCN(nn.Module):
                 nn.init.zeros_(module.bias)
 
     @property
+    def tiling(self) -> Tiling:
+        """How this network's input may be cut into tiles (``contract.tiling``)."""
+        return Tiling(OUTPUT_STRIDE, self.context)
+
+    @property
     def spec(self) -> ModelSpec:
         return ModelSpec(self.arch, self.num_classes, self.width, self.learn_upsampling)
 
@@ -177,6 +189,7 @@ class FCN32s(FCN):
 
     arch = "fcn32s"
     upsampling_layers = ("upscore",)
+    context = 234
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
         super().__init__(num_classes, width, learn_upsampling)
@@ -193,6 +206,7 @@ class FCN16s(FCN):
 
     arch = "fcn16s"
     upsampling_layers = ("upscore2", "upscore16")
+    context = 242
     skip_layers = ("score_pool4",)
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
@@ -215,6 +229,7 @@ class FCN8s(FCN):
 
     arch = "fcn8s"
     upsampling_layers = ("upscore2", "upscore_pool4", "upscore8")
+    context = 246
     skip_layers = ("score_pool4", "score_pool3")
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
@@ -264,6 +279,11 @@ class FCN8sAtOnce(FCN8s):
 
 
 NETWORKS: dict[str, type[FCN]] = {cls.arch: cls for cls in (FCN32s, FCN16s, FCN8s, FCN8sAtOnce)}
+
+
+def network_tiling(arch: str) -> Tiling:
+    """How the input of network ``arch`` may be cut into tiles (``contract.tiling``)."""
+    return Tiling(OUTPUT_STRIDE, NETWORKS[arch].context)
 
 
 def build_fcn(spec: ModelSpec) -> FCN:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from contract.tiling import padded_pixels
 from service.batching import Batcher, Prediction
 from service.errors import (
     ClientGoneError,
@@ -25,7 +26,6 @@ from service.errors import (
     OverloadedError,
     RequestTimeoutError,
 )
-from service.imaging import padded_pixels
 from service.main import create_app
 from service.metrics import Metrics
 from service.runtime import Runtime, load_runtime
@@ -254,7 +254,7 @@ async def test_admission_counts_every_request_until_it_is_answered(
             with batcher.admit(), batcher.admit():
                 later = await batcher.predict(uploading, pattern(8, 8), timeout_s=30)
         assert later.batch_size == 1
-        with pytest.raises(RuntimeError, match="a ticket queues one image"):
+        with pytest.raises(RuntimeError, match="this ticket's request is over"):
             await batcher.predict(uploading, pattern(8, 8), timeout_s=30)
     assert metric(metrics.render().decode(), "fcn_requests_admitted") == 0
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from contract.decode import ImageTooLargeError, open_image
 from contract.palette import color_table
+from contract.tiling import padded_pixels
 from service import imaging
 from service.imaging import LabelEncoding
 from tests.images import pattern, png_header_only
@@ -23,12 +24,10 @@ def test_the_model_size_limit_counts_conv1s_padding() -> None:
     # 1 x 50,000 pixels, a 230-byte PNG: the model runs on 201 x 50,200 of them.
     thin = open_image(png_header_only(50_000, 1), max_pixels=10**9)
     width, height = thin.size
-    assert imaging.padded_pixels(height, width) == 201 * 50_200
+    assert padded_pixels(height, width) == 201 * 50_200
     with pytest.raises(ImageTooLargeError, match="padded by 100 on every side to 50200x201"):
-        imaging.check_model_size(height, width, max_model_pixels=8_000_000, max_side=0)
-    imaging.check_model_size(height, width, max_model_pixels=201 * 50_200, max_side=0)
-    # Reduced for the model first, it fits: ?max_side= is the way for large images.
-    imaging.check_model_size(height, width, max_model_pixels=300_000, max_side=1000)
+        imaging.check_model_size(height, width, max_model_pixels=8_000_000)
+    imaging.check_model_size(height, width, max_model_pixels=201 * 50_200)
 
 
 def test_shrink_and_enlarge_round_trip_sizes() -> None:

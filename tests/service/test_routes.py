@@ -55,8 +55,18 @@ async def test_model_endpoint_and_metrics(model_path: Path) -> None:
     assert list(info) == [
         "name", "version", "sha256", "schema", "arch", "backbone", "width", "classes",
         "palette", "ignore_index", "dataset", "metrics", "preprocessing", "precision",
-        "outputs", "created", "state", "runtime", "input", "batching",
+        "outputs", "tiling", "created", "state", "runtime", "input", "batching",
     ]  # fmt: skip
+    # The default cut: tiles as large as one pass holds, the default overlap.
+    assert info["tiling"] == {
+        "align": 32,
+        "context": 246,
+        "exact_overlap": 492,
+        "mode": "auto",
+        "tile_size": 2628,
+        "overlap": 128,
+        "max_tiled_pixels": 100_000_000,
+    }
     assert info["arch"] == "fcn8s"
     assert info["classes"] == [f"class{i}" for i in range(5)]
     assert info["runtime"]["provider"] == "CPUExecutionProvider"

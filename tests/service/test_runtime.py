@@ -14,9 +14,9 @@ import onnxruntime as ort
 import pytest
 
 from contract.schema import MetadataError, check_model, session_tensors
+from contract.tiling import padded_pixels
 from service.cpus import available_cpus
 from service.errors import StartupError
-from service.imaging import padded_pixels
 from service.runtime import load_runtime, session_options
 from tests.images import pattern
 from tests.service.support import PALETTE

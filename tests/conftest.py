@@ -1,0 +1,17 @@
+"""Fixtures for every test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(autouse=True)
+def _pillow_bomb_threshold() -> Iterator[None]:
+    """The service raises Pillow's process-wide bomb threshold to FCN_MAX_PIXELS at start
+    (``contract.decode.guard_bombs``); each test starts from Pillow's own."""
+    threshold = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = threshold
