@@ -26,6 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# The most pixels (width x height) either half decodes unless told: a 10,000 x 10,000 raster.
+DEFAULT_MAX_PIXELS = 100_000_000
 # Pillow's names of the formats we read, and their media types.
 FORMATS = {
     "JPEG": "image/jpeg",

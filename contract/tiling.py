@@ -34,6 +34,8 @@ DEFAULT_CONTEXT = 246
 # The overlap both halves tile with unless told: a quarter of the VGG16 FCNs' exact overlap
 # (BENCHMARKS.md: labels that differ from the whole-image run, and the time each costs).
 DEFAULT_OVERLAP = 128
+# Padded pixels of one pass at the model unless told (BENCHMARKS.md: the memory it takes).
+DEFAULT_MAX_MODEL_PIXELS = 8_000_000
 
 
 class TilingError(ValueError):

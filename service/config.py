@@ -12,8 +12,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from contract.decode import DEFAULT_MAX_PIXELS
 from contract.encode import DEFAULT_ALPHA, JPEG_QUALITY, PNG_COMPRESS_LEVEL
-from contract.tiling import DEFAULT_OVERLAP
+from contract.tiling import DEFAULT_MAX_MODEL_PIXELS, DEFAULT_OVERLAP
 
 # Short names users may write in FCN_PROVIDERS, and the ONNX Runtime names they stand for.
 PROVIDER_ALIASES = {
@@ -87,13 +88,13 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(64 * 2**20, ge=1, description="Largest request body.")
     max_pixels: int = Field(
-        100_000_000,
+        DEFAULT_MAX_PIXELS,
         ge=1,
         description="Largest image decoded, width x height; images decoding or encoding at "
         "once hold at most this many pixels together.",
     )
     max_model_pixels: int = Field(
-        8_000_000,
+        DEFAULT_MAX_MODEL_PIXELS,
         ge=1,
         description="Largest (H + 200) x (W + 200) of one pass at the model, after max_side: "
         "conv1 pads every side by 100, and memory follows the padded area. Larger images "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from model.devices import AMP_MODES
+from model.evaluation.predict import DEFAULT_TILE_OVERLAP
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,3 +14,23 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
     )
     parser.add_argument("--amp", default="none", choices=AMP_MODES, help="mixed precision on CUDA")
+
+
+def add_tiling_arguments(parser: argparse.ArgumentParser, max_model_pixels: int | None) -> None:
+    """``--tile-size``, ``--tile-overlap`` and ``--max-model-pixels`` (default
+    ``max_model_pixels``; None: images are tiled only when ``--tile-size`` is given)."""
+    when = "images past --max-model-pixels" if max_model_pixels else "none"
+    parser.add_argument(
+        "--tile-size", type=int, default=0, metavar="N",
+        help=f"cut every image into tiles of at most N x N pixels (default 0: {when})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tile-overlap", type=int, default=None, metavar="N",
+        help=f"pixels shared by neighbouring tiles (default: {DEFAULT_TILE_OVERLAP}); twice "
+        "the model's context (fcn8s: 492) makes tiled labels equal whole-image ones",
+    )  # fmt: skip
+    limit = f"default: {max_model_pixels:,}" if max_model_pixels else "default: no limit"
+    parser.add_argument(
+        "--max-model-pixels", type=int, default=max_model_pixels, metavar="N",
+        help=f"most (H + 200) x (W + 200) pixels in one pass; larger images are tiled ({limit})",
+    )  # fmt: skip

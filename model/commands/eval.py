@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from model.cli import CLIError, check_output_folder
-from model.commands.arguments import add_device_arguments
+from model.commands.arguments import add_device_arguments, add_tiling_arguments
 from model.data.layouts import FORMATS
 from model.evaluation.evaluate import class_table, evaluate, format_summary
+from model.evaluation.predict import DEFAULT_TILE_OVERLAP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overlays", action="store_true", help="also write image/prediction overlays"
     )
     add_device_arguments(parser)
+    add_tiling_arguments(parser, None)
     parser.add_argument(
         "--workers", type=int, default=2, help="data loading processes (default: 2)"
     )
@@ -40,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--predictions and --overlays need --out DIR")
     if args.workers < 0:
         raise CLIError(f"--workers must be 0 or more, got {args.workers}")
+    tiled = bool(args.tile_size) or args.max_model_pixels is not None
+    if args.tile_overlap is not None and not tiled:
+        raise CLIError("--tile-overlap needs --tile-size or --max-model-pixels")
     if args.out is not None:
         check_output_folder(args.out)
     result = evaluate(
@@ -53,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         amp=args.amp,
         workers=args.workers,
+        tile_size=args.tile_size,
+        tile_overlap=DEFAULT_TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap,
+        max_model_pixels=args.max_model_pixels,
     )
     print(f"{args.checkpoint} on {args.data} ({args.split}, {result.images} images)")
     print(format_summary(result.metrics))

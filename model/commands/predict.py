@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from contract.encode import DEFAULT_ALPHA
+from contract.tiling import DEFAULT_MAX_MODEL_PIXELS
 from model.cli import CLIError, check_output_folder
-from model.commands.arguments import add_device_arguments
-from model.evaluation.predict import PredictError, predict
+from model.commands.arguments import add_device_arguments, add_tiling_arguments
+from model.evaluation.predict import DEFAULT_TILE_OVERLAP, PredictError, predict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--alpha", type=float, default=DEFAULT_ALPHA, help="overlay opacity of the colours"
     )
     add_device_arguments(parser)
+    add_tiling_arguments(parser, DEFAULT_MAX_MODEL_PIXELS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         device=args.device,
         amp=args.amp,
+        tile_size=args.tile_size,
+        tile_overlap=DEFAULT_TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap,
+        max_model_pixels=args.max_model_pixels,
         on_unreadable=skip,
     )
     maps = f"{len(written)} label map{'s' if len(written) != 1 else ''}"

@@ -1,5 +1,6 @@
 """A checkpoint's four metrics on a data set, per-class IoU, the confusion matrix as a PNG,
-and optionally the predicted label maps and overlays (``fcn eval``).
+and optionally the predicted label maps and overlays (``fcn eval``). Images run whole, or,
+when asked, cut into tiles as ``fcn predict`` and the service cut them (``contract.tiling``).
 
 ``evaluate_model`` is also the validation step of training (one rank's shard; the caller
 reduces the confusion matrix across ranks).
@@ -13,12 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from contract.tiling import segment_tiled
 from model.checkpoint import load_checkpoint
 from model.data.checks import check_dataset, format_problems
 from model.data.datasets import DataError, SegmentationDataset
@@ -26,8 +30,15 @@ from model.data.layouts import open_dataset
 from model.data.transforms import collate_padded
 from model.devices import amp_dtype, resolve_device
 from model.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, json_safe
-from model.evaluation.predict import write_label_png, write_overlay
+from model.evaluation.predict import (
+    DEFAULT_TILE_OVERLAP,
+    TileOptions,
+    net_labels,
+    write_label_png,
+    write_overlay,
+)
 from model.files import atomic_path, check_folder
+from model.nets.fcn import FCN
 from model.nets.preprocessing import Normalize
 
 # The confusion plot: past this many classes, names label every k-th row and column only,
@@ -47,8 +58,10 @@ def evaluate_model(
     *,
     autocast: torch.dtype | None = None,
     on_batch: BatchCallback | None = None,
+    tiles: TileOptions | None = None,
 ) -> ConfusionMatrix:
-    """The confusion matrix of ``net`` over ``loader`` (images at native size), on ``device``."""
+    """The confusion matrix of ``net`` over ``loader`` (images at native size), on ``device``;
+    with ``tiles``, each image cut as they say (``net`` an FCN, whose tiling says where)."""
     was_training = net.training
     net.eval()
     confusion = ConfusionMatrix(num_classes, device=device)
@@ -56,14 +69,45 @@ def evaluate_model(
         for batch_images, batch_targets in loader:
             images = batch_images.to(device, non_blocking=True)
             targets = batch_targets.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                logits = net(normalize(images))
-            labels = logits.argmax(1)
+            if tiles is None:
+                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                    logits = net(normalize(images))
+                labels = logits.argmax(1)
+            else:
+                assert isinstance(net, FCN), "tiling needs the FCN's own grid and context"
+                labels = tiled_labels(net, normalize, images, tiles, autocast=autocast)
             confusion.update(targets, labels)
             if on_batch is not None:
                 on_batch(images, targets, labels)
     net.train(was_training)
     return confusion
+
+
+def tiled_labels(
+    net: FCN,
+    normalize: Normalize,
+    images: Tensor,
+    tiles: TileOptions,
+    *,
+    autocast: torch.dtype | None = None,
+) -> Tensor:
+    """The labels [N, H, W] of uint8 images [N, 3, H, W], each cut into tiles by ``tiles``
+    (one tile a pass) or run whole where they say so."""
+
+    def predict(batch: NDArray[np.uint8]) -> NDArray[Any]:
+        # [n, 3, h, w], laid out as the loader lays out whole images
+        tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(images.device)
+        return net_labels(net, normalize, tensor, autocast).cpu().numpy()
+
+    labels: list[Tensor] = []
+    for image in images:
+        plan = tiles.plan(image.shape[1], image.shape[2], net.tiling)
+        if plan is None:
+            labels.append(net_labels(net, normalize, image[None], autocast)[0])
+            continue
+        rgb = image.permute(1, 2, 0).cpu().numpy()  # [H, W, 3]
+        labels.append(torch.from_numpy(segment_tiled(rgb, plan, predict)).to(images.device))
+    return torch.stack(labels)
 
 
 @dataclass
@@ -139,10 +183,20 @@ def evaluate(
     amp: str = "none",
     workers: int = 2,
     check_data: bool = True,
+    tile_size: int = 0,
+    tile_overlap: int = DEFAULT_TILE_OVERLAP,
+    max_model_pixels: int | None = None,
 ) -> Evaluation:
     """Evaluate a checkpoint on ``data``; with ``out``, write metrics.json and confusion.png
     there (and predictions/ID.png, overlays/ID.jpg when asked). The data is checked first,
-    so a bad file is named rather than failing mid-way."""
+    so a bad file is named rather than failing mid-way.
+
+    Images run whole, unless ``tile_size`` is given or an image's padded size exceeds
+    ``max_model_pixels``: then they are cut into tiles sharing ``tile_overlap`` pixels, as
+    ``fcn predict`` and the service cut them."""
+    tiles = None
+    if tile_size or max_model_pixels is not None:
+        tiles = TileOptions(tile_size, tile_overlap, max_model_pixels)
     out_dir = None if out is None else check_folder(out)
     ckpt = load_checkpoint(checkpoint)
     dataset = open_dataset(data, split, data_format)
@@ -194,6 +248,7 @@ def evaluate(
         target_device,
         autocast=autocast,
         on_batch=on_batch,
+        tiles=tiles,
     )
     result = Evaluation(
         confusion.compute(), confusion.matrix.cpu(), list(ckpt.classes), len(dataset)

@@ -1,24 +1,38 @@
 """Label maps (palette PNGs, pixel = class id, the VOC way) and overlays for images, from a
 checkpoint or an exported ONNX file (``fcn predict``).
 
-Photos are decoded and results encoded by ``contract``, as the service does, so a file
-segmented here and posted to ``POST /segment`` gives the same bytes.
+Photos are decoded and results encoded by ``contract``, and an image too large for one pass
+is cut into tiles by ``contract.tiling``, as the service does, so a file segmented here and
+posted to ``POST /segment`` gives the same bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import Tensor, nn
 
 from contract import encode
-from contract.decode import EXTENSIONS, ImageError, decode_image
+from contract.decode import DEFAULT_MAX_PIXELS, EXTENSIONS, ImageError, decode_image, guard_bombs
 from contract.palette import Color, color_table
 from contract.schema import INPUT, LABELS, MetadataError, check_model, session_tensors
+from contract.tiling import (
+    DEFAULT_MAX_MODEL_PIXELS,
+    DEFAULT_OVERLAP,
+    TilePlan,
+    Tiling,
+    TilingError,
+    check_tiles,
+    padded_pixels,
+    plan_tiles,
+    segment_tiled,
+)
 from model.checkpoint import load_checkpoint
 from model.devices import amp_dtype, resolve_device
 from model.errors import FCNError
@@ -26,18 +40,110 @@ from model.files import atomic_path, check_folder
 from model.nets.preprocessing import Normalize
 
 ONNX_SUFFIX = ".onnx"
+# The service's defaults (FCN_TILE_OVERLAP, FCN_MAX_MODEL_PIXELS, FCN_MAX_PIXELS), so that an
+# image is cut here as it is there. An overlap of ``Tiling.exact_overlap`` makes tiled labels
+# equal the whole image's; this one changes a few labels near the seams, for less work.
+DEFAULT_TILE_OVERLAP = DEFAULT_OVERLAP
+DEFAULT_MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 
 
 class PredictError(FCNError, ValueError):
     """An image or model that cannot be used; the message names the file."""
 
 
+class TileError(FCNError, ValueError):
+    """Tiling options that cannot work; the message names the flag."""
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """When and how an image is cut into tiles: always when ``size`` > 0 (tiles of at most
+    ``size`` a side), else only when its padded size exceeds ``max_model_pixels`` (None:
+    never). Neighbouring tiles share ``overlap`` pixels.
+
+    Options that cannot work are refused on construction, before any model or image is read.
+    """
+
+    size: int = 0
+    overlap: int = DEFAULT_TILE_OVERLAP
+    max_model_pixels: int | None = DEFAULT_MAX_MODEL_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise TileError(f"--tile-size must be 0 (no forced tiling) or more, got {self.size}")
+        if self.overlap < 0:
+            raise TileError(f"--tile-overlap must be 0 or more, got {self.overlap}")
+        if self.max_model_pixels is not None and self.max_model_pixels < 1:
+            raise TileError(f"--max-model-pixels must be 1 or more, got {self.max_model_pixels}")
+        self.check(Tiling())  # the grid of every VGG16 FCN
+
+    @property
+    def max_pixels(self) -> int | None:
+        """Padded pixels one pass may hold; None when nothing is ever tiled."""
+        if self.max_model_pixels is not None:
+            return self.max_model_pixels
+        return padded_pixels(self.size, self.size) if self.size else None
+
+    def check(self, tiling: Tiling) -> None:
+        """Refuse options that cannot cut images for a net of ``tiling``."""
+        limit = self.max_pixels
+        if limit is None:
+            return
+        try:
+            check_tiles(max_pixels=limit, overlap=self.overlap, tiling=tiling, tile_size=self.size)
+        except TilingError as exc:
+            raise TileError(self._name(exc)) from exc
+
+    def plan(self, height: int, width: int, tiling: Tiling) -> TilePlan | None:
+        """How an H x W image is cut for a net of ``tiling``; None when it runs whole."""
+        limit = self.max_pixels
+        if limit is None or (not self.size and padded_pixels(height, width) <= limit):
+            return None
+        try:
+            plan = plan_tiles(
+                height,
+                width,
+                max_pixels=limit,
+                overlap=self.overlap,
+                tiling=tiling,
+                tile_size=self.size,
+            )
+        except TilingError as exc:
+            raise TileError(f"a {width}x{height} image: {self._name(exc)}") from exc
+        return plan if plan.count > 1 else None  # one tile is the whole image
+
+    def _name(self, exc: TilingError) -> str:
+        """The contract's message, led by the flag at fault (and the limit it depends on)."""
+        if exc.parameter == "tile_size":
+            flag = f"--tile-size {self.size}"
+        else:
+            flag = f"--tile-overlap {self.overlap}"
+        if self.max_model_pixels is not None:
+            flag += f" (with --max-model-pixels {self.max_model_pixels})"
+        return f"{flag}: {exc}"
+
+
 class Predictor(Protocol):
-    """A model that labels one image: RGB uint8 [H, W, 3] -> contract labels [H, W]."""
+    """A model that labels images: RGB uint8 [H, W, 3] -> contract labels [H, W], or a
+    batch of one size, [N, H, W, 3] -> [N, H, W]; ``tiling`` says where it may be cut."""
 
     palette: Sequence[Color]
+    tiling: Tiling
 
     def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]: ...
+
+    def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]: ...
+
+
+def net_labels(
+    net: nn.Module, normalize: Normalize, images: Tensor, autocast: torch.dtype | None = None
+) -> Tensor:
+    """The argmax labels [N, H, W] of uint8 images [N, 3, H, W] on their device."""
+    with (
+        torch.inference_mode(),
+        torch.autocast(images.device.type, autocast, enabled=autocast is not None),
+    ):
+        return net(normalize(images)).argmax(1)  # type: ignore[no-any-return]
 
 
 class TorchPredictor:
@@ -51,15 +157,15 @@ class TorchPredictor:
         self.normalize = Normalize(ckpt.preprocessing).to(self.device)
         self.num_classes = ckpt.spec.num_classes
         self.palette: Sequence[Color] = ckpt.palette
+        self.tiling = self.net.tiling
+
+    def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]:
+        batch = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a writable copy
+        labels = net_labels(self.net, self.normalize, batch.to(self.device), self.autocast)
+        return encode.as_labels(labels.cpu().numpy(), self.num_classes)
 
     def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]:
-        batch = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]  # a writable copy
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None),
-        ):
-            logits = self.net(self.normalize(batch.to(self.device)))
-        return encode.as_labels(logits.argmax(1)[0].cpu().numpy(), self.num_classes)
+        return np.asarray(self.predict_batch(image[None])[0])
 
 
 class OnnxPredictor:
@@ -89,10 +195,14 @@ class OnnxPredictor:
         except MetadataError as exc:
             raise PredictError(str(exc)) from exc
         self.palette: Sequence[Color] = meta.palette
+        self.tiling = meta.tiling
+
+    def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]:
+        (labels,) = self.session.run([LABELS], {INPUT: np.ascontiguousarray(images)})
+        return np.asarray(labels)
 
     def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]:
-        (labels,) = self.session.run([LABELS], {INPUT: np.ascontiguousarray(image)[None]})
-        return np.asarray(labels[0])
+        return np.asarray(self.predict_batch(image[None])[0])
 
 
 def load_predictor(model: str | Path, device: str = "auto", amp: str = "none") -> Predictor:
@@ -102,6 +212,15 @@ def load_predictor(model: str | Path, device: str = "auto", amp: str = "none") -
             raise PredictError(f"--amp {amp}: an ONNX model runs at its exported precision")
         return OnnxPredictor(model, device)
     return TorchPredictor(model, device, amp)
+
+
+def segment(predictor: Predictor, image: NDArray[np.uint8], tiles: TileOptions) -> NDArray[Any]:
+    """The labels [H, W] of one image, whole or cut into tiles (one pass each) as ``tiles``
+    says."""
+    plan = tiles.plan(image.shape[0], image.shape[1], predictor.tiling)
+    if plan is None:
+        return predictor(image)
+    return segment_tiled(image, plan, predictor.predict_batch)
 
 
 def write_label_png(labels: NDArray[Any], palette: Sequence[Color], path: Path) -> Path:
@@ -151,10 +270,11 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def read_photo(path: Path) -> NDArray[np.uint8]:
-    """A user's image as RGB uint8 [H, W, 3], by the contract's decoding rules."""
+def read_photo(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> NDArray[np.uint8]:
+    """A user's image as RGB uint8 [H, W, 3], by the contract's decoding rules; at most
+    ``max_pixels`` (width x height), and within Pillow's bomb threshold (``guard_bombs``)."""
     try:
-        return decode_image(path)
+        return decode_image(path, max_pixels)
     except ImageError as exc:
         raise PredictError(f"{path} {exc}") from exc
     except OSError as exc:
@@ -170,28 +290,41 @@ def predict(
     alpha: float = encode.DEFAULT_ALPHA,
     device: str = "auto",
     amp: str = "none",
+    tile_size: int = 0,
+    tile_overlap: int = DEFAULT_TILE_OVERLAP,
+    max_model_pixels: int = DEFAULT_MAX_MODEL_PIXELS,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     on_unreadable: Callable[[PredictError], None] | None = None,
 ) -> list[Path]:
     """Write ``out/STEM.png`` (label map) and ``out/STEM_overlay.jpg`` for each image, with
     a checkpoint or an ONNX ``model``; returns the label map paths.
 
-    An image that cannot be read raises ``PredictError``, or, given ``on_unreadable``, is
-    passed to it and skipped. ``out`` is created only when there is something to write.
+    An image whose padded size exceeds ``max_model_pixels``, or any image when ``tile_size``
+    is given, is cut into tiles sharing ``tile_overlap`` pixels (``contract.tiling``). An
+    image that cannot be read, or has more than ``max_image_pixels``, raises
+    ``PredictError``, or, given ``on_unreadable``, is passed to it and skipped. ``out`` is
+    created only when there is something to write.
+
+    As the service does, this raises Pillow's process-wide bomb threshold to
+    ``max_image_pixels`` and makes its bomb warning an error.
     """
+    tiles = TileOptions(tile_size, tile_overlap, max_model_pixels)
+    guard_bombs(max_image_pixels)
     out_dir = check_folder(out)
     images = collect_images(inputs)
     predictor = load_predictor(model, device, amp)
+    tiles.check(predictor.tiling)
     written: list[Path] = []
     for path in images:
         try:
-            image = read_photo(path)
+            image = read_photo(path, max_image_pixels)
         except PredictError as exc:
             if on_unreadable is None:
                 raise
             on_unreadable(exc)
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
-        labels = predictor(image)
+        labels = segment(predictor, image, tiles)
         written.append(write_label_png(labels, predictor.palette, out_dir / f"{path.stem}.png"))
         if overlays:
             overlay_path = out_dir / f"{path.stem}_overlay.jpg"

@@ -1,5 +1,6 @@
 """``fcn eval``: the paper's four metrics of a checkpoint on a data set, its per-class table,
-the confusion-matrix PNG and the optional predictions and overlays."""
+the confusion-matrix PNG and the optional predictions and overlays, with images whole or
+cut into tiles as ``fcn predict`` cuts them."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import torch
 from PIL import Image
 
 from contract.palette import voc_colormap
-from model.checkpoint import Checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.cli import main
 from model.data.layouts import voc_dataset
 from model.data.synthetic import SYNTH_CLASSES, write_synthetic
 from model.evaluation.evaluate import evaluate
 from model.evaluation.metrics import ConfusionMatrix
-from model.nets.fcn import ModelSpec, build_fcn
+from model.nets.fcn import ModelSpec, build_fcn, network_tiling
 from model.nets.preprocessing import TORCHVISION, Normalize
+from tests.model.evaluation.margins import TIE, smallest_margin
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -107,8 +109,21 @@ def test_command_prints_table_and_writes_files(
         (["--predictions"], "--predictions and --overlays need --out DIR"),
         (["--amp", "bf16", "--device", "cpu"], "--amp bf16: needs a CUDA device"),
         (["--device", "gpu"], "--device 'gpu': use auto, cpu, cuda or cuda:N"),
+        (["--tile-overlap", "492"], "--tile-overlap needs --tile-size or --max-model-pixels"),
+        (["--tile-size", "-1"], "--tile-size must be 0 (no forced tiling) or more, got -1"),
+        (["--tile-size", "100"], "--tile-size 100: tiles of 100 pixels cannot overlap by 128"),
     ],
-    ids=["checkpoint", "data", "split", "predictions-without-out", "amp", "device"],
+    ids=[
+        "checkpoint",
+        "data",
+        "split",
+        "predictions-without-out",
+        "amp",
+        "device",
+        "overlap-without-tiles",
+        "negative-tile",
+        "tile-under-overlap",
+    ],
 )
 def test_bad_arguments_are_named(
     checkpoint: Path,
@@ -145,3 +160,25 @@ def test_bad_label_is_named_before_evaluating(checkpoint: Path, tmp_path: Path) 
     Image.fromarray(np.full((16, 16), 9, dtype=np.uint8), mode="L").save(label)
     with pytest.raises(DataError, match=f"{label}: label values \\[9\\] outside \\[0, 6\\)"):
         evaluate(checkpoint, data, workers=0)
+
+
+def test_tiles_at_the_exact_overlap_give_the_untiled_metrics(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    # Wider than the smallest tile at the exact overlap (556), and past 600,000 padded pixels.
+    data = write_synthetic(tmp_path / "thin", 1, 1, (45, 2301), seed=5)
+    image, _ = voc_dataset(data, "val")[0]
+    # No label is within float noise of a tie, so a tile's labels can equal the whole's.
+    assert smallest_margin(load_checkpoint(checkpoint), image.permute(1, 2, 0).numpy()) > TIE
+    base = ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--workers", "0"]
+    assert main([*base, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    exact = str(network_tiling("fcn8s").exact_overlap)
+    # Forced tiles of 1024 (1 x 4), and a pass of at most 600,000 pixels (1 x 2).
+    for flags in (["--tile-size", "1024"], ["--max-model-pixels", "600000"]):
+        out = tmp_path / flags[0]
+        assert main([*base, "--out", str(out), *flags, "--tile-overlap", exact]) == 0
+        assert json.loads((out / "metrics.json").read_text()) == whole, flags
+    # The service's default overlap changes labels near the seams: tiles were really cut.
+    cheaper = evaluate(checkpoint, data, workers=0, check_data=False, tile_size=1024)
+    assert cheaper.confusion.tolist() != whole["confusion"]

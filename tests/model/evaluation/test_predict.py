@@ -1,5 +1,6 @@
 """``fcn predict``: palette PNG label maps (pixel = class id, the checkpoint's colours) and
-overlays, for single images and folders, with bad inputs named."""
+overlays, for single images and folders, large images cut into tiles, with bad inputs and
+flags named."""
 
 from __future__ import annotations
 
@@ -17,13 +18,19 @@ from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.cli import main
 from model.data.datasets import read_label_png
 from model.data.synthetic import write_synthetic
-from model.evaluation.predict import PredictError, predict
+from model.evaluation.predict import PredictError, TileOptions, predict
 from model.export.exporter import export_onnx
-from model.nets.fcn import ModelSpec, build_fcn
+from model.nets.fcn import ModelSpec, build_fcn, network_tiling
 from model.nets.preprocessing import CAFFE, Normalize
+from tests.images import pattern
+from tests.model.evaluation.margins import TIE, smallest_margin
+from tests.model.export.onnx_models import exported
 
 PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200)]
 MANY = 300
+# Larger than the smallest tile at the exact overlap (548 for FCN-16s) both ways, and odd.
+LARGE = (589, 717)
+EXACT = network_tiling("fcn16s").exact_overlap
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +57,23 @@ def many_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     names = [f"class{i}" for i in range(MANY)]
     ckpt = Checkpoint(net.spec, net.state_dict(), names, voc_colormap(MANY), CAFFE)
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "many.pt")
+
+
+@pytest.fixture(scope="module")
+def tiled_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny FCN-16s as a checkpoint and its export (made once, with the export tests)."""
+    ckpt, onnx_path = exported("fcn16s")
+    return {
+        "pt": save_checkpoint(ckpt, tmp_path_factory.mktemp("tiled") / "model.pt"),
+        "onnx": onnx_path,
+    }
+
+
+@pytest.fixture(scope="module")
+def large_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("large") / "large.png"
+    Image.fromarray(pattern(*LARGE, seed=3)).save(path)
+    return path
 
 
 @pytest.fixture
@@ -185,3 +209,77 @@ def test_an_exported_onnx_file_predicts_what_its_checkpoint_does(
         predict(broken, [photos], tmp_path / "none")
     with pytest.raises(PredictError, match="--amp fp16: an ONNX model runs at its exported"):
         predict(onnx_path, [photos], tmp_path / "amp", amp="fp16")
+
+
+def label_map_bytes(model: Path, photo: Path, out: Path, flags: list[str]) -> bytes:
+    args = ["predict", "--checkpoint", str(model), str(photo), "--out", str(out), "--no-overlay"]
+    assert main([*args, *flags]) == 0
+    return (out / f"{photo.stem}.png").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["pt", "onnx"])
+def test_tiles_at_the_exact_overlap_give_the_untiled_label_map(
+    kind: str, tiled_models: dict[str, Path], large_photo: Path, tmp_path: Path
+) -> None:
+    model = tiled_models[kind]
+    # No label is within float noise of a tie, so a tile's labels can equal the whole's.
+    assert smallest_margin(load_checkpoint(tiled_models["pt"]), decode_image(large_photo)) > TIE
+    whole = label_map_bytes(model, large_photo, tmp_path / "whole", [])
+    with Image.open(tmp_path / "whole" / "large.png") as label:
+        assert len(np.unique(np.asarray(label))) >= 3  # seams in the wrong place would show
+    # 576: 2 x 4 tiles; 640: 1 x 2; a pass of 650,000 pixels: tiled without --tile-size.
+    plan = TileOptions(576, EXACT).plan(*LARGE, network_tiling("fcn16s"))
+    assert plan is not None
+    assert (plan.rows.count, plan.cols.count) == (2, 4)
+    for flags in (["--tile-size", "576"], ["--tile-size", "640"], ["--max-model-pixels", "650000"]):
+        out = tmp_path / "_".join(flags)
+        tiled = label_map_bytes(model, large_photo, out, [*flags, "--tile-overlap", str(EXACT)])
+        assert tiled == whole, flags
+    # The default overlap (the service's) trades labels near the seams: tiles were cut.
+    assert label_map_bytes(model, large_photo, tmp_path / "o128", ["--tile-size", "576"]) != whole
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tile-size", "-1"], "--tile-size must be 0 (no forced tiling) or more, got -1"),
+        (["--tile-overlap", "-8"], "--tile-overlap must be 0 or more, got -8"),
+        (["--max-model-pixels", "0"], "--max-model-pixels must be 1 or more, got 0"),
+        (
+            ["--tile-size", "300", "--tile-overlap", "492"],
+            "--tile-size 300 (with --max-model-pixels 8000000): tiles of 300 pixels cannot "
+            "overlap by 492",
+        ),
+        (
+            ["--tile-size", "3000"],
+            "--tile-size 3000 (with --max-model-pixels 8000000): a tile of 3000x3000 is "
+            "10240000 pixels",
+        ),
+        (
+            ["--max-model-pixels", "100000"],
+            "--tile-overlap 128 (with --max-model-pixels 100000): tiles of 116 pixels cannot "
+            "overlap by 128",
+        ),
+    ],
+    ids=["negative-size", "negative-overlap", "no-pixels", "tile-under-overlap",
+         "tile-over-limit", "limit-under-overlap"],
+)  # fmt: skip
+def test_bad_tiling_flags_are_named_before_the_model_is_read(
+    photos: Path, tmp_path: Path, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No such checkpoint: the flag is refused first.
+    args = ["predict", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]
+    assert main([*args, str(photos), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_images_past_pillows_bomb_limit_are_read_up_to_max_image_pixels(
+    checkpoint: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pillow refuses twice its limit as a bomb: here a 41 x 30 photo stands for a 100 MP one.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    (written,) = predict(checkpoint, [photos / "a.jpg"], tmp_path / "out", max_image_pixels=2_000)
+    with Image.open(written) as label:
+        assert label.size == (41, 30)
+    with pytest.raises(PredictError, match="is 41x30 = 1230 pixels; the limit is 1000"):
+        predict(checkpoint, [photos / "a.jpg"], tmp_path / "out", max_image_pixels=1_000)
