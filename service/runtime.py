@@ -86,7 +86,8 @@ class Runtime:
 
     ONNX Runtime's memory arenas keep their peak for reuse: without them every run pays for
     fresh pages (a third less throughput on CPU, BENCHMARKS.md). Runs up to ``keep_pixels``
-    padded pixels keep it; after a larger one, that run and the next give it back.
+    padded pixels keep it. Larger runs in a row (the tiles of a large image) keep it between
+    them, since each needs it again; the two runs after them give it back.
     """
 
     def __init__(
@@ -111,7 +112,7 @@ class Runtime:
         if "CUDAExecutionProvider" in self.providers:
             arenas.append(f"gpu:{device_id}")
         self._arenas = ";".join(arenas)
-        self._shrink_next = False
+        self._shrinks_due = 0  # runs that give the arenas' memory back, after large ones
         self._lock = threading.Lock()
         self._current: ort.RunOptions | None = None
 
@@ -128,11 +129,12 @@ class Runtime:
         options = ort.RunOptions()
         count, height, width = image.shape[:3]
         oversized = 0 < self.keep_pixels < count * padded_pixels(height, width)
-        if oversized or self._shrink_next:
-            # The oversized run's output may still sit in the arena as it ends: shrink again
-            # after the next run, once that output is gone.
+        if oversized:
+            self._shrinks_due = 2
+        elif self._shrinks_due:
+            # Twice: the last large run's output may still sit in the arena as the first ends.
             options.add_run_config_entry(SHRINK_ARENAS, self._arenas)
-        self._shrink_next = oversized
+            self._shrinks_due -= 1
         with self._lock:
             self._current = options
         try:
