@@ -102,14 +102,17 @@ class Batcher:
         self._waiting = 0  # submitted, not yet running or dropped
         self._admitted = 0  # holding a ticket: from before the upload until the answer
         self._incoming = 0  # admitted, not yet submitted (uploading or decoding)
-        self._closed = False
+        self._answering = 0  # admitted, first image queued, not yet answered
+        self._closed = False  # refusing new requests (draining)
+        self._stopped = False  # the worker is gone: nothing more is run
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcn-inference")
 
     @property
     def busy(self) -> bool:
-        """Whether any request is waiting or running."""
-        return self._waiting > 0 or bool(self._running)
+        """Whether any request is waiting or running, or has more images to come (the
+        next tiles of a tiled request)."""
+        return self._waiting > 0 or bool(self._running) or self._answering > 0
 
     def running_for(self) -> float:
         """Seconds the running batch has been running (0 when none runs)."""
@@ -150,6 +153,8 @@ class Batcher:
             self._count_admitted(-1)
             if ticket.incoming:
                 self._incoming -= 1
+            else:
+                self._answering -= 1
 
     def _count_admitted(self, delta: int) -> None:
         self._admitted += delta
@@ -172,9 +177,12 @@ class Batcher:
         if not ticket.active:
             raise RuntimeError("this ticket's request is over; admit() another")
         if ticket.incoming:
+            self._check_open()  # a draining service finishes what it began, takes nothing new
             ticket.incoming = False
             self._incoming -= 1
-        self._check_open()
+            self._answering += 1
+        elif self._stopped:
+            raise NotReadyError("the service shut down before the result")
         loop = asyncio.get_running_loop()
         request = _Request(image, loop.create_future(), loop.time(), disconnected)
         self._queue.put_nowait(request)
@@ -199,6 +207,7 @@ class Batcher:
         deadline = loop.time() + timeout_s
         while self.busy and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        self._stopped = True
         leftovers = [*self._running, *self._forming, *self._held]
         if self._running and self._abort is not None:
             self._aborted = self._abort()

@@ -21,6 +21,7 @@ from tests.service.support import (
     metrics,
     png_labels,
     reference_labels,
+    running,
     serve,
     settings,
     wait_metric,
@@ -141,3 +142,20 @@ async def test_never_tiling_refuses_what_one_pass_cannot_hold(model_path: Path) 
     assert "tiling is off (?tile=never or FCN_TILING)" in error["message"]
     assert allowed.status_code == 200
     assert int(allowed.headers["X-Tiles"]) > 1
+
+
+async def test_a_shutdown_lets_a_tiled_request_run_its_remaining_tiles(model_path: Path) -> None:
+    large = encode(pattern(400, 560, seed=4), "PNG")
+    query = {"tile": "always", "tile_size": 80, "tile_overlap": 0}
+    app = create_app(settings(model_path))
+    async with running(app) as client:
+        tiled = asyncio.ensure_future(
+            client.post("/segment", params=query, files={"image": ("big.png", large)})
+        )
+        await wait_metric(client, "fcn_tiles_total", 1)
+    # The lifespan is over: the drain waited for the tiles still to run, not only the one
+    # queued when it began.
+    response = await tiled
+    assert response.status_code == 200, response.text
+    assert int(response.headers["X-Tiles"]) > 20
+    assert png_labels(response.content).shape == (400, 560)
