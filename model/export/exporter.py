@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +65,27 @@ def export_model(
     Raises ``ExportError`` (``VerificationError`` when verification fails) and then leaves
     ``out`` as it was. ``cases`` are the (N, H, W) batches verification compares.
     """
+
+    def check(tmp: Path, source: str) -> VerificationReport:
+        return verify_onnx(tmp, checkpoint, cases=cases or DEFAULT_CASES, source=source)
+
+    return write_model(
+        out,
+        lambda: build_onnx(checkpoint, fp16=fp16, with_scores=with_scores, opset=opset),
+        check if verify else None,
+    )
+
+
+# Checks a written file (its path, and the name to give it in messages).
+Verify = Callable[[Path, str], VerificationReport]
+
+
+def write_model(
+    out: str | os.PathLike[str], build: Callable[[], onnx.ModelProto], verify: Verify | None
+) -> ExportResult:
+    """Write the model ``build`` makes to a temporary file beside ``out``, ``verify`` it
+    unless None, then rename it onto ``out``; on any ``ExportError`` ``out`` is left as it was.
+    """
     target = Path(out)
     if target.is_dir():
         raise OutputPathError(f"{target}: is a folder; give the path of the .onnx file to write")
@@ -75,7 +96,7 @@ def export_model(
         except OSError as exc:
             raise _unwritable(target, exc) from exc
         start = time.perf_counter()
-        model = build_onnx(checkpoint, fp16=fp16, with_scores=with_scores, opset=opset)
+        model = build()
         try:
             onnx.save_model(model, tmp)
         except OSError as exc:
@@ -83,8 +104,8 @@ def export_model(
         seconds = time.perf_counter() - start
         del model  # at full width the proto holds every weight: free it before verifying
         report = None
-        if verify:
-            report = verify_onnx(tmp, checkpoint, cases=cases or DEFAULT_CASES, source=str(target))
+        if verify is not None:
+            report = verify(tmp, str(target))
             report = dataclasses.replace(report, model=target)
             if not report.passed:
                 raise VerificationError(report)

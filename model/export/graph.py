@@ -1,5 +1,6 @@
 """The schema-1 graph in memory: uint8 RGB [N, H, W, 3] in, labels [N, H, W] out, traced
-from a checkpoint with the normalisation and the argmax inside and the ``fcn.*`` metadata on.
+from a network (a checkpoint's, or any module returning logits) with the normalisation and the
+argmax inside and the ``fcn.*`` metadata on.
 
 Preprocessing (cast, channel order, mean/std, NHWC -> NCHW) and the argmax live inside the
 graph, so a server only moves bytes; the metadata makes the file self-describing.
@@ -13,17 +14,20 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import onnx
 import torch
 from torch import Tensor, nn
 
+from contract.palette import IGNORE_INDEX, Color
 from contract.schema import DIMS, INPUT, LABELS, SCHEMA, SCORES, label_dtype
 from contract.tiling import KEY as TILING_KEY
+from contract.tiling import Tiling
 from model.checkpoint import Checkpoint
 from model.errors import FCNError
-from model.nets.fcn import FCN, network_tiling
+from model.nets.fcn import network_tiling
 from model.nets.preprocessing import Normalize, Preprocessing
 
 # Below this opset the exporter's translations are not maintained.
@@ -41,14 +45,16 @@ class SegmentationGraph(nn.Module):
     """The exported computation: normalise, score, argmax.
 
     ``image`` uint8 [N, H, W, 3] RGB -> labels [N, H, W] (uint8, int32 above 255 classes)
-    and, optionally, float32 logits [N, C, H, W].
+    and, optionally, float32 logits [N, C, H, W]. ``net`` maps the normalised float image
+    [N, 3, H, W] to logits [N, C, H, W]; ``num_classes`` is C (default: ``net.num_classes``).
     """
 
     def __init__(
         self,
-        net: FCN,
+        net: nn.Module,
         preprocessing: Preprocessing,
         *,
+        num_classes: int | None = None,
         fp16: bool = False,
         with_scores: bool = False,
     ):
@@ -58,7 +64,10 @@ class SegmentationGraph(nn.Module):
         # Normalisation stays float32 (Caffe's 0-255 means lose bits in half), then casts.
         self.normalize = Normalize(preprocessing)
         self.with_scores = with_scores
-        self.label_dtype = getattr(torch, label_dtype(net.num_classes))
+        if num_classes is None:
+            # getattr: nn.Module types its attributes as Tensor | Module.
+            num_classes = int(getattr(net, "num_classes"))  # noqa: B009
+        self.label_dtype = getattr(torch, label_dtype(num_classes))
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         x = self.normalize(image.permute(0, 3, 1, 2)).to(self.dtype)  # [N, 3, H, W]
@@ -69,23 +78,61 @@ class SegmentationGraph(nn.Module):
         return (labels,)
 
 
-def metadata(checkpoint: Checkpoint, *, fp16: bool, with_scores: bool) -> dict[str, str]:
-    """The ``fcn.*`` metadata of the contract: every value a string, JSON where structured."""
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model file says about its network, whatever made it: the ``fcn.*`` values
+    that do not depend on how it is exported (precision, outputs, time)."""
+
+    arch: str
+    backbone: str
+    width: float
+    classes: Sequence[str]
+    palette: Sequence[Color]  # at least one colour a class
+    preprocessing: Preprocessing
+    tiling: Tiling
+    dataset: str = ""
+    # Evaluation figures of these weights, as fractions (SegmentationMetrics.summary's keys).
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def checkpoint_card(checkpoint: Checkpoint) -> ModelCard:
+    """The card of one of our checkpoints: a VGG16 FCN."""
     spec = checkpoint.spec
+    return ModelCard(
+        arch=spec.arch,
+        backbone="vgg16",
+        width=spec.width,
+        classes=checkpoint.classes,
+        palette=checkpoint.palette,
+        preprocessing=checkpoint.preprocessing,
+        tiling=network_tiling(spec.arch),
+        dataset=checkpoint.dataset,
+        metrics=checkpoint.metrics,
+        ignore_index=checkpoint.ignore_index,
+    )
+
+
+def metadata(card: ModelCard, *, fp16: bool, with_scores: bool) -> dict[str, str]:
+    """The ``fcn.*`` metadata of the contract: every value a string, JSON where structured."""
     return {
         "fcn.schema": SCHEMA,
-        "fcn.arch": spec.arch,
-        "fcn.backbone": "vgg16",
-        "fcn.width": json.dumps(spec.width),
-        "fcn.classes": json.dumps(list(checkpoint.classes)),
-        "fcn.palette": json.dumps([list(c) for c in checkpoint.palette[: spec.num_classes]]),
-        "fcn.ignore_index": str(checkpoint.ignore_index),
-        "fcn.dataset": checkpoint.dataset,
-        "fcn.metrics": json.dumps(checkpoint.metrics),
-        "fcn.preprocessing": json.dumps(checkpoint.preprocessing.to_dict()),
+        "fcn.arch": card.arch,
+        "fcn.backbone": card.backbone,
+        "fcn.width": json.dumps(card.width),
+        "fcn.classes": json.dumps(list(card.classes)),
+        "fcn.palette": json.dumps([list(c) for c in card.palette[: card.num_classes]]),
+        "fcn.ignore_index": str(card.ignore_index),
+        "fcn.dataset": card.dataset,
+        "fcn.metrics": json.dumps(dict(card.metrics)),
+        "fcn.preprocessing": json.dumps(card.preprocessing.to_dict()),
         "fcn.precision": "fp16" if fp16 else "fp32",
         "fcn.outputs": json.dumps([LABELS, SCORES] if with_scores else [LABELS]),
-        TILING_KEY: network_tiling(spec.arch).to_json(),
+        TILING_KEY: card.tiling.to_json(),
         "fcn.created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     }
 
@@ -137,11 +184,34 @@ def build_onnx(
     opset: int | None = None,
 ) -> onnx.ModelProto:
     """Trace the checkpoint's network into an in-memory ONNX model of the contract."""
+    return trace_onnx(
+        checkpoint.build_model(),
+        checkpoint_card(checkpoint),
+        fp16=fp16,
+        with_scores=with_scores,
+        opset=opset,
+    )
+
+
+def trace_onnx(
+    net: nn.Module,
+    card: ModelCard,
+    *,
+    fp16: bool = False,
+    with_scores: bool = False,
+    opset: int | None = None,
+) -> onnx.ModelProto:
+    """Trace ``net`` (normalised float [N, 3, H, W] -> logits [N, C, H, W]) inside the
+    contract's graph into an in-memory ONNX model carrying ``card`` as its metadata."""
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not MIN_OPSET <= opset <= newest:
         raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET} to {newest}")
     graph = SegmentationGraph(
-        checkpoint.build_model(), checkpoint.preprocessing, fp16=fp16, with_scores=with_scores
+        net,
+        card.preprocessing,
+        num_classes=card.num_classes,
+        fp16=fp16,
+        with_scores=with_scores,
     ).eval()
     example = torch.zeros(EXAMPLE_SHAPE, dtype=torch.uint8)
     dims = {i: torch.export.Dim(name, min=1) for i, name in enumerate(DIMS)}
@@ -160,16 +230,16 @@ def build_onnx(
                 verbose=False,
             )
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed for {checkpoint.spec.arch}: {exc}") from exc
+        raise ExportError(f"torch.onnx.export failed for {card.arch}: {exc}") from exc
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     model = program.model_proto
     _name_dims(model)
-    meta = metadata(checkpoint, fp16=fp16, with_scores=with_scores)
+    meta = metadata(card, fp16=fp16, with_scores=with_scores)
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = "fcn-segmentation"
-    model.doc_string = f"FCN {checkpoint.spec.arch}, ONNX contract schema {SCHEMA}"
+    model.doc_string = f"FCN {card.arch}, ONNX contract schema {SCHEMA}"
     return model

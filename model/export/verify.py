@@ -1,11 +1,12 @@
-"""Verification of an exported model against its checkpoint: the ONNX checker, the contract's
-names, types and metadata, and ONNX Runtime (CPU) against PyTorch on sizes unlike the export's.
+"""Verification of an exported model against its checkpoint (or any network it was traced
+from): the ONNX checker, the contract's names, types and metadata, and ONNX Runtime (CPU)
+against PyTorch on sizes unlike the export's.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,11 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
 from contract.schema import INPUT, LABELS, SCORES, MetadataError, parse_metadata
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.errors import FCNError
-from model.export.graph import SegmentationGraph
+from model.export.graph import ModelCard, SegmentationGraph, checkpoint_card
 from model.export.metadata import model_metadata
 
 if TYPE_CHECKING:
@@ -135,9 +137,11 @@ def _precision(model: onnx.ModelProto, props: dict[str, str]) -> str:
     return "fp16" if half else "fp32"
 
 
-def _contract_problems(model: onnx.ModelProto, checkpoint: Checkpoint, source: str) -> list[str]:
+def _contract_problems(
+    model: onnx.ModelProto, card: ModelCard, source: str, subject: str
+) -> list[str]:
     """The contract's own verdict on the file (the words the service refuses it with), then
-    whether its metadata describes ``checkpoint``."""
+    whether its metadata describes ``card`` (called ``subject`` in the messages)."""
     problems: list[str] = []
     try:
         meta = model_metadata(model, source)
@@ -147,12 +151,12 @@ def _contract_problems(model: onnx.ModelProto, checkpoint: Checkpoint, source: s
             meta = parse_metadata({p.key: p.value for p in model.metadata_props}, source)
         except MetadataError:
             return problems
-    if meta.arch != checkpoint.spec.arch:
-        problems.append(f"fcn.arch is {meta.arch!r}, the checkpoint is {checkpoint.spec.arch!r}")
-    if list(meta.classes) != list(checkpoint.classes):
-        problems.append("fcn.classes differ from the checkpoint's class names")
-    if list(meta.palette) != [tuple(c) for c in checkpoint.palette[: meta.num_classes]]:
-        problems.append("fcn.palette differs from the checkpoint's colours")
+    if meta.arch != card.arch:
+        problems.append(f"fcn.arch is {meta.arch!r}, {subject} is {card.arch!r}")
+    if list(meta.classes) != list(card.classes):
+        problems.append(f"fcn.classes differ from {subject}'s class names")
+    if list(meta.palette) != [tuple(c) for c in card.palette[: meta.num_classes]]:
+        problems.append(f"fcn.palette differs from {subject}'s colours")
     return problems
 
 
@@ -195,13 +199,42 @@ def verify_onnx(
 
     ``source`` names the file in messages (default: ``model_path``).
     """
-    import onnxruntime as ort
-
     path = Path(model_path)
     if not path.is_file():
         raise VerifyError(f"{path}: no such model file")
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
+    return verify_net(
+        path,
+        checkpoint.build_model,
+        checkpoint_card(checkpoint),
+        cases=cases,
+        seed=seed,
+        source=source,
+        subject="the checkpoint",
+    )
+
+
+def verify_net(
+    model_path: str | os.PathLike[str],
+    build_net: Callable[[], nn.Module],
+    card: ModelCard,
+    *,
+    cases: Sequence[tuple[int, int, int]] = DEFAULT_CASES,
+    seed: int = 0,
+    source: str | None = None,
+    subject: str = "the network",
+) -> VerificationReport:
+    """Check ``model_path`` against the network ``build_net`` makes (called once the file
+    has been read, so the two are not in memory twice) and its ``card``.
+
+    ``source`` names the file in messages (default: ``model_path``), ``subject`` the network.
+    """
+    import onnxruntime as ort
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise VerifyError(f"{path}: no such model file")
     try:
         model = onnx.load(path)
     except Exception as exc:
@@ -216,7 +249,7 @@ def verify_onnx(
             model=path,
             arch=props.get("fcn.arch", "?"),
             precision=precision,
-            num_classes=checkpoint.spec.num_classes,
+            num_classes=card.num_classes,
             logits_from=logits_from,
             cases=tuple(results),
             problems=tuple(problems),
@@ -229,7 +262,7 @@ def verify_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         problems.append(f"onnx.checker: {exc}".strip())
-    problems += _contract_problems(model, checkpoint, source or str(path))
+    problems += _contract_problems(model, card, source or str(path), subject)
     prepared = _session_bytes(model, precision)
     del model
     if prepared is None:
@@ -244,7 +277,7 @@ def verify_onnx(
     del serialized
 
     reference = SegmentationGraph(
-        checkpoint.build_model(), checkpoint.preprocessing, with_scores=True
+        build_net(), card.preprocessing, num_classes=card.num_classes, with_scores=True
     ).eval()
     found, trouble = _compare(
         session, logits_name, reference, cases, seed=seed, precision=precision

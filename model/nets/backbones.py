@@ -33,9 +33,14 @@ def torchvision_vgg16_state_dict(source: str | Path = "imagenet") -> dict[str, T
         from torchvision.models import VGG16_Weights
 
         return dict(VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True))
-    path = Path(source)
+    return read_state_dict(Path(source), "VGG16")
+
+
+def read_state_dict(path: Path, what: str) -> dict[str, Tensor]:
+    """A state dict saved by ``torch.save`` (or a dict holding one under ``"state_dict"``),
+    read weights-only; WeightsError names the file, calling it ``what`` weights."""
     if not path.is_file():
-        raise WeightsError(f"{path}: no such VGG16 weights file")
+        raise WeightsError(f"{path}: no such {what} weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

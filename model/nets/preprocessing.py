@@ -64,7 +64,8 @@ class Preprocessing:
         return r, g, b
 
 
-# torchvision's ImageNet VGG16: RGB in [0, 1], ImageNet mean and std.
+# torchvision's ImageNet backbones (VGG16, the ResNets of its FCNs): RGB in [0, 1], ImageNet
+# mean and std.
 TORCHVISION = Preprocessing(
     name="torchvision",
     channel_order="RGB",
