@@ -15,6 +15,9 @@ Part 0 measures what the overlap costs in labels: the demo model on a 1301x1003 
 the synthetic scenes it was trained on, whole against tiled (tiles of at most 700 a side),
 at overlaps from 0 to the exact one.
 
+Part 3 measures the service's own resident memory (VmRSS every 5 ms) while it answers one
+10000x10000 JPEG on the demo model as a label PNG, a JPEG overlay and a PNG overlay.
+
 Part 2 starts ``fcn-serve`` on the demo model and measures small requests (500x375 JPEG,
 one at a time) alone, then while one 100 MP JPEG is being segmented, with the default tile
 size and with ``FCN_TILE_SIZE=1024``.
@@ -257,6 +260,57 @@ def part_two() -> None:
             process.wait(30)
 
 
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def _sample_peak(pid: int, peak: list[float], done: threading.Event) -> None:
+    while not done.is_set():
+        peak[0] = max(peak[0], rss_mib(pid))
+        time.sleep(0.005)
+
+
+def part_three() -> None:
+    sample = np.asarray(Image.open(ROOT / "models" / "demo" / "samples" / "val_000002.jpg"))
+    buffer = io.BytesIO()
+    Image.fromarray(np.tile(sample, (63, 63, 1))[:10_000, :10_000]).save(buffer, "JPEG", quality=90)
+    big = buffer.getvalue()
+    port = free_port()
+    settings = {
+        "FCN_PROVIDERS": "cpu",
+        "FCN_MAX_UPLOAD_BYTES": str(256 * MIB),
+        "FCN_REQUEST_TIMEOUT_S": "900",
+    }
+    process = start_service(ROOT / "models" / "demo" / "fcn8s.onnx", port, settings)
+    print("\nService RSS, one 10000x10000 JPEG on the demo model")
+    print("| answer | status | MiB | s | RSS before MiB | peak MiB | after MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    try:
+        for query in ("", "?format=overlay&image_format=jpeg", "?format=overlay&image_format=png"):
+            before = rss_mib(process.pid)
+            peak, done = [before], threading.Event()
+            sampler = threading.Thread(target=_sample_peak, args=(process.pid, peak, done))
+            sampler.start()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+            start = time.perf_counter()
+            connection.request("POST", "/segment" + query, big, {"Content-Type": "image/jpeg"})
+            response = connection.getresponse()
+            data = response.read()
+            seconds = time.perf_counter() - start
+            done.set()
+            sampler.join()
+            print(
+                f"| {query or '?format=png'} | {response.status} | {len(data) / MIB:.1f} "
+                f"| {seconds:.1f} | {before:.0f} | {peak[0]:.0f} | {rss_mib(process.pid):.0f} |",
+                flush=True,
+            )
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,12,50,100", help="megapixels, comma separated")
@@ -264,6 +318,7 @@ def main() -> None:
     parser.add_argument("--skip-service", action="store_true", help="part 1 only")
     parser.add_argument("--skip-sizes", action="store_true", help="no part 1")
     parser.add_argument("--skip-overlaps", action="store_true", help="no part 0")
+    parser.add_argument("--skip-memory", action="store_true", help="no part 3")
     args = parser.parse_args()
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -276,6 +331,8 @@ def main() -> None:
         part_one([float(s) for s in args.sizes.split(",")], args.width)
     if not args.skip_service:
         part_two()
+    if not args.skip_memory:
+        part_three()
 
 
 if __name__ == "__main__":
