@@ -245,9 +245,42 @@ def plan_tiles(
 
     Of the ways to cut, the one that makes the model process the fewest padded pixels wins:
     every tile pays conv1's padding and its overlap, so a 4000 x 3000 photo is cut into two
-    full-width strips rather than four squares, and a 20,000 x 1,000 strip only across.
+    full-height strips rather than four squares, and a 20,000 x 1,000 strip only across.
     """
     check_tiles(max_pixels=max_pixels, overlap=overlap, tiling=tiling, tile_size=tile_size)
+    return _cheapest(
+        height, width, max_pixels=max_pixels, overlap=overlap, tiling=tiling, tile_size=tile_size
+    )
+
+
+def cut(
+    height: int,
+    width: int,
+    *,
+    max_pixels: int,
+    overlap: int,
+    tiling: Tiling,
+    tile_size: int = 0,
+    always: bool = False,
+) -> TilePlan | None:
+    """The tiles an H x W image runs in, or None when it runs whole: it fits one pass of
+    ``max_pixels`` and tiles are not asked for (``always``), or one tile covers it.
+
+    Parameters that cannot work raise TilingError even for an image that runs whole.
+    """
+    check_tiles(max_pixels=max_pixels, overlap=overlap, tiling=tiling, tile_size=tile_size)
+    if not always and padded_pixels(height, width) <= max_pixels:
+        return None
+    plan = _cheapest(
+        height, width, max_pixels=max_pixels, overlap=overlap, tiling=tiling, tile_size=tile_size
+    )
+    return None if plan.count == 1 else plan
+
+
+def _cheapest(
+    height: int, width: int, *, max_pixels: int, overlap: int, tiling: Tiling, tile_size: int
+) -> TilePlan:
+    """``plan_tiles`` once its parameters are checked."""
     cap = tile_size or max(width, height)
     smallest = overlap + 2 * tiling.align  # the shortest side that can be cut
     best: TilePlan | None = None

@@ -32,8 +32,7 @@ from contract.tiling import (
     TilePlan,
     TilingError,
     check_tiles,
-    padded_pixels,
-    plan_tiles,
+    cut,
 )
 from service import imaging
 from service.batching import Batcher, Disconnected, Prediction, Ticket
@@ -148,25 +147,24 @@ class Segmenter:
         413 when it needs tiles that ``?tile=never`` forbids, 422 for tile parameters that
         cannot work."""
         try:
-            self.check_tiling(options.tile_size, options.tile_overlap)
+            if options.tile == "never":
+                self.check_tiling(options.tile_size, options.tile_overlap)
+                plan = None
+            else:
+                plan = cut(
+                    height,
+                    width,
+                    max_pixels=self.max_model_pixels,
+                    overlap=options.tile_overlap,
+                    tiling=self.info.meta.tiling,
+                    tile_size=options.tile_size,
+                    always=options.tile == "always",
+                )
         except TilingError as exc:
             raise InvalidParameterError(f"?{exc.parameter}=: {exc}") from None
-        fits = padded_pixels(height, width) <= self.max_model_pixels
-        if options.tile == "never" or (fits and options.tile == "auto"):
+        if plan is None:
             imaging.check_model_size(height, width, max_model_pixels=self.max_model_pixels)
-            return None
-        try:
-            plan = plan_tiles(
-                height,
-                width,
-                max_pixels=self.max_model_pixels,
-                overlap=options.tile_overlap,
-                tiling=self.info.meta.tiling,
-                tile_size=options.tile_size,
-            )
-        except TilingError as exc:
-            raise InvalidParameterError(f"?{exc.parameter}=: {exc}") from None
-        return None if plan.count == 1 else plan
+        return plan
 
     def _encode(self, decoded: Decoded, prediction: Prediction, options: SegmentOptions) -> bytes:
         labels = imaging.enlarge(prediction.labels, decoded.height, decoded.width)

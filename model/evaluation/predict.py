@@ -29,8 +29,8 @@ from contract.tiling import (
     Tiling,
     TilingError,
     check_tiles,
+    cut,
     padded_pixels,
-    plan_tiles,
     segment_tiled,
 )
 from model.checkpoint import load_checkpoint
@@ -97,20 +97,20 @@ class TileOptions:
     def plan(self, height: int, width: int, tiling: Tiling) -> TilePlan | None:
         """How an H x W image is cut for a net of ``tiling``; None when it runs whole."""
         limit = self.max_pixels
-        if limit is None or (not self.size and padded_pixels(height, width) <= limit):
+        if limit is None:
             return None
         try:
-            plan = plan_tiles(
+            return cut(
                 height,
                 width,
                 max_pixels=limit,
                 overlap=self.overlap,
                 tiling=tiling,
                 tile_size=self.size,
+                always=bool(self.size),
             )
         except TilingError as exc:
             raise TileError(f"a {width}x{height} image: {self._name(exc)}") from exc
-        return plan if plan.count > 1 else None  # one tile is the whole image
 
     def _name(self, exc: TilingError) -> str:
         """The contract's message, led by the flag at fault (and the limit it depends on)."""

@@ -15,6 +15,7 @@ from contract.tiling import (
     TilePlan,
     Tiling,
     TilingError,
+    cut,
     padded_pixels,
     parse_tiling,
     plan_tiles,
@@ -91,6 +92,18 @@ def test_an_image_that_fits_is_one_tile_and_the_cut_is_the_cheapest() -> None:
     # A long strip is cut across only.
     strip = plan_tiles(1000, 20_000, max_pixels=8_000_000, overlap=128, tiling=VGG)
     assert strip.rows.count == 1
+
+
+def test_an_image_runs_whole_unless_it_must_or_is_asked_to_be_cut() -> None:
+    common = {"max_pixels": 8_000_000, "overlap": 128, "tiling": VGG}
+    assert cut(2400, 2600, **common) is None  # fits one pass
+    assert cut(2400, 2600, **common, tile_size=1000, always=True).count == 9
+    assert cut(2400, 2600, **common, always=True) is None  # one tile covers it
+    assert cut(3000, 4000, **common).count == 2
+    # A parameter that cannot work is refused even for an image that would run whole.
+    with pytest.raises(TilingError, match="a tile of 3000x3000") as caught:
+        cut(10, 10, **common, tile_size=3000)
+    assert caught.value.parameter == "tile_size"
 
 
 @pytest.mark.parametrize(
@@ -184,8 +197,8 @@ def test_the_default_overlap_differs_only_near_seams_and_rarely(
     differ = tiled != whole
     assert differ.mean() < 0.001
     near = np.zeros_like(differ)
-    for cut in plan.rows.cuts[1:-1]:
-        near[max(0, cut - VGG.context) : cut + VGG.context] = True
-    for cut in plan.cols.cuts[1:-1]:
-        near[:, max(0, cut - VGG.context) : cut + VGG.context] = True
+    for seam in plan.rows.cuts[1:-1]:
+        near[max(0, seam - VGG.context) : seam + VGG.context] = True
+    for seam in plan.cols.cuts[1:-1]:
+        near[:, max(0, seam - VGG.context) : seam + VGG.context] = True
     assert not (differ & ~near).any()
