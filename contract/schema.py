@@ -43,6 +43,8 @@ OPTIONAL_KEYS = {
     "fcn.preprocessing": "{}",
     # Tile origins on the output stride and the pixels a label depends on (contract.tiling).
     TILING_KEY: Tiling().to_json(),
+    # Where published weights came from (name, url, digest...), all strings; {} when trained.
+    "fcn.origin": "{}",
 }
 PRECISIONS = ("fp32", "fp16")
 # Labels are uint8 while every class id fits below 255 (the ignore index), else int32.
@@ -74,6 +76,8 @@ class ModelMetadata:
     # Informational: the normalisation baked into the graph.
     preprocessing: dict[str, Any] = field(default_factory=dict)
     tiling: Tiling = field(default_factory=Tiling)
+    # Provenance of published weights, e.g. {"name": "voc-fcn8s", "url": ..., "sha1": ...}.
+    origin: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -100,6 +104,7 @@ class ModelMetadata:
             "precision": self.precision,
             "outputs": list(self.outputs),
             "tiling": self.tiling.to_dict(),
+            "origin": self.origin,
             "created": self.created,
         }
 
@@ -157,6 +162,7 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
             outputs=outputs,
             preprocessing=dict(_json(props, "fcn.preprocessing", source)),
             tiling=parse_tiling(props),
+            origin={str(k): str(v) for k, v in _json(props, "fcn.origin", source).items()},
         )
     except MetadataError:
         raise

@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "a checkpoint's four metrics, per-class IoU and confusion matrix",
     ),
     "predict": ("model.commands.predict", "label-map PNGs and overlays for images"),
+    "pretrained": (
+        "model.commands.pretrained",
+        "a published trained FCN, by name, to a verified ONNX model (--list)",
+    ),
 }
 
 

@@ -23,9 +23,14 @@ from model.checkpoint import Checkpoint
 from model.nets.backbones import CONV_NAMES, zero_score_layers
 from model.nets.fcn import ARCHS, FCN, ModelSpec, build_fcn
 from model.nets.preprocessing import CAFFE, Preprocessing
+from model.zoo.registry import MODELS
 
 # Official files whose SHA1 is known: checked whenever a file carries one of these names.
-KNOWN_SHA1 = {"fcn8s-heavy-pascal.caffemodel": "c449ea74dd7d83751d1357d6a8c323fcf4038962"}
+KNOWN_SHA1 = {
+    entry.file_name: entry.sha1
+    for entry in MODELS.values()
+    if entry.kind == "caffe" and entry.sha1 is not None
+}
 VGG16_LAYERS = (*CONV_NAMES, "fc6", "fc7")
 VGG16_CONV1_CHANNELS = 64
 # The ImageNet classifier of VGG16: in the file, of no use to an FCN.

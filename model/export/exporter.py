@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from torch import nn
 
 from model.checkpoint import Checkpoint
-from model.export.graph import ExportError, build_onnx
-from model.export.verify import DEFAULT_CASES, VerificationReport, verify_onnx
+from model.export.graph import ExportError, ModelCard, build_onnx, trace_onnx
+from model.export.verify import DEFAULT_CASES, VerificationReport, verify_net, verify_onnx
 from model.files import atomic_path
 
 
@@ -111,6 +112,25 @@ def write_model(
                 raise VerificationError(report)
         size = tmp.stat().st_size
     return ExportResult(target, seconds, size, report)
+
+
+def export_net(
+    net: nn.Module,
+    card: ModelCard,
+    out: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    subject: str = "the network",
+) -> ExportResult:
+    """Export ``net`` (normalised float [N, 3, H, W] -> logits) with ``card`` as its
+    metadata to ``out``, verified against ``net`` (``subject`` in messages) unless asked not;
+    on any ``ExportError`` ``out`` is left as it was."""
+    net.eval()
+
+    def check(tmp: Path, source: str) -> VerificationReport:
+        return verify_net(tmp, lambda: net, card, source=source, subject=subject)
+
+    return write_model(out, lambda: trace_onnx(net, card), check if verify else None)
 
 
 def export_onnx(

@@ -94,6 +94,8 @@ class ModelCard:
     # Evaluation figures of these weights, as fractions (SegmentationMetrics.summary's keys).
     metrics: Mapping[str, float] = field(default_factory=dict)
     ignore_index: int = IGNORE_INDEX
+    # Where published weights came from (``fcn.origin``); empty for weights trained here.
+    origin: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -133,6 +135,7 @@ def metadata(card: ModelCard, *, fp16: bool, with_scores: bool) -> dict[str, str
         "fcn.precision": "fp16" if fp16 else "fp32",
         "fcn.outputs": json.dumps([LABELS, SCORES] if with_scores else [LABELS]),
         TILING_KEY: card.tiling.to_json(),
+        "fcn.origin": json.dumps(dict(card.origin)),
         "fcn.created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     }
 

@@ -30,6 +30,8 @@ from model.errors import FCNError
 TIMEOUT_S = 60.0
 CHUNK_BYTES = 1 << 20
 DIGEST_HEX_DIGITS = {"sha1": 40, "sha256": 64}
+# The shortest digest prefix accepted: torchvision's file names carry 8 digits of SHA256.
+MIN_PREFIX_DIGITS = 8
 USER_AGENT = "fcn-segmentation"
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -59,13 +61,17 @@ def fetch(
 ) -> Path:
     """The path of ``url``'s file in the cache, downloaded and verified first if need be.
 
-    Exactly one of ``sha1`` and ``sha256`` (hex digits) gives the expected digest. A file
-    already at the final name with that digest, downloaded or put there by hand, is
-    returned without any network access. ``cache`` defaults to ``cache_dir()``.
+    At most one of ``sha1`` and ``sha256`` gives the expected digest in hex digits: all of
+    them, or a prefix of at least ``MIN_PREFIX_DIGITS`` (as torch.hub checks the digest
+    prefix in torchvision's file names). A file already at the final name with that digest,
+    downloaded or put there by hand, is returned without any network access. Without a
+    digest, a download counts as complete when the server sent every byte it announced, and
+    a file already at the final name is returned as it is: the caller must check its content.
+    ``cache`` defaults to ``cache_dir()``.
     """
     algorithm, expected = digest_spec(sha1, sha256)
     target = Path(cache if cache is not None else cache_dir()) / file_name(url)
-    if target.is_file() and file_digest(target, algorithm) == expected:
+    if target.is_file() and (not expected or matches(file_digest(target, algorithm), expected)):
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -84,8 +90,10 @@ def fetch(
             if os.fstat(f.fileno()).st_size == 0:
                 part.unlink(missing_ok=True)
             raise
-        if digest != expected:
+        if not matches(digest, expected):
             part.unlink()
+            if len(expected) < DIGEST_HEX_DIGITS[algorithm]:
+                expected += "..."
             raise DownloadError(
                 f"{url}: {algorithm.upper()} is {digest}, expected {expected}: a damaged "
                 "download or another file; run again to download it afresh, or check the digest"
@@ -116,15 +124,26 @@ def locked(part: Path, url: str) -> Iterator[BufferedRandom]:
 
 
 def digest_spec(sha1: str | None, sha256: str | None) -> tuple[str, str]:
-    """``(algorithm, lowercase hex)`` from exactly one of the two digests."""
+    """``(algorithm, lowercase hex)`` from at most one of the two digests; with neither,
+    ``("sha1", "")``: the file's SHA1 is computed but nothing is expected of it."""
     given = [(name, value) for name, value in (("sha1", sha1), ("sha256", sha256)) if value]
-    if len(given) != 1:
-        raise TypeError("fetch() takes exactly one of sha1= and sha256=")
+    if len(given) > 1:
+        raise TypeError("fetch() takes at most one of sha1= and sha256=")
+    if not given:
+        return "sha1", ""
     [(algorithm, value)] = given
     digits = DIGEST_HEX_DIGITS[algorithm]
-    if not re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", value):
-        raise ValueError(f"{algorithm}={value!r}: expected {digits} hex digits")
+    if not re.fullmatch(f"[0-9a-fA-F]{{{MIN_PREFIX_DIGITS},{digits}}}", value):
+        raise ValueError(
+            f"{algorithm}={value!r}: expected {digits} hex digits "
+            f"(or a prefix of at least {MIN_PREFIX_DIGITS})"
+        )
     return algorithm, value.lower()
+
+
+def matches(digest: str, expected: str) -> bool:
+    """Whether ``digest`` is ``expected``, or begins with it when that is a prefix."""
+    return digest.startswith(expected)
 
 
 def file_name(url: str) -> str:

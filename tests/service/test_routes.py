@@ -55,7 +55,7 @@ async def test_model_endpoint_and_metrics(model_path: Path) -> None:
     assert list(info) == [
         "name", "version", "sha256", "schema", "arch", "backbone", "width", "classes",
         "palette", "ignore_index", "dataset", "metrics", "preprocessing", "precision",
-        "outputs", "tiling", "created", "state", "runtime", "input", "batching",
+        "outputs", "tiling", "origin", "created", "state", "runtime", "input", "batching",
     ]  # fmt: skip
     # The default cut: tiles as large as one pass holds, the default overlap.
     assert info["tiling"] == {
@@ -68,6 +68,7 @@ async def test_model_endpoint_and_metrics(model_path: Path) -> None:
         "max_tiled_pixels": 100_000_000,
     }
     assert info["arch"] == "fcn8s"
+    assert info["origin"] == {}  # trained here, not published weights
     assert info["classes"] == [f"class{i}" for i in range(5)]
     assert info["runtime"]["provider"] == "CPUExecutionProvider"
     assert info["runtime"]["labels"] == "tensor(uint8)"

@@ -3,6 +3,7 @@ are torchvision's own, from random weights or from a published-style ``.pth`` fi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from torchvision.models.segmentation import fcn_resnet50
 from contract.palette import VOC_CLASSES, voc_colormap
 from contract.schema import check_model, session_tensors
 from contract.tiling import Tiling
-from model.export.torchvision_fcn import PUBLISHED_METRICS, export_torchvision_fcn
+from model.export.torchvision_fcn import export_torchvision_fcn
 from model.nets.backbones import WeightsError
 
 # torchvision's published ImageNet normalisation of RGB in [0, 1].
@@ -25,6 +26,9 @@ STD = (0.229, 0.224, 0.225)
 # Odd sizes, and a batch of two, none of them the traced example (2 x 67 x 91).
 SHAPES = [(1, 97, 131), (2, 64, 80)]
 SEED = 0
+# What a caller knows of the weights, carried into the file's metadata.
+FIGURES = {"mean_iu": 0.605, "pixel_accuracy": 0.914}
+ORIGIN = {"name": "torchvision-fcn-resnet50", "url": "http://127.0.0.1/fcn_resnet50_coco.pth"}
 
 
 def random_fcn_resnet50() -> nn.Module:
@@ -81,7 +85,9 @@ def loaded_export(loaded: nn.Module, tmp_path_factory: pytest.TempPathFactory) -
     weights = folder / "fcn_resnet50_coco.pth"
     torch.save(published_like(loaded), weights)
     out = folder / "fcn-resnet50-loaded.onnx"
-    return export_torchvision_fcn("fcn_resnet50", out, weights_path=weights, verify=False)
+    return export_torchvision_fcn(
+        "fcn_resnet50", out, weights_path=weights, verify=False, metrics=FIGURES, origin=ORIGIN
+    )
 
 
 def test_the_export_keeps_the_contract_as_onnx_runtime_reads_it(random_export: Path) -> None:
@@ -98,6 +104,7 @@ def test_the_export_keeps_the_contract_as_onnx_runtime_reads_it(random_export: P
     assert meta.ignore_index == 255
     assert meta.dataset == "coco-voc-subset (torchvision)"
     assert meta.metrics == {}  # random weights have no figures
+    assert meta.origin == {}
     assert meta.preprocessing["channel_order"] == "RGB"
     assert (meta.preprocessing["mean"], meta.preprocessing["std"]) == (list(MEAN), list(STD))
     assert meta.preprocessing["scale"] == pytest.approx(1 / 255)
@@ -127,8 +134,8 @@ def test_published_weights_load_through_weights_path_without_their_aux_head(
         (random_labels,) = random_sess.run(None, {"image": image})
         assert np.array_equal(labels, torchvision_labels(loaded, image))
         assert (labels != random_labels).mean() > 0.5  # the file's weights, not the seed's
-    assert meta["fcn.metrics"] == '{"mean_iu": 0.605, "pixel_accuracy": 0.914}'
-    assert PUBLISHED_METRICS["fcn_resnet101"] == {"mean_iu": 0.637, "pixel_accuracy": 0.919}
+    assert json.loads(meta["fcn.metrics"]) == FIGURES
+    assert json.loads(meta["fcn.origin"]) == ORIGIN
 
 
 def misfits() -> Mapping[str, tuple[dict[str, Tensor], str]]:

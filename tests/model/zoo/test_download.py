@@ -6,13 +6,9 @@ import fcntl
 import hashlib
 import io
 import random
-import re
 import socket
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,107 +16,19 @@ import pytest
 from model.errors import FCNError
 from model.zoo import download
 from model.zoo.download import DownloadError, cache_dir, fetch
+from tests.model.zoo.http_server import Served, Server, serving
 
 NAME = "fcn8s-tiny.caffemodel"
 SIZE = 3 << 20  # three chunks and a bit of the client's reads
 CUT = SIZE // 2 + 12345
 
 
-@dataclass
-class Served:
-    """One request as the server saw it."""
-
-    path: str
-    range: str | None
-    status: int
-    sent: int  # body bytes written
-
-
-class Server(ThreadingHTTPServer):
-    """Files under ``root`` with ``Range: bytes=N-`` support and switches to misbehave."""
-
-    daemon_threads = True
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.root = root
-        self.served: list[Served] = []
-        self.cut_after: int | None = None  # the next body stops after this many bytes
-        self.stall_after: int | None = None  # the next body stalls after this many bytes
-        self.ignore_range = False  # answer 200 and the whole file
-        self.wrong_content_range = False  # answer 206 claiming to start at byte 0
-        self.corrupt = False  # flip the first byte of every body
-        self.release = threading.Event()  # ends a stall
-
-    def url(self, path: str = NAME) -> str:
-        return f"http://127.0.0.1:{self.server_port}/{path}"
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Server
-
-    def do_GET(self) -> None:
-        server, range_header = self.server, self.headers.get("Range")
-        if self.path.startswith("/moved/"):
-            server.served.append(Served(self.path, range_header, 302, 0))
-            self.send_response(302)
-            self.send_header("Location", self.path.removeprefix("/moved"))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        file = server.root / self.path.lstrip("/")
-        if not file.is_file():
-            server.served.append(Served(self.path, range_header, 404, 0))
-            self.send_error(404)
-            return
-        data = file.read_bytes()
-        if server.corrupt:
-            data = bytes([data[0] ^ 0xFF]) + data[1:]
-        match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
-        status, start = 200, 0
-        if match and not server.ignore_range:
-            status, start = 206, int(match[1])
-            if start >= len(data):
-                server.served.append(Served(self.path, range_header, 416, 0))
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-        body = data[start:]
-        cut, server.cut_after = server.cut_after, None
-        stall, server.stall_after = server.stall_after, None
-        sent = body[: min(n for n in (cut, stall, len(body)) if n is not None)]
-        # Recorded before the body goes out: the client may look as soon as it has it.
-        server.served.append(Served(self.path, range_header, status, len(sent)))
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        if status == 206:
-            claimed = 0 if server.wrong_content_range else start
-            self.send_header("Content-Range", f"bytes {claimed}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        self.wfile.write(sent)
-        if stall is not None:
-            server.release.wait(timeout=10)
-        # HTTP/1.0: returning closes the connection, so a short body is a cut one.
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     root = tmp_path / "www"
     root.mkdir()
-    server = Server(root)
-    # A short poll: shutdown() waits for one.
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(root) as server:
+        yield server
 
 
 @pytest.fixture
@@ -168,7 +76,7 @@ def test_cache_dir_prefers_fcn_cache_then_xdg_then_home(
 def test_fetch_downloads_verifies_and_lands_under_the_final_name(
     server: Server, payload: bytes, cache: Path
 ) -> None:
-    path = fetch(server.url(), sha1=sha1(payload), cache=cache)
+    path = fetch(server.url(NAME), sha1=sha1(payload), cache=cache)
     assert path == cache / NAME
     assert path.read_bytes() == payload
     assert listing(cache) == [NAME]  # the .part was renamed, not copied
@@ -176,16 +84,52 @@ def test_fetch_downloads_verifies_and_lands_under_the_final_name(
 
 
 def test_fetch_checks_sha256_too(server: Server, payload: bytes, cache: Path) -> None:
-    path = fetch(server.url(), sha256=hashlib.sha256(payload).hexdigest(), cache=cache)
+    path = fetch(server.url(NAME), sha256=hashlib.sha256(payload).hexdigest(), cache=cache)
     assert path.read_bytes() == payload
+
+
+def test_a_digest_prefix_is_checked_as_torch_hub_checks_it(
+    server: Server, payload: bytes, cache: Path
+) -> None:
+    prefix = hashlib.sha256(payload).hexdigest()[:8]
+    assert fetch(server.url(NAME), sha256=prefix.upper(), cache=cache).read_bytes() == payload
+    wrong = f"{int(prefix, 16) ^ 1:08x}"
+    with pytest.raises(DownloadError, match=f"expected {wrong}\\.\\.\\.: a damaged"):
+        fetch(server.url(NAME), sha256=wrong, cache=tmp_cache(cache))
+
+
+def test_without_a_digest_a_complete_download_is_kept_and_reused(
+    server: Server, payload: bytes, cache: Path
+) -> None:
+    path = fetch(server.url(NAME), cache=cache)
+    assert path.read_bytes() == payload
+    assert fetch(server.url(NAME), cache=cache) == path
+    assert len(server.served) == 1
+
+
+def test_without_a_digest_a_cut_download_is_not_taken_for_the_file(
+    server: Server, payload: bytes, cache: Path
+) -> None:
+    server.cut_after = CUT
+    with pytest.raises(DownloadError, match=f"stopped after {CUT:,} bytes"):
+        fetch(server.url(NAME), cache=cache)
+    assert listing(cache) == [f"{NAME}.part"]
+    assert fetch(server.url(NAME), cache=cache).read_bytes() == payload
+
+
+def tmp_cache(cache: Path) -> Path:
+    """Another, empty cache beside ``cache``."""
+    other = cache.with_name(cache.name + "-other")
+    other.mkdir()
+    return other
 
 
 def test_a_cached_file_is_returned_without_a_request(
     server: Server, payload: bytes, cache: Path
 ) -> None:
-    first = fetch(server.url(), sha1=sha1(payload), cache=cache)
+    first = fetch(server.url(NAME), sha1=sha1(payload), cache=cache)
     requests = len(server.served)
-    assert fetch(server.url(), sha1=sha1(payload).upper(), cache=cache) == first
+    assert fetch(server.url(NAME), sha1=sha1(payload).upper(), cache=cache) == first
     assert len(server.served) == requests
 
 
@@ -200,14 +144,14 @@ def test_a_progress_bar_shows_on_a_terminal_unless_turned_off(
 ) -> None:
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    fetch(server.url(), sha1=sha1(payload), cache=cache, progress=progress)
+    fetch(server.url(NAME), sha1=sha1(payload), cache=cache, progress=progress)
     assert (NAME in terminal.getvalue()) is progress
 
 
 def test_a_stale_cached_file_is_replaced(server: Server, payload: bytes, cache: Path) -> None:
     cache.mkdir()
     (cache / NAME).write_bytes(b"an older release")
-    assert fetch(server.url(), sha1=sha1(payload), cache=cache).read_bytes() == payload
+    assert fetch(server.url(NAME), sha1=sha1(payload), cache=cache).read_bytes() == payload
     assert listing(cache) == [NAME]
 
 
@@ -216,12 +160,12 @@ def test_a_cut_download_keeps_its_part_and_resumes_with_a_range(
 ) -> None:
     server.cut_after = CUT
     with pytest.raises(DownloadError, match=rf"stopped after {CUT:,} bytes.*run again") as info:
-        fetch(server.url(), sha1=sha1(payload), cache=cache)
+        fetch(server.url(NAME), sha1=sha1(payload), cache=cache)
     assert "\n" not in str(info.value)
     assert listing(cache) == [f"{NAME}.part"]
     assert (cache / f"{NAME}.part").read_bytes() == payload[:CUT]
 
-    path = fetch(server.url(), sha1=sha1(payload), cache=cache)
+    path = fetch(server.url(NAME), sha1=sha1(payload), cache=cache)
     assert path.read_bytes() == payload
     assert listing(cache) == [NAME]
     assert server.served[-1] == Served(f"/{NAME}", f"bytes={CUT}-", 206, SIZE - CUT)
@@ -232,9 +176,9 @@ def test_a_server_that_ignores_range_is_downloaded_afresh(
 ) -> None:
     server.cut_after = CUT
     with pytest.raises(DownloadError):
-        fetch(server.url(), sha1=sha1(payload), cache=cache)
+        fetch(server.url(NAME), sha1=sha1(payload), cache=cache)
     server.ignore_range = True
-    assert fetch(server.url(), sha1=sha1(payload), cache=cache).read_bytes() == payload
+    assert fetch(server.url(NAME), sha1=sha1(payload), cache=cache).read_bytes() == payload
     assert server.served[-1] == Served(f"/{NAME}", f"bytes={CUT}-", 200, SIZE)
     assert listing(cache) == [NAME]
 
@@ -244,9 +188,9 @@ def test_a_206_of_another_range_is_downloaded_afresh(
 ) -> None:
     server.cut_after = CUT
     with pytest.raises(DownloadError):
-        fetch(server.url(), sha1=sha1(payload), cache=cache)
+        fetch(server.url(NAME), sha1=sha1(payload), cache=cache)
     server.wrong_content_range = True
-    assert fetch(server.url(), sha1=sha1(payload), cache=cache).read_bytes() == payload
+    assert fetch(server.url(NAME), sha1=sha1(payload), cache=cache).read_bytes() == payload
     assert [(s.range, s.status) for s in server.served[-2:]] == [
         (f"bytes={CUT}-", 206),
         (None, 200),
@@ -259,7 +203,7 @@ def test_a_complete_part_is_verified_and_renamed_after_a_416(
 ) -> None:
     cache.mkdir()
     (cache / f"{NAME}.part").write_bytes(payload)  # cut just before the rename
-    assert fetch(server.url(), sha1=sha1(payload), cache=cache).read_bytes() == payload
+    assert fetch(server.url(NAME), sha1=sha1(payload), cache=cache).read_bytes() == payload
     assert server.served == [Served(f"/{NAME}", f"bytes={SIZE}-", 416, 0)]
     assert listing(cache) == [NAME]
 
@@ -275,7 +219,7 @@ def test_a_wrong_checksum_names_both_digests_and_leaves_nothing(
         server.corrupt = True
         got = sha1(bytes([payload[0] ^ 0xFF]) + payload[1:])
     with pytest.raises(DownloadError, match=f"SHA1 is {got}, expected {expected}"):
-        fetch(server.url(), sha1=expected, cache=cache)
+        fetch(server.url(NAME), sha1=expected, cache=cache)
     assert listing(cache) == []
 
 
@@ -315,13 +259,13 @@ def test_a_stalled_server_times_out_and_keeps_the_part(
     monkeypatch.setattr(download, "TIMEOUT_S", 0.3)
     server.stall_after = CUT
     with pytest.raises(DownloadError, match=r"stopped after ([\d,]+) bytes \(timed out\)") as info:
-        fetch(server.url(), sha1=sha1(payload), cache=cache)
+        fetch(server.url(NAME), sha1=sha1(payload), cache=cache)
     server.release.set()
     # What was read of the chunk in progress is lost; what is on disk is reported.
     kept = (cache / f"{NAME}.part").read_bytes()
     assert kept == payload[: len(kept)]
     assert f"stopped after {len(kept):,} bytes" in str(info.value)
-    assert fetch(server.url(), sha1=sha1(payload), cache=cache).read_bytes() == payload
+    assert fetch(server.url(NAME), sha1=sha1(payload), cache=cache).read_bytes() == payload
     assert server.served[-1].range == f"bytes={len(kept)}-"
 
 
@@ -332,7 +276,7 @@ def test_a_part_locked_by_another_download_is_left_alone(
     with open(cache / f"{NAME}.part", "ab") as other:
         fcntl.flock(other, fcntl.LOCK_EX)
         with pytest.raises(DownloadError, match="another process is downloading"):
-            fetch(server.url(), sha1=sha1(payload), cache=cache)
+            fetch(server.url(NAME), sha1=sha1(payload), cache=cache)
     assert server.served == []
     assert listing(cache) == [f"{NAME}.part"]
 
@@ -340,12 +284,12 @@ def test_a_part_locked_by_another_download_is_left_alone(
 @pytest.mark.parametrize(
     ("digests", "error"),
     [
-        ({}, TypeError),
         ({"sha1": "0" * 40, "sha256": "0" * 64}, TypeError),
-        ({"sha1": "0" * 39}, ValueError),
+        ({"sha1": "0" * 41}, ValueError),
+        ({"sha256": "0" * 7}, ValueError),
         ({"sha256": "g" * 64}, ValueError),
     ],
-    ids=["neither", "both", "short-sha1", "not-hex"],
+    ids=["both", "long-sha1", "short-prefix", "not-hex"],
 )
 def test_fetch_refuses_a_bad_digest_spec(
     cache: Path, digests: dict[str, str], error: type[Exception]

@@ -1,0 +1,169 @@
+"""The published trained networks ``fcn pretrained`` knows: where their weights are, how
+they are checked, and the figures their authors published for them.
+
+Plain data (no torch): ``fcn pretrained --list`` reads it without loading a framework.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+from model.errors import FCNError
+
+Kind = Literal["caffe", "torchvision"]
+
+CAFFE_HOST = "http://dl.caffe.berkeleyvision.org"
+TORCHVISION_HOST = "https://download.pytorch.org/models"
+REFERENCE = "https://github.com/shelhamer/fcn.berkeleyvision.org"
+TORCHVISION_DOCS = "https://docs.pytorch.org/vision/stable/models/fcn.html"
+# The reference scores its PASCAL nets on seg11valid: the 736 images of VOC2011 val that
+# are not in SBD's training set.
+SEG11VALID = "PASCAL VOC 2011 seg11valid (736 images), published by the reference"
+COCO_VOC = "COCO val2017, VOC's 20 categories, published by torchvision"
+
+
+class UnknownModelError(FCNError, KeyError):
+    """A name that is not in the registry; the message lists the names there are."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """One published network: the file of its weights and what is known about it."""
+
+    name: str
+    kind: Kind
+    # Our architecture name: a model.nets.fcn ARCHS entry, or a torchvision builder's name.
+    arch: str
+    summary: str
+    url: str
+    # The published SHA1 of the file, a SHA256 prefix (torchvision's file names carry one),
+    # or neither where none was ever published: then the download is checked only for being
+    # complete, and its content by the conversion, which reads and checks every layer.
+    sha1: str | None = None
+    sha256: str | None = None
+    size_mib: int = 0  # about, for the listing
+    # The authors' figures for these weights, as fractions under our metric names.
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    metrics_on: str = ""
+    reference: str = REFERENCE
+
+    @property
+    def file_name(self) -> str:
+        return urlsplit(self.url).path.rsplit("/", 1)[-1]
+
+    @property
+    def digest(self) -> str:
+        """How the file is checked, in words."""
+        if self.sha1:
+            return f"SHA1 {self.sha1}"
+        if self.sha256:
+            return f"SHA256 {self.sha256}..."
+        return "no published digest"
+
+
+def _caffe(name: str, arch: str, file: str, mean_iu: float, summary: str, **kw: str) -> Pretrained:
+    return Pretrained(
+        name=name,
+        kind="caffe",
+        arch=arch,
+        summary=summary,
+        url=f"{CAFFE_HOST}/{file}",
+        size_mib=513,
+        metrics={"mean_iu": mean_iu},
+        metrics_on=SEG11VALID,
+        **kw,
+    )
+
+
+def _torchvision(name: str, arch: str, file: str, size_mib: int, **metrics: float) -> Pretrained:
+    backbone = arch.removeprefix("fcn_")
+    return Pretrained(
+        name=name,
+        kind="torchvision",
+        arch=arch,
+        summary=f"torchvision's FCN on a dilated {backbone} (output stride 8), COCO with "
+        "VOC's labels",
+        url=f"{TORCHVISION_HOST}/{file}",
+        # The digits after the last "-" of the file name begin the file's SHA256.
+        sha256=file.rsplit("-", 1)[1].split(".", 1)[0],
+        size_mib=size_mib,
+        metrics=metrics,
+        metrics_on=COCO_VOC,
+        reference=TORCHVISION_DOCS,
+    )
+
+
+# The SHA1s are those the reference lists for fcn8s (README) and OpenCV's test-data
+# downloader lists for fcn32s (opencv_extra, testdata/dnn/download_models.py); none was
+# published for the other two files.
+MODELS: dict[str, Pretrained] = {
+    entry.name: entry
+    for entry in (
+        _caffe(
+            "voc-fcn32s",
+            "fcn32s",
+            "fcn32s-heavy-pascal.caffemodel",
+            0.636,
+            "the reference FCN-32s, PASCAL VOC (SBD train), stride 32",
+            sha1="05eb922d7829c39448f57e5ab9d8cd75d6c0be6d",
+        ),
+        _caffe(
+            "voc-fcn16s",
+            "fcn16s",
+            "fcn16s-heavy-pascal.caffemodel",
+            0.650,
+            "the reference FCN-16s, PASCAL VOC (SBD train), stride 16",
+        ),
+        _caffe(
+            "voc-fcn8s",
+            "fcn8s",
+            "fcn8s-heavy-pascal.caffemodel",
+            0.655,
+            "the reference FCN-8s, PASCAL VOC (SBD train), stride 8; 67.2 mean IU on VOC2012 test",
+            sha1="c449ea74dd7d83751d1357d6a8c323fcf4038962",
+        ),
+        _caffe(
+            "voc-fcn8s-atonce",
+            "fcn8s-atonce",
+            "fcn8s-atonce-pascal.caffemodel",
+            0.654,
+            "the reference FCN-8s trained all at once, PASCAL VOC (SBD train), stride 8",
+        ),
+        _torchvision(
+            "torchvision-fcn-resnet50",
+            "fcn_resnet50",
+            "fcn_resnet50_coco-1167a1af.pth",
+            135,
+            mean_iu=0.605,
+            pixel_accuracy=0.914,
+        ),
+        _torchvision(
+            "torchvision-fcn-resnet101",
+            "fcn_resnet101",
+            "fcn_resnet101_coco-7ecb50ca.pth",
+            208,
+            mean_iu=0.637,
+            pixel_accuracy=0.919,
+        ),
+    )
+}
+
+
+def lookup(name: str) -> Pretrained:
+    """The registry's entry for ``name``; ``UnknownModelError`` suggests the nearest."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        pass
+    near = difflib.get_close_matches(name, MODELS, n=1, cutoff=0.5)
+    hint = f"did you mean {near[0]}? " if near else ""
+    raise UnknownModelError(
+        f"no pretrained model {name!r}; {hint}known: {', '.join(MODELS)} (fcn pretrained --list)"
+    )
