@@ -1,10 +1,14 @@
 # Two entry points for a fresh Linux machine with Python 3.11+:
 #   make serve   install the service and serve the bundled demo model on port 8000
 #   make test    install everything, then lint, type-check and run the whole test suite
+# `make serve MODEL=voc-fcn8s` serves a published model instead (`fcn pretrained --list`):
+# made once into models/pretrained/ (the conversion installs torch), then served offline.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_MODEL := models/demo/fcn8s.onnx
+MODEL ?=
+PRETRAINED_DIR := models/pretrained
 
 .PHONY: serve test demo clean
 
@@ -21,8 +25,19 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[train,serve,dev]'
 	touch $@
 
+# The conversion needs torch; serving never does.
+$(VENV)/.pretrained-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[train,serve]'
+	touch $@
+
+ifeq ($(MODEL),)
 serve: $(VENV)/.serve-installed
 	FCN_MODEL_PATH="$${FCN_MODEL_PATH:-$(DEMO_MODEL)}" $(BIN)/fcn-serve
+else
+serve: $(VENV)/.serve-installed $(VENV)/.pretrained-installed
+	$(BIN)/fcn pretrained '$(MODEL)' --out $(PRETRAINED_DIR)
+	FCN_MODEL_PATH='$(PRETRAINED_DIR)/$(MODEL).onnx' $(BIN)/fcn-serve
+endif
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

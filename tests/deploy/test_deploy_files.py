@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,19 +23,25 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from model.cli import build_parser
+from model.zoo.pretrained import MIRROR_VARIABLE, model_path
 from service import healthcheck
 from service.config import Settings
 from service.main import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_DOCKERFILES = ("docker/service.Dockerfile", "docker/service-cpu.Dockerfile")
-DOCKERFILES = (*SERVICE_DOCKERFILES, "docker/train.Dockerfile")
+PRETRAINED_DOCKERFILE = "docker/pretrained.Dockerfile"
+DOCKERFILES = (*SERVICE_DOCKERFILES, "docker/train.Dockerfile", PRETRAINED_DOCKERFILE)
+PRETRAINED_COMPOSE = ROOT / "docker" / "compose.pretrained.yml"
 K8S = ROOT / "deploy" / "kubernetes"
 SETTINGS = {f"FCN_{name.upper()}" for name in Settings.model_fields}
 DEFAULT_PORT = Settings.model_fields["port"].default
 ENV_REFERENCE = re.compile(r"\bFCN_[A-Z0-9_]+")
 # Variables that compose itself reads to fill in the file; they never reach the service.
-COMPOSE_ONLY = {"FCN_HOST_PORT", "FCN_MODELS_DIR"}
+COMPOSE_ONLY = {"FCN_HOST_PORT", "FCN_MODELS_DIR", "FCN_PRETRAINED"}
+# Read by `fcn pretrained` (model.zoo), in its own container, never by the service.
+ZOO_VARIABLES = {"FCN_CACHE", "FCN_MIRROR"}
 
 
 def answers(path: str) -> bool:
@@ -73,8 +80,8 @@ def env_of(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return env
 
 
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+def compose(path: Path = ROOT / "docker-compose.yml") -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict)
     return data
 
@@ -258,12 +265,59 @@ def test_compose_serves_on_8000_with_a_gpu_reservation_and_a_cpu_profile() -> No
 def test_every_fcn_variable_named_anywhere_is_a_real_setting() -> None:
     files = [
         ROOT / "docker-compose.yml",
+        PRETRAINED_COMPOSE,
         *(ROOT / name for name in DOCKERFILES),
         *sorted(K8S.glob("*.yaml")),
     ]
+    zoo = {PRETRAINED_COMPOSE, ROOT / PRETRAINED_DOCKERFILE}
     for path in files:
         named = set(ENV_REFERENCE.findall(path.read_text())) - COMPOSE_ONLY
+        if path in zoo:
+            named -= ZOO_VARIABLES
         assert named <= SETTINGS, (path.name, sorted(named - SETTINGS))
+    assert MIRROR_VARIABLE in ZOO_VARIABLES
+
+
+def test_the_pretrained_overlay_fetches_once_then_serves_that_file() -> None:
+    base, overlay = compose()["services"], compose(PRETRAINED_COMPOSE)["services"]
+    step = overlay.pop("pretrained")
+    assert set(overlay) == set(base)  # it changes every service, and adds only the step
+    assert (ROOT / step["build"]["dockerfile"]).is_file()
+    assert step["restart"] == "no"  # a step that ends, not a service
+    # Its command is one the fcn parser takes, with the name compose requires to be set.
+    command = [str(part) for part in step["command"]]
+    name = "${FCN_PRETRAINED:?"
+    assert command[2].startswith(name)
+    args = build_parser(command[1:]).parse_args([*command[1:2], "voc-fcn8s", *command[3:]])
+    assert (args.command, args.name) == ("pretrained", "voc-fcn8s")
+    written = model_path("${FCN_PRETRAINED}", args.out)
+    volumes = dict(v.split(":", 1) for v in step["volumes"])
+    assert volumes["pretrained"] == str(args.out)
+    pairs = dockerfile(step["build"]["dockerfile"])
+    assert volumes["pretrained-cache"] == env_of(pairs)["FCN_CACHE"]
+    for label, service in overlay.items():
+        assert service["depends_on"]["pretrained"]["condition"] == (
+            "service_completed_successfully"
+        ), label
+        assert f"pretrained:{args.out}:ro" in service["volumes"], label
+        assert service["environment"]["FCN_MODEL_PATH"] == str(written), label
+    assert set(compose(PRETRAINED_COMPOSE)["volumes"]) == set(volumes)
+
+
+def test_the_pretrained_image_converts_on_cpu_torch_as_a_user_that_owns_its_volumes() -> None:
+    pairs = dockerfile(PRETRAINED_DOCKERFILE)
+    runs = " ".join(rest for instruction, rest in pairs if instruction == "RUN")
+    assert "download.pytorch.org/whl/cpu" in runs
+    assert "'.[train]'" in runs
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    bounds = {r.split(">", 1)[0]: r for r in extra["optional-dependencies"]["train"]}
+    assert f"'{bounds['torch']}'" in runs  # the bounds pyproject.toml allows, no others
+    assert f"'{bounds['torchvision']}'" in runs
+    assert [rest for instruction, rest in pairs if instruction == "USER"][-1] == "fcn"
+    (volume,) = [rest for instruction, rest in pairs if instruction == "VOLUME"]
+    for folder in yaml.safe_load(volume):
+        assert re.search(rf"mkdir -p [^&]*{folder}\b", runs), folder
+        assert re.search(rf"chown fcn [^&]*{folder}\b", runs), folder
 
 
 def test_kubernetes_probes_ports_gpu_and_config_agree_with_the_app() -> None:
@@ -324,3 +378,28 @@ def test_kustomization_lists_every_manifest_and_names_the_image() -> None:
     (image,) = kustomization["images"]
     assert image["name"] == container["image"]
     assert image["newTag"]
+
+
+def test_make_serve_with_a_model_name_makes_the_file_it_then_serves(tmp_path: Path) -> None:
+    """``make serve MODEL=NAME`` (dry run): ``fcn pretrained NAME --out DIR``, then the
+    service on the very file that command writes."""
+    made = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "serve", "MODEL=voc-fcn8s", f"VENV={tmp_path}/venv"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    fetch = next(shlex.split(line) for line in made if " pretrained " in line)
+    args = build_parser(fetch[1:]).parse_args(fetch[1:])
+    assert (args.command, args.name) == ("pretrained", "voc-fcn8s")
+    serve = next(shlex.split(line) for line in made if line.rstrip().endswith("fcn-serve"))
+    assert serve[0] == f"FCN_MODEL_PATH={model_path('voc-fcn8s', args.out)}"
+    # Without MODEL, the demo, as README's first command says.
+    plain = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "serve", f"VENV={tmp_path}/venv"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert " pretrained " not in plain
+    assert "models/demo/fcn8s.onnx" in plain
