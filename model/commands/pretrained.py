@@ -90,8 +90,13 @@ def report(result: Exported) -> str:
     if weights is None:
         lines.append(f"{result.path} is up to date ({entry.file_name}); --force makes it again")
     else:
-        check = f"{weights.checked} ok" if weights.checked else "no published digest"
-        lines.append(f"{weights.path}: {check} (SHA1 {weights.sha1}), from {weights.url}")
+        if weights.checked.startswith("SHA1 "):
+            check = f"{weights.checked} ok"
+        elif weights.checked:
+            check = f"{weights.checked} ok (SHA1 {weights.sha1})"
+        else:
+            check = f"no published digest, checked by conversion (SHA1 {weights.sha1})"
+        lines.append(f"{weights.path}: {check}, from {weights.url}")
         size = result.path.stat().st_size / 2**20
         lines.append(f"wrote {result.path} ({size:,.0f} MiB): {entry.summary}")
     if entry.metrics:

@@ -39,6 +39,14 @@ def test_complete_metadata_parses_with_the_optional_keys_defaulted() -> None:
     assert (meta.precision, meta.outputs, meta.preprocessing) == ("fp32", ("labels",), {})
     assert meta.label_dtype == "uint8"
     assert meta.to_dict()["metrics"] == {"mean_iu": 0.885}
+    assert meta.origin == {}  # weights trained here have no published origin
+
+
+def test_the_origin_of_published_weights_is_read_and_reported() -> None:
+    origin = {"name": "voc-fcn8s", "url": "http://127.0.0.1/fcn8s.caffemodel", "sha1": "ab" * 20}
+    meta = parse_metadata({**PROPS, "fcn.origin": json.dumps(origin)}, "m.onnx")
+    assert meta.origin == origin
+    assert meta.to_dict()["origin"] == origin
 
 
 @pytest.mark.parametrize("key", REQUIRED_KEYS)
@@ -60,9 +68,11 @@ def test_every_required_key_is_required(key: str) -> None:
         ("fcn.width", "wide", "malformed fcn.\\* metadata"),
         ("fcn.precision", "fp8", "fcn.precision is 'fp8'"),
         ("fcn.outputs", json.dumps(["scores"]), "it must list 'labels'"),
+        ("fcn.origin", json.dumps(["voc-fcn8s"]), "malformed fcn.\\* metadata"),
+        ("fcn.origin", "{name", "fcn.origin is not valid JSON"),
     ],
     ids=["schema", "short-palette", "bad-colour", "colour-range", "no-classes", "json",
-         "width", "precision", "outputs"],
+         "width", "precision", "outputs", "origin-list", "origin-json"],
 )  # fmt: skip
 def test_malformed_metadata_is_refused_naming_the_key(key: str, value: str, words: str) -> None:
     with pytest.raises(MetadataError, match=f"^m.onnx: .*{words}"):
