@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,12 @@ def check_output_folder(path: Path, flag: str = "--out") -> Path:
     except OSError as exc:
         raise CLIError(f"{flag} {path}: {exc}") from exc
     return path
+
+
+def check_hex_digest(flag: str, value: str | None, digits: int) -> None:
+    """Refuse a digest flag's value that is not ``digits`` hex digits (None: not given)."""
+    if value is not None and not re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", value):
+        raise CLIError(f"{flag} {value!r}: expected {digits} hex digits")
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

@@ -6,15 +6,12 @@ The checkpoint then evaluates, exports and serves like one this project trained.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from model.caffe.convert import KNOWN_SHA1, check_sha1, convert_caffemodel
 from model.checkpoint import save_checkpoint
-from model.cli import CLIError
+from model.cli import CLIError, check_hex_digest
 from model.nets.fcn import ARCHS
-
-SHA1_PATTERN = re.compile(r"[0-9a-fA-F]{40}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if not weights.is_file():
         raise CLIError(f"{weights}: no such file")
-    if args.sha1 is not None and not SHA1_PATTERN.fullmatch(args.sha1):
-        raise CLIError(f"--sha1 {args.sha1!r}: expected 40 hex digits")
+    check_hex_digest("--sha1", args.sha1, 40)
     if not out.parent.is_dir():
         raise CLIError(f"--out {out}: folder {out.parent} does not exist")
     if out.resolve() == weights.resolve():

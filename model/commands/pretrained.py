@@ -7,10 +7,9 @@ and exported; ``--list`` shows the names. Only the export imports torch.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
-from model.cli import CLIError, check_output_folder
+from model.cli import CLIError, check_hex_digest, check_output_folder
 from model.zoo.download import DIGEST_HEX_DIGITS, cache_dir
 from model.zoo.pretrained import MIRROR_VARIABLE, Exported, cached, export_pretrained
 from model.zoo.registry import MODELS, Pretrained, lookup
@@ -64,10 +63,8 @@ def run(args: argparse.Namespace) -> int:
     lookup(args.name)  # an unknown name fails first
     if args.out is None:
         raise CLIError("--out DIR is required: the folder to write NAME.onnx in")
-    for flag, value in (("--sha1", args.sha1), ("--sha256", args.sha256)):
-        digits = DIGEST_HEX_DIGITS[flag.removeprefix("--")]
-        if value is not None and not re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", value):
-            raise CLIError(f"{flag} {value!r}: expected {digits} hex digits")
+    check_hex_digest("--sha1", args.sha1, DIGEST_HEX_DIGITS["sha1"])
+    check_hex_digest("--sha256", args.sha256, DIGEST_HEX_DIGITS["sha256"])
     out = check_output_folder(args.out)
     result = export_pretrained(
         args.name,
