@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import re
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "a checkpoint's four metrics, per-class IoU and confusion matrix",
     ),
     "predict": ("model.commands.predict", "label-map PNGs and overlays for images"),
+    "segment": (
+        "model.commands.segment",
+        "a folder of images through a running service (POST /segment)",
+    ),
+    "info": (
+        "model.commands.info",
+        "what a checkpoint or ONNX file holds: network, classes, preprocessing, metrics",
+    ),
     "pretrained": (
         "model.commands.pretrained",
         "a published trained FCN, by name, to a verified ONNX model (--list)",
@@ -42,8 +51,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DISTRIBUTION = "fcn-segmentation"
+
+
 class CLIError(FCNError):
     """A bad flag, file or value; the message names it. Exit status 2."""
+
+
+def version() -> str:
+    """The installed distribution's version (``unknown`` when run from a bare checkout)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def check_output_folder(path: Path, flag: str = "--out") -> Path:
@@ -65,12 +85,13 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcn", description="Fully Convolutional Networks for semantic segmentation."
     )
+    parser.add_argument("--version", action="version", version=f"fcn {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    # Import only the module of the command being run (all of them for top-level help).
+    # Import only the module of the command being run (none for top-level help).
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        if wanted is None or wanted == name:
+        if wanted == name:
             importlib.import_module(module_name).add_arguments(command)
     return parser
 

@@ -6,8 +6,6 @@ import torch
 
 from model.errors import FCNError
 
-AMP_MODES = ("none", "bf16", "fp16")
-
 
 class DeviceError(FCNError, ValueError):
     """A device or precision this machine cannot run; the message names the flag."""

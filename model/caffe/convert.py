@@ -20,8 +20,9 @@ from torch import Tensor
 from contract.palette import VOC_CLASSES, voc_colormap
 from model.caffe.caffemodel import CaffeBlob, CaffeLayer, CaffeModelError, read_caffemodel
 from model.checkpoint import Checkpoint
+from model.names import ARCHS
 from model.nets.backbones import CONV_NAMES, zero_score_layers
-from model.nets.fcn import ARCHS, FCN, ModelSpec, build_fcn
+from model.nets.fcn import FCN, ModelSpec, build_fcn
 from model.nets.preprocessing import CAFFE, Preprocessing
 from model.zoo.registry import MODELS
 

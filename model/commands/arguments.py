@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from model.devices import AMP_MODES
-from model.evaluation.predict import DEFAULT_TILE_OVERLAP
+from contract.tiling import DEFAULT_OVERLAP as DEFAULT_TILE_OVERLAP
+from model.names import AMP_MODES
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:

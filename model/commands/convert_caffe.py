@@ -8,10 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.caffe.convert import KNOWN_SHA1, check_sha1, convert_caffemodel
-from model.checkpoint import save_checkpoint
 from model.cli import CLIError, check_hex_digest
-from model.nets.fcn import ARCHS
+from model.names import ARCHS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from model.caffe.convert import KNOWN_SHA1, check_sha1, convert_caffemodel
+    from model.checkpoint import save_checkpoint
+
     weights: Path = args.weights
     out: Path = args.out
     if not weights.is_file():

@@ -7,9 +7,7 @@ import argparse
 import re
 from pathlib import Path
 
-from model.data.checks import check_splits, format_problems
-from model.data.download import download_sbd, download_voc
-from model.data.layouts import FORMATS
+from model.names import DATA_FORMATS as FORMATS
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -55,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model.cli import CLIError, check_output_folder
+    from model.data.checks import check_splits, format_problems
+    from model.data.download import download_sbd, download_voc
 
     if args.action == "check":
         if args.workers < 1:

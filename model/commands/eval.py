@@ -1,20 +1,22 @@
-"""``fcn eval``: a checkpoint's four metrics on a data set, per-class IoU and confusion matrix."""
+"""``fcn eval``: the four metrics of a checkpoint or ONNX model on a data set, per class too."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from contract.tiling import DEFAULT_OVERLAP as DEFAULT_TILE_OVERLAP
 from model.cli import CLIError, check_output_folder
 from model.commands.arguments import add_device_arguments, add_tiling_arguments
-from model.data.layouts import FORMATS
-from model.evaluation.evaluate import class_table, evaluate, format_summary
-from model.evaluation.predict import DEFAULT_TILE_OVERLAP
+from model.names import DATA_FORMATS as FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--checkpoint", required=True, type=Path, help="checkpoint (.pt) to evaluate"
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="checkpoint (.pt), or exported model (.onnx, run on ONNX Runtime), to evaluate",
     )
     parser.add_argument(
         "--data", required=True, type=Path, help="data folder (VOC, SBD or folder layout)"
@@ -38,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from model.evaluation.evaluate import class_table, evaluate, format_summary
+
     if (args.predictions or args.overlays) and args.out is None:
         raise CLIError("--predictions and --overlays need --out DIR")
     if args.workers < 0:

@@ -6,12 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import onnx
-
-from model.checkpoint import CheckpointError, load_checkpoint
 from model.cli import CLIError, check_output_folder
-from model.export.exporter import OutputPathError, VerificationError, export_model
-from model.export.graph import MIN_OPSET
 from model.export.triton import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
@@ -21,6 +16,7 @@ from model.export.triton import (
     TritonError,
     write_triton_repository,
 )
+from model.names import MIN_OPSET
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--opset",
         type=int,
         metavar="N",
-        help=f"ONNX opset, {MIN_OPSET} to {onnx.defs.onnx_opset_version()} "
+        help=f"ONNX opset, {MIN_OPSET} to the newest the installed onnx knows "
         "(default: torch.onnx's own, 20 in torch 2.14)",
     )
     parser.add_argument(
@@ -75,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
+    import onnx
+
     newest = onnx.defs.onnx_opset_version()
     if args.opset is not None and not MIN_OPSET <= args.opset <= newest:
         raise CLIError(f"--opset {args.opset}: use {MIN_OPSET} to {newest}")
@@ -100,6 +98,9 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from model.checkpoint import CheckpointError, load_checkpoint
+    from model.export.exporter import OutputPathError, VerificationError, export_model
+
     _check_flags(args)
     try:
         checkpoint = load_checkpoint(args.checkpoint)

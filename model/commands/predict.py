@@ -8,9 +8,9 @@ from pathlib import Path
 
 from contract.encode import DEFAULT_ALPHA
 from contract.tiling import DEFAULT_MAX_MODEL_PIXELS
+from contract.tiling import DEFAULT_OVERLAP as DEFAULT_TILE_OVERLAP
 from model.cli import CLIError, check_output_folder
 from model.commands.arguments import add_device_arguments, add_tiling_arguments
-from model.evaluation.predict import DEFAULT_TILE_OVERLAP, PredictError, predict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from model.evaluation.predict import PredictError, predict
+
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
     check_output_folder(args.out)

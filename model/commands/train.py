@@ -7,15 +7,14 @@ import argparse
 import typing
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from model.checkpoint import Checkpoint, load_checkpoint
-from model.data.layouts import FORMATS
-from model.devices import AMP_MODES
-from model.nets.fcn import ARCHS
-from model.training.config import LOSSES, LR_POLICIES, OPTIMIZERS, TrainConfig, load_config_file
-from model.training.resume import resumed_config
-from model.training.train import train
+from model.names import AMP_MODES, ARCHS, LOSSES, LR_POLICIES, OPTIMIZERS
+from model.names import DATA_FORMATS as FORMATS
+from model.training.config import TrainConfig, load_config_file
+
+if TYPE_CHECKING:
+    from model.checkpoint import Checkpoint
 
 METAVARS: dict[str, str | tuple[str, str]] = {
     "data": "DIR",
@@ -76,6 +75,12 @@ FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the config these flags give (defaults, then --config, then flags) as "
+        "commented YAML that --config reads back, and exit",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         help="YAML or JSON file of settings (applied over the defaults, under the flags)",
@@ -84,15 +89,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from model.checkpoint import load_checkpoint
+    from model.training.train import train
+
+    if args.print_config:
+        print(config_yaml(config_from_args(args)), end="")
+        return 0
     resume = flag_overrides(args).get("resume")
     resumed = load_checkpoint(resume) if resume else None  # read once, for config and state
     train(config_from_args(args, resumed), resumed=resumed)
     return 0
 
 
+def config_yaml(config: TrainConfig) -> str:
+    """``config`` as YAML, each setting under a comment saying what it is."""
+    import yaml
+
+    values = config.to_dict()
+    lines = ["# fcn train --config FILE reads this back; flags given with it take precedence."]
+    for f in fields(TrainConfig):
+        help_text, choices, _ = FLAGS[f.name]
+        if choices:
+            help_text = f"{help_text} ({', '.join(choices)})"
+        lines.append(f"# {help_text}")
+        lines.append(yaml.safe_dump({f.name: values[f.name]}, default_flow_style=False).rstrip())
+    return "\n".join(lines) + "\n"
+
+
 def config_from_args(args: argparse.Namespace, resumed: Checkpoint | None = None) -> TrainConfig:
     """Defaults (or the resumed checkpoint's config), then ``--config``, then flags;
     ``resumed`` is the ``--resume`` checkpoint if already loaded."""
+    from model.checkpoint import load_checkpoint
+    from model.training.resume import resumed_config
+
     config = TrainConfig()
     overrides = flag_overrides(args)
     if overrides.get("resume"):

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.checkpoint import CheckpointError, load_checkpoint
 from model.cli import CLIError
-from model.export.verify import DEFAULT_CASES, verify_onnx
+from model.names import VERIFY_CASES as DEFAULT_CASES
 
 
 def _case(text: str) -> tuple[int, int, int]:
@@ -41,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from model.checkpoint import CheckpointError, load_checkpoint
+    from model.export.verify import verify_onnx
+
     if not args.model.is_file():
         raise CLIError(f"{args.model}: no such model file")
     try:

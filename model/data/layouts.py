@@ -20,8 +20,9 @@ from model.data.datasets import (
     Transforms,
     VOCDataset,
 )
+from model.names import DATA_FORMATS
 
-FORMATS = ("auto", "voc", "sbd", "folder")
+FORMATS = DATA_FORMATS
 # Where VOC's folder may sit below the root a user names (torchvision's download layouts).
 VOC_SUBDIRS = ("", "VOCdevkit/VOC2012", "VOCdevkit/VOC2011", "TrainVal/VOCdevkit/VOC2011")
 SBD_SUBDIRS = ("", "dataset", "benchmark_RELEASE/dataset")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from contract.tiling import segment_tiled
-from model.checkpoint import load_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint
 from model.data.checks import check_dataset, format_problems
 from model.data.datasets import DataError, SegmentationDataset
 from model.data.layouts import open_dataset
@@ -32,8 +32,12 @@ from model.devices import amp_dtype, resolve_device
 from model.evaluation.metrics import ConfusionMatrix, SegmentationMetrics, json_safe
 from model.evaluation.predict import (
     DEFAULT_TILE_OVERLAP,
+    ONNX_SUFFIX,
+    OnnxPredictor,
+    PredictError,
     TileOptions,
     net_labels,
+    segment,
     write_label_png,
     write_overlay,
 )
@@ -80,6 +84,31 @@ def evaluate_model(
             if on_batch is not None:
                 on_batch(images, targets, labels)
     net.train(was_training)
+    return confusion
+
+
+def evaluate_predictor(
+    predictor: OnnxPredictor,
+    loader: DataLoader[tuple[Tensor, Tensor]],
+    num_classes: int,
+    *,
+    on_batch: BatchCallback | None = None,
+    tiles: TileOptions | None = None,
+) -> ConfusionMatrix:
+    """The confusion matrix of an exported model over ``loader``, each image run as
+    ``fcn predict`` and the service run it (whole, unless ``tiles`` cut it)."""
+    tiles = tiles or TileOptions(max_model_pixels=None)
+    confusion = ConfusionMatrix(num_classes)
+    for batch_images, batch_targets in loader:
+        labels = torch.stack(
+            [
+                torch.from_numpy(segment(predictor, image.permute(1, 2, 0).numpy(), tiles))
+                for image in batch_images
+            ]
+        ).long()
+        confusion.update(batch_targets, labels)
+        if on_batch is not None:
+            on_batch(batch_images, batch_targets, labels)
     return confusion
 
 
@@ -187,7 +216,8 @@ def evaluate(
     tile_overlap: int = DEFAULT_TILE_OVERLAP,
     max_model_pixels: int | None = None,
 ) -> Evaluation:
-    """Evaluate a checkpoint on ``data``; with ``out``, write metrics.json and confusion.png
+    """Evaluate a checkpoint, or an exported ONNX file (on ONNX Runtime, as the service runs
+    it), on ``data``; with ``out``, write metrics.json and confusion.png
     there (and predictions/ID.png, overlays/ID.jpg when asked). The data is checked first,
     so a bad file is named rather than failing mid-way.
 
@@ -198,27 +228,27 @@ def evaluate(
     if tile_size or max_model_pixels is not None:
         tiles = TileOptions(tile_size, tile_overlap, max_model_pixels)
     out_dir = None if out is None else check_folder(out)
-    ckpt = load_checkpoint(checkpoint)
+    target_device = resolve_device(device)
+    model = _load(checkpoint, device, amp)
+    classes, palette = list(model.classes), list(model.palette)
+    # Batches of one image are never padded: the fill matters only to checkpoints' loaders.
+    fill_rgb = model.preprocessing.mean_rgb_255 if isinstance(model, Checkpoint) else (0, 0, 0)
     dataset = open_dataset(data, split, data_format)
-    if dataset.num_classes != ckpt.spec.num_classes:
+    if dataset.num_classes != len(classes):
         raise DataError(
             f"{dataset.root}: {dataset.num_classes} classes, but {checkpoint} predicts "
-            f"{ckpt.spec.num_classes}"
+            f"{len(classes)}"
         )
-    target_device = resolve_device(device)
-    autocast = amp_dtype(amp, target_device)
     if check_data:
         problems = check_dataset(dataset, workers=max(2, workers), progress=True)
         if problems:
             raise DataError(f"{len(problems)} problem(s) in the data:\n{format_problems(problems)}")
-    net = ckpt.build_model().to(target_device)
-    normalize = Normalize(ckpt.preprocessing).to(target_device)
     loader: DataLoader[tuple[Tensor, Tensor]] = DataLoader(
         dataset,
         batch_size=1,
         shuffle=False,
         num_workers=workers,
-        collate_fn=partial(collate_padded, fill_rgb=ckpt.preprocessing.mean_rgb_255),
+        collate_fn=partial(collate_padded, fill_rgb=fill_rgb),
         pin_memory=target_device.type == "cuda",
         generator=torch.Generator().manual_seed(0),
     )
@@ -235,29 +265,39 @@ def evaluate(
                 sample = dataset.samples[next(position)]
                 label_np = label.cpu().numpy()
                 if save_predictions:
-                    write_label_png(label_np, ckpt.palette, prediction_dir / f"{sample.id}.png")
+                    write_label_png(label_np, palette, prediction_dir / f"{sample.id}.png")
                 if overlays:
                     rgb = image.permute(1, 2, 0).cpu().numpy()
-                    write_overlay(rgb, label_np, ckpt.palette, overlay_dir / f"{sample.id}.jpg")
+                    write_overlay(rgb, label_np, palette, overlay_dir / f"{sample.id}.jpg")
 
-    confusion = evaluate_model(
-        net,
-        loader,
-        normalize,
-        ckpt.spec.num_classes,
-        target_device,
-        autocast=autocast,
-        on_batch=on_batch,
-        tiles=tiles,
-    )
-    result = Evaluation(
-        confusion.compute(), confusion.matrix.cpu(), list(ckpt.classes), len(dataset)
-    )
+    if isinstance(model, OnnxPredictor):
+        confusion = evaluate_predictor(model, loader, len(classes), on_batch=on_batch, tiles=tiles)
+    else:
+        confusion = evaluate_model(
+            model.build_model().to(target_device),
+            loader,
+            Normalize(model.preprocessing).to(target_device),
+            len(classes),
+            target_device,
+            autocast=amp_dtype(amp, target_device),
+            on_batch=on_batch,
+            tiles=tiles,
+        )
+    result = Evaluation(confusion.compute(), confusion.matrix.cpu(), classes, len(dataset))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_metrics(result, Path(checkpoint), dataset, out_dir / "metrics.json")
         plot_confusion(result.confusion, result.classes, out_dir / "confusion.png")
     return result
+
+
+def _load(model: str | Path, device: str, amp: str) -> OnnxPredictor | Checkpoint:
+    """An exported file on ONNX Runtime, or a checkpoint, by the file's suffix."""
+    if Path(model).suffix.lower() == ONNX_SUFFIX:
+        if amp != "none":
+            raise PredictError(f"--amp {amp}: an ONNX model runs at its exported precision")
+        return OnnxPredictor(model, device)
+    return load_checkpoint(model)
 
 
 def _write_metrics(

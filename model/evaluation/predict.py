@@ -196,6 +196,7 @@ class OnnxPredictor:
             raise PredictError(str(exc)) from exc
         self.palette: Sequence[Color] = meta.palette
         self.tiling = meta.tiling
+        self.classes: list[str] = list(meta.classes)
 
     def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]:
         (labels,) = self.session.run([LABELS], {INPUT: np.ascontiguousarray(images)})

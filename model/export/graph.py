@@ -25,13 +25,13 @@ from contract.palette import IGNORE_INDEX, Color
 from contract.schema import DIMS, INPUT, LABELS, SCHEMA, SCORES, label_dtype
 from contract.tiling import KEY as TILING_KEY
 from contract.tiling import Tiling
+from model import names
 from model.checkpoint import Checkpoint
 from model.errors import FCNError
 from model.nets.fcn import network_tiling
 from model.nets.preprocessing import Normalize, Preprocessing
 
-# Below this opset the exporter's translations are not maintained.
-MIN_OPSET = 18
+MIN_OPSET = names.MIN_OPSET
 # The traced example: batch 2 and sizes other than 1, so torch.export does not specialise
 # N, H or W; verification runs on other sizes so a constant traced from it would show.
 EXAMPLE_SHAPE = (2, 67, 91, 3)

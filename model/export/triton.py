@@ -13,13 +13,14 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from contract.schema import MetadataError
 from model.errors import FCNError
-from model.export.metadata import load_model
 from model.files import atomic_path
+
+if TYPE_CHECKING:  # onnx is imported where used: `fcn export --help` stays quick
+    import onnx
 
 PLATFORM = "onnxruntime_onnx"
 CONFIG = "config.pbtxt"
@@ -28,16 +29,16 @@ DEFAULT_NAME = "fcn"
 DEFAULT_MAX_BATCH_SIZE = 8
 # How long Triton's dynamic batcher holds a request for others of the same shape.
 DEFAULT_MAX_QUEUE_DELAY_US = 2000
-# ONNX element type -> Triton ``DataType`` (model_config.proto).
-TRITON_TYPES: dict[int, str] = {
-    onnx.TensorProto.BOOL: "TYPE_BOOL",
-    onnx.TensorProto.UINT8: "TYPE_UINT8",
-    onnx.TensorProto.INT8: "TYPE_INT8",
-    onnx.TensorProto.INT32: "TYPE_INT32",
-    onnx.TensorProto.INT64: "TYPE_INT64",
-    onnx.TensorProto.FLOAT16: "TYPE_FP16",
-    onnx.TensorProto.FLOAT: "TYPE_FP32",
-    onnx.TensorProto.DOUBLE: "TYPE_FP64",
+# ONNX element type (``TensorProto.DataType`` name) -> Triton ``DataType`` (model_config.proto).
+TRITON_TYPES: dict[str, str] = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "INT8": "TYPE_INT8",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FLOAT16": "TYPE_FP16",
+    "FLOAT": "TYPE_FP32",
+    "DOUBLE": "TYPE_FP64",
 }
 # --triton-instance -> ModelInstanceGroup.Kind; "auto" leaves it to Triton (GPU if any).
 INSTANCE_KINDS = {"auto": None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
@@ -65,6 +66,8 @@ def tensor_configs(
 
     With ``max_batch_size > 0`` Triton adds the batch dimension itself, so it is left out.
     """
+    import onnx
+
     initializers = {init.name for init in model.graph.initializer}
 
     def convert(values: Sequence[onnx.ValueInfoProto]) -> list[TensorConfig]:
@@ -73,8 +76,8 @@ def tensor_configs(
             if value.name in initializers:
                 continue
             tensor = value.type.tensor_type
-            if tensor.elem_type not in TRITON_TYPES:
-                kind = onnx.TensorProto.DataType.Name(tensor.elem_type)
+            kind = onnx.TensorProto.DataType.Name(tensor.elem_type)
+            if kind not in TRITON_TYPES:
                 raise TritonError(f"{value.name!r}: no Triton data type for {kind}")
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
             if max_batch_size > 0:
@@ -83,7 +86,7 @@ def tensor_configs(
                         f"{value.name!r} has no dynamic batch dimension; use max_batch_size 0"
                     )
                 dims = dims[1:]
-            configs.append(TensorConfig(value.name, TRITON_TYPES[tensor.elem_type], tuple(dims)))
+            configs.append(TensorConfig(value.name, TRITON_TYPES[kind], tuple(dims)))
         return configs
 
     return convert(model.graph.input), convert(model.graph.output)
@@ -169,6 +172,8 @@ def write_triton_repository(
     if version < 1:
         raise TritonError(f"version must be 1 or more, got {version}")
     try:
+        from model.export.metadata import load_model
+
         model = load_model(source)
     except MetadataError as exc:
         raise TritonError(str(exc)) from exc

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from contract.schema import INPUT, LABELS, SCORES, MetadataError, parse_metadata
+from model import names
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.errors import FCNError
 from model.export.graph import ModelCard, SegmentationGraph, checkpoint_card
@@ -33,7 +34,7 @@ MIN_AGREEMENT = {"fp32": 0.9999, "fp16": 0.995}
 LOGIT_TOLERANCE = 1e-4
 # (N, H, W) of the comparison batches: 1x1 (the padding's corner case), a non-square odd
 # size and a batch of 2; none is the traced example (2, 67, 91).
-DEFAULT_CASES: tuple[tuple[int, int, int], ...] = ((1, 1, 1), (1, 45, 71), (2, 64, 96))
+DEFAULT_CASES = names.VERIFY_CASES
 
 
 class VerifyError(FCNError, ValueError):

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contract.tiling import Tiling
+from model import names
+
+ARCHS = names.ARCHS
 
 # (name, channels at width 1.0) of the 13 VGG16 convolutions; None marks a 2x2 max pool.
 VGG16_LAYERS: tuple[tuple[str, int] | None, ...] = (
@@ -29,7 +32,6 @@ FC_CHANNELS = 4096
 CONV1_1_PAD = 100
 # pool5's stride: tiles starting on multiples of it keep every pixel's place on the grid.
 OUTPUT_STRIDE = 32
-ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
 
 
 def scaled(channels: int, width: float) -> int:

@@ -14,14 +14,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from model.devices import AMP_MODES
 from model.errors import FCNError
 from model.files import read_json_or_yaml
-from model.nets.fcn import ARCHS
+from model.names import AMP_MODES, ARCHS, LOSSES, LR_POLICIES, OPTIMIZERS
 
-LOSSES = ("sum", "mean")
-OPTIMIZERS = ("sgd", "adamw")
-LR_POLICIES = ("fixed", "poly")
 # The reference solvers' fixed learning rates for the pixel-summed loss (batch 1, ~500x375
 # images, so ~1e5 pixels per step): each stage 100x lower than the one it starts from.
 SUM_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-10}

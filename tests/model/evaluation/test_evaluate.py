@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
@@ -19,6 +20,8 @@ from model.data.layouts import voc_dataset
 from model.data.synthetic import SYNTH_CLASSES, write_synthetic
 from model.evaluation.evaluate import evaluate
 from model.evaluation.metrics import ConfusionMatrix
+from model.evaluation.predict import PredictError
+from model.export.exporter import export_onnx
 from model.nets.fcn import ModelSpec, build_fcn, network_tiling
 from model.nets.preprocessing import TORCHVISION, Normalize
 from tests.model.evaluation.margins import TIE, smallest_margin
@@ -182,3 +185,28 @@ def test_tiles_at_the_exact_overlap_give_the_untiled_metrics(
     # The service's default overlap changes labels near the seams: tiles were really cut.
     cheaper = evaluate(checkpoint, data, workers=0, check_data=False, tile_size=1024)
     assert cheaper.confusion.tolist() != whole["confusion"]
+
+
+def test_an_onnx_model_is_evaluated_on_onnx_runtime_as_the_service_runs_it(
+    checkpoint: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    onnx_path = export_onnx(load_checkpoint(checkpoint), tmp_path / "model.onnx")
+    expected = reference_confusion(checkpoint, synth)
+    out = tmp_path / "eval"
+    base = ["eval", "--data", str(synth), "--workers", "0", "--out", str(out)]
+    assert main([*base, "--checkpoint", str(onnx_path), "--predictions"]) == 0
+    assert str(onnx_path) in capsys.readouterr().out
+    record = json.loads((out / "metrics.json").read_text())
+    # ONNX Runtime and PyTorch may round a near-tie differently, nowhere else.
+    differ = np.abs(np.array(record["confusion"]) - expected.matrix.numpy()).sum()
+    assert differ <= 0.001 * expected.matrix.sum().item()
+    assert record["mean_iu"] == pytest.approx(expected.compute().mean_iu, abs=0.01)
+    # Its predictions are the service's labels: palette PNGs of the model's colours.
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    for i, (image, _) in enumerate(voc_dataset(synth, "val")):
+        sample = voc_dataset(synth, "val").samples[i]
+        (labels,) = session.run(None, {"image": image.permute(1, 2, 0).numpy()[None]})
+        written = np.array(Image.open(out / "predictions" / f"{sample.id}.png"))
+        assert np.array_equal(written, labels[0])
+    with pytest.raises(PredictError, match="--amp bf16: an ONNX model runs at its exported"):
+        evaluate(onnx_path, synth, workers=0, amp="bf16")
