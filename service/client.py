@@ -1,0 +1,365 @@
+"""A Python client of the segmentation service, and a folder of images sent through it.
+
+It needs only httpx and tqdm (the ``client`` extra) beside numpy and Pillow: never torch,
+ONNX Runtime or the server's own modules. 503s are retried as ``Retry-After`` asks.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import httpx
+from tqdm import tqdm
+
+from contract.decode import EXTENSIONS
+
+Format = Literal["png", "overlay", "json"]
+FORMATS: tuple[Format, ...] = ("png", "overlay", "json")
+DEFAULT_RETRIES = 5  # retries after the first attempt, for 503s and connection failures
+DEFAULT_MAX_WAIT_S = 10.0  # the longest one wait before a retry, whatever Retry-After says
+DEFAULT_BACKOFF_S = 0.25  # first wait after a connection failure (doubles each time)
+DEFAULT_TIMEOUT_S = 60.0  # above the service's own FCN_REQUEST_TIMEOUT_S (30 s)
+# Failures that mean "no answer came": the request may be sent again (segmenting is idempotent).
+# Read and write timeouts are not among them: the service is slow, not gone.
+RETRIED_TRANSPORT_ERRORS = (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
+
+
+class ClientError(Exception):
+    """The service refused a request (``status`` and its JSON error ``code``), or gave no
+    answer (``status`` None)."""
+
+    def __init__(self, status: int | None, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        where = self.code if self.status is None else f"{self.status} {self.code}"
+        return f"{self.message} ({where})"
+
+
+class InputError(ValueError):
+    """Inputs that cannot be sent as asked: a missing path, no images, or two images that
+    would write the same output file."""
+
+
+def _error_of(response: httpx.Response) -> ClientError:
+    """The service's ``{"error": {"code", "message"}}``, or what a proxy in between said."""
+    try:
+        error = response.json()["error"]
+        return ClientError(response.status_code, str(error["code"]), str(error["message"]))
+    except (ValueError, KeyError, TypeError):
+        text = " ".join(response.text.split())[:200] or response.reason_phrase
+        return ClientError(response.status_code, f"http_{response.status_code}", text)
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delay-seconds or an HTTP date); None
+    when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class Client:
+    """A synchronous client of one service at ``url``; safe to share between threads.
+
+    503 answers are retried after their ``Retry-After`` (at most ``max_wait_s`` a wait),
+    connection failures after an exponential backoff, ``retries`` times at most; any other
+    4xx or 5xx raises ``ClientError`` at once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        max_connections: int = 10,
+    ):
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.max_wait_s = max_wait_s
+        self.backoff_s = backoff_s
+        self.refused = 0  # 503 answers retried so far
+        self.reconnects = 0  # connection failures retried so far
+        self._lock = threading.Lock()
+        limits = httpx.Limits(max_connections=max_connections)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, limits=limits)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def segment(
+        self, image: bytes | str | os.PathLike[str], *, format: Format = "png", **query: Any
+    ) -> bytes:
+        """The service's answer for one image (its bytes, or a file's path): a label-map PNG,
+        an overlay or JSON by ``format``; ``query`` adds ``alpha``, ``max_side``, ``tile``..."""
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        body = image if isinstance(image, bytes) else Path(image).read_bytes()
+        params = {"format": format, **{k: v for k, v in query.items() if v is not None}}
+        headers = {"content-type": "application/octet-stream"}
+        response = self._send("POST", "/segment", content=body, params=params, headers=headers)
+        return response.content
+
+    def segment_json(self, image: bytes | str | os.PathLike[str], **query: Any) -> dict[str, Any]:
+        """The JSON answer for one image: size, model, and the classes present."""
+        answer: dict[str, Any] = json.loads(self.segment(image, format="json", **query))
+        return answer
+
+    def model(self) -> dict[str, Any]:
+        """``GET /v1/model``: the model's metadata, provider, input contract and batching."""
+        answer: dict[str, Any] = self._send("GET", "/v1/model").json()
+        return answer
+
+    def ready(self) -> bool:
+        """Whether ``/readyz`` answers 200 now (no retries; False when nobody answers)."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _send(self, method: str, path: str, **request: Any) -> httpx.Response:
+        """One request, retried on 503 and on connection failures; other errors raise."""
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self._http.request(method, path, **request)
+            except RETRIED_TRANSPORT_ERRORS as exc:
+                if last:
+                    raise ClientError(
+                        None,
+                        "unreachable",
+                        f"no answer from {self.url} after {attempt + 1} attempt(s): {exc}",
+                    ) from exc
+                with self._lock:
+                    self.reconnects += 1
+                time.sleep(self._wait(attempt, None))
+                continue
+            except httpx.TimeoutException as exc:
+                raise ClientError(None, "timeout", f"{self.url}{path}: {exc}") from exc
+            if response.status_code == 503 and not last:
+                with self._lock:
+                    self.refused += 1
+                time.sleep(self._wait(attempt, retry_after_s(response.headers.get("retry-after"))))
+                continue
+            if not response.is_success:  # a redirect too: its body is no answer
+                error = _error_of(response)
+                if response.status_code == 503:
+                    error.message += f" (still refused after {attempt + 1} attempts)"
+                raise error
+            return response
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _wait(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds before retry ``attempt + 1``: at least what Retry-After asks (else an
+        exponential backoff), up to half again more so that clients refused together do not
+        all come back together, and never over ``max_wait_s``."""
+        wait = self.backoff_s * 2**attempt if retry_after is None else retry_after
+        wait = max(wait, self.backoff_s)  # Retry-After: 0 (draining) must not spin
+        return min(self.max_wait_s, wait * random.uniform(1.0, 1.5))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One image that has no answer written, and why."""
+
+    path: Path
+    error: ClientError
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.error}"
+
+
+@dataclass
+class SegmentResult:
+    """What ``segment_folder`` did: the files written (input -> output), the failures in
+    input order, and how many times the service said 503 and was asked again."""
+
+    model: dict[str, Any]
+    written: dict[Path, Path] = field(default_factory=dict)
+    failed: list[Failure] = field(default_factory=list)
+    refused: int = 0
+    reconnects: int = 0
+
+
+def output_suffix(format: Format, query: Mapping[str, Any] | None = None) -> str:
+    """The ending of an answer's file: ``.png`` (labels), ``_overlay.png`` or
+    ``_overlay.jpg`` (as ``fcn predict`` names overlays), ``.json``."""
+    if format == "json":
+        return ".json"
+    if format == "overlay":
+        jpeg = str((query or {}).get("image_format", "png")).lower() in ("jpeg", "jpg")
+        return "_overlay.jpg" if jpeg else "_overlay.png"
+    return ".png"
+
+
+def collect_images(
+    paths: Iterable[str | os.PathLike[str]], out_dir: Path, suffix: str
+) -> dict[Path, Path]:
+    """Input image -> output file, in order. A file named is sent whatever its ending; a
+    folder gives its image files (by ending) at any depth, hidden ones and ``out_dir``
+    left out, each written under its path relative to the folder. Raises ``InputError``
+    for a missing path, no images, or two images with one output file."""
+    outputs: dict[Path, Path] = {}
+    claimed: dict[Path, Path] = {}  # output -> the input that writes it
+    skip = out_dir.resolve()
+    for item in map(Path, paths):
+        if item.is_dir():
+            found = sorted(
+                p
+                for p in item.rglob("*")
+                if p.suffix.lower() in EXTENSIONS
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                and skip not in p.resolve().parents
+            )
+            pairs = [(p, p.relative_to(item).with_suffix("")) for p in found]
+        elif item.is_file():
+            pairs = [(item, Path(item.stem))]
+        else:
+            raise InputError(f"{item}: no such image or folder")
+        for source, stem in pairs:
+            if source in outputs:
+                continue  # named twice (a file and its folder): sent once
+            target = out_dir / stem.parent / f"{stem.name}{suffix}"
+            if target in claimed:
+                raise InputError(f"{source} and {claimed[target]} would both write {target}")
+            claimed[target] = source
+            outputs[source] = target
+    if not outputs:
+        shown = ", ".join(map(str, paths))
+        raise InputError(f"no images ({', '.join(EXTENSIONS)}) in {shown}")
+    return outputs
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(path: Path, content: bytes, mode: int = 0o644) -> None:
+    """Write ``content`` to a temporary file beside ``path``, then rename it onto ``path``:
+    a reader never sees half a file, and a failure leaves none behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            sink.write(content)
+        os.chmod(name, mode)  # mkstemp makes 0600; give what a plain open() would
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def segment_folder(
+    url: str,
+    paths: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    concurrency: int = 4,
+    format: Format = "png",
+    query: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    retries: int = DEFAULT_RETRIES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
+    on_failure: Callable[[Failure], None] | None = None,
+) -> SegmentResult:
+    """Send every image of ``paths`` (files and folders) to the service at ``url``,
+    ``concurrency`` at a time, and write each answer under ``out_dir`` (``collect_images``
+    names them). One image's failure stops nothing: it is passed to ``on_failure`` and
+    listed in the result. Raises ``InputError`` before sending anything for bad inputs,
+    and ``ClientError`` when the service does not answer ``GET /v1/model`` (nothing written).
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    out = Path(out_dir)
+    outputs = collect_images(paths, out, output_suffix(format, query))
+    mode = 0o666 & ~_current_umask()  # read once here: os.umask is not thread-safe
+    options = dict(query or {})
+
+    def one(client: Client, source: Path) -> None:
+        try:
+            content = source.read_bytes()
+        except OSError as exc:
+            raise ClientError(None, "unreadable", exc.strerror or str(exc)) from exc
+        answer = client.segment(content, format=format, **options)
+        try:
+            write_atomically(outputs[source], answer, mode)
+        except OSError as exc:
+            message = f"cannot write {outputs[source]}: {exc.strerror or exc}"
+            raise ClientError(None, "write_failed", message) from exc
+
+    with Client(
+        url, timeout_s=timeout_s, retries=retries, max_wait_s=max_wait_s,
+        max_connections=concurrency,
+    ) as client:  # fmt: skip
+        result = SegmentResult(model=client.model())  # the service is there, or nothing runs
+        failures: dict[Path, Failure] = {}
+        bar = tqdm(total=len(outputs), unit="image", disable=not progress, desc="segment")
+        with bar, ThreadPoolExecutor(concurrency) as pool:
+            futures = {pool.submit(one, client, source): source for source in outputs}
+            try:
+                for future in as_completed(futures):
+                    source = futures[future]
+                    try:
+                        future.result()
+                    except ClientError as exc:
+                        failures[source] = Failure(source, exc)
+                        if on_failure is not None:
+                            on_failure(failures[source])
+                    else:
+                        result.written[source] = outputs[source]
+                    bar.update()
+            except BaseException:  # Ctrl-C or a bug: send nothing more; what runs finishes
+                for future in futures:
+                    future.cancel()
+                raise
+        result.refused, result.reconnects = client.refused, client.reconnects
+    result.failed = [failures[p] for p in outputs if p in failures]
+    result.written = {p: outputs[p] for p in outputs if p in result.written}
+    return result
