@@ -9,11 +9,12 @@ functions, so a label PNG or overlay is the same bytes whichever wrote it.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 ImageFormat = Literal["png", "jpeg"]
 DEFAULT_ALPHA = 0.5
@@ -23,6 +24,10 @@ JPEG_QUALITY = 90
 PNG_COMPRESS_LEVEL = 1
 # Rows of an overlay blended at once.
 STRIP_ROWS = 256
+# The legend's text height: a 60th of the overlay's width, within these bounds.
+LEGEND_TEXT_PX = (12, 32)
+LEGEND_BACKGROUND = (255, 255, 255)
+LEGEND_INK = (0, 0, 0)
 
 
 def as_labels(ids: NDArray[Any], num_classes: int) -> NDArray[Any]:
@@ -68,6 +73,70 @@ def overlay(
     return blended
 
 
+def present(labels: NDArray[Any], classes: Sequence[str]) -> list[tuple[int, str, float]]:
+    """(class id, name, fraction of the pixels) of each class in ``labels``, most first."""
+    counts = np.bincount(labels.ravel(), minlength=len(classes))
+    total = max(1, labels.size)
+    ids = np.flatnonzero(counts[: len(classes)])
+    found = [(int(i), classes[int(i)], float(counts[i]) / total) for i in ids]
+    return sorted(found, key=lambda item: (-item[2], item[0]))
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's own font (no file to ship): scalable where Pillow has FreeType."""
+    try:
+        return ImageFont.load_default(size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or no FreeType: its bitmap font
+        return ImageFont.load_default()
+
+
+def legend(
+    labels: NDArray[Any], table: NDArray[np.uint8], classes: Sequence[str], width: int
+) -> Image.Image:
+    """A strip ``width`` wide naming the classes present in ``labels``, most first: a swatch
+    of each class colour, its name and its share of the pixels, wrapped onto more rows as
+    needed."""
+    size = min(max(width // 60, LEGEND_TEXT_PX[0]), LEGEND_TEXT_PX[1])
+    font = _font(size)
+    pad = size // 2
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries = []  # (colour, text, text width)
+    for class_id, name, fraction in present(labels, classes):
+        text = f"{name} {100 * fraction:.1f}%"
+        left, _, right, _ = measure.textbbox((0, 0), text, font=font)
+        entries.append((tuple(int(v) for v in table[class_id]), text, int(right - left)))
+    rows: list[list[tuple[tuple[int, ...], str, int]]] = [[]]
+    used = pad
+    for entry in entries:
+        span = size + pad + entry[2] + 2 * pad  # swatch, gap, text, gap to the next
+        if rows[-1] and used + span > width:
+            rows.append([])
+            used = pad
+        rows[-1].append(entry)
+        used += span
+    line = size + pad
+    strip = Image.new("RGB", (width, pad + line * len(rows)), LEGEND_BACKGROUND)
+    draw = ImageDraw.Draw(strip)
+    for r, row in enumerate(rows):
+        x, y = pad, pad + r * line
+        for colour, text, text_width in row:
+            draw.rectangle([x, y, x + size - 1, y + size - 1], fill=colour, outline=LEGEND_INK)
+            draw.text((x + size + pad, y), text, fill=LEGEND_INK, font=font)
+            x += size + pad + text_width + 2 * pad
+    return strip
+
+
+def with_legend(
+    blended: Image.Image, labels: NDArray[Any], table: NDArray[np.uint8], classes: Sequence[str]
+) -> Image.Image:
+    """``blended`` with ``legend`` below it."""
+    strip = legend(labels, table, classes, blended.width)
+    both = Image.new("RGB", (blended.width, blended.height + strip.height))
+    both.paste(blended, (0, 0))
+    both.paste(strip, (0, blended.height))
+    return both
+
+
 def encode_overlay(
     image: NDArray[np.uint8],
     labels: NDArray[Any],
@@ -77,9 +146,13 @@ def encode_overlay(
     image_format: ImageFormat = "jpeg",
     jpeg_quality: int = JPEG_QUALITY,
     compress_level: int = PNG_COMPRESS_LEVEL,
+    legend_classes: Sequence[str] | None = None,
 ) -> bytes:
-    """``overlay`` encoded as JPEG or PNG."""
+    """``overlay`` encoded as JPEG or PNG; with ``legend_classes`` (the class names), the
+    legend of the classes present below it."""
     blended = overlay(image, labels, table, alpha)
+    if legend_classes is not None:
+        blended = with_legend(blended, labels, table, legend_classes)
     buffer = io.BytesIO()
     if image_format == "jpeg":
         blended.save(buffer, format="JPEG", quality=jpeg_quality)

@@ -56,6 +56,7 @@ class SegmentOptions:
     alpha: float  # overlays: the weight of the class colours
     label_encoding: LabelEncoding  # json
     max_side: int  # segment at this longest side at most; 0: full size
+    legend: bool = False  # overlays: the classes present named below
     tile: TileMode = "auto"
     tile_size: int = 0  # longest tile side; 0: the largest one pass holds
     tile_overlap: int = DEFAULT_OVERLAP
@@ -178,6 +179,7 @@ class Segmenter:
                 image_format=options.image_format,
                 jpeg_quality=self.jpeg_quality,
                 compress_level=self.png_compress_level,
+                legend_classes=self.info.meta.classes if options.legend else None,
             )
         if options.format == "json":
             return imaging.encode_json(

@@ -156,6 +156,9 @@ class SegmentQuery(BaseModel):
     )
     alpha: float | None = Field(None, ge=0, le=1, description="Overlay: weight of the colours.")
     image_format: ImageFormat | None = Field(None, description="Overlay: png or jpeg.")
+    legend: bool = Field(
+        False, description="Overlay: add a strip below naming the classes present, in colour."
+    )
     label_encoding: LabelEncoding = Field("rle", description="JSON: label map as rle or png.")
     max_side: int | None = Field(
         None, ge=1, description="Segment at this longest side at most; labels scaled back."
@@ -214,11 +217,16 @@ def segment_options(query: SegmentQuery, accept: str | None, settings: Settings)
     """A request's options: its query, its Accept header where the query is silent, and the
     settings' defaults; of ?max_side= and FCN_MAX_SIDE the smaller wins."""
     fmt, image_format = negotiate(query, accept, settings.default_format)
+    if query.legend and fmt != "overlay":
+        raise InvalidParameterError(
+            f"?legend=true: a legend is drawn on overlays only, and this answer is {fmt}"
+        )
     sides = [s for s in (settings.max_side, query.max_side or 0) if s > 0]
     return SegmentOptions(
         format=fmt,
         image_format=image_format,
         alpha=settings.overlay_alpha if query.alpha is None else query.alpha,
+        legend=query.legend,
         label_encoding=query.label_encoding,
         max_side=min(sides) if sides else 0,
         tile=query.tile or settings.tiling,

@@ -15,3 +15,10 @@ def _pillow_bomb_threshold() -> Iterator[None]:
     threshold = Image.MAX_IMAGE_PIXELS
     yield
     Image.MAX_IMAGE_PIXELS = threshold
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The service runs on asyncio (uvicorn's loop), so async tests do too, even where trio
+    is installed (selenium brings it)."""
+    return "asyncio"

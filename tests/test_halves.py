@@ -4,6 +4,7 @@ for the same model and image, and a file either refuses, the other refuses in th
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -114,3 +115,31 @@ async def test_verify_onnx_and_the_service_refuse_a_file_in_the_same_words(
         async with running(create_app(settings(bad))):
             pass
     assert str(refused.value) == message
+
+
+@pytest.mark.anyio
+async def test_a_legend_is_the_same_from_fcn_predict_and_the_service(tmp_path: Path) -> None:
+    _, onnx_path = exported("fcn8s")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(odd_images()["photo"])
+    assert main(["predict", "--checkpoint", str(onnx_path), str(photo), "--out",
+                 str(tmp_path / "out"), "--legend"]) == 0  # fmt: skip
+    written = (tmp_path / "out" / "photo_overlay.jpg").read_bytes()
+    body, headers = photo.read_bytes(), {"content-type": "image/png"}
+    async with serve(onnx_path) as client:
+        legend = await client.post(
+            "/segment?format=overlay&image_format=jpeg&legend=true", content=body, headers=headers
+        )
+        plain = await client.post(
+            "/segment?format=overlay&image_format=jpeg", content=body, headers=headers
+        )
+        refused = await client.post("/segment?format=png&legend=true", content=body)
+    assert legend.status_code == 200, legend.text
+    assert legend.content == written
+    with Image.open(io.BytesIO(legend.content)) as a, Image.open(io.BytesIO(plain.content)) as b:
+        assert a.width == b.width
+        assert a.height > b.height  # the strip below
+    assert refused.status_code == 422
+    assert "?legend=true: a legend is drawn on overlays only" in refused.json()["error"]["message"]
+    assert main(["predict", "--checkpoint", str(onnx_path), str(photo), "--out",
+                 str(tmp_path / "x"), "--legend", "--no-overlay"]) == 2  # fmt: skip

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--alpha", type=float, default=DEFAULT_ALPHA, help="overlay opacity of the colours"
     )
+    parser.add_argument(
+        "--legend",
+        action="store_true",
+        help="draw a strip below each overlay naming its classes, in their colours",
+    )
     add_device_arguments(parser)
     add_tiling_arguments(parser, DEFAULT_MAX_MODEL_PIXELS)
 
@@ -41,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.legend and not args.overlay:
+        raise CLIError("--legend is drawn on overlays: drop --no-overlay")
     check_output_folder(args.out)
     unreadable: list[PredictError] = []
 
@@ -54,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         overlays=args.overlay,
         alpha=args.alpha,
+        legend=args.legend,
         device=args.device,
         amp=args.amp,
         tile_size=args.tile_size,

@@ -128,6 +128,7 @@ class Predictor(Protocol):
     batch of one size, [N, H, W, 3] -> [N, H, W]; ``tiling`` says where it may be cut."""
 
     palette: Sequence[Color]
+    classes: list[str]
     tiling: Tiling
 
     def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]: ...
@@ -157,6 +158,7 @@ class TorchPredictor:
         self.normalize = Normalize(ckpt.preprocessing).to(self.device)
         self.num_classes = ckpt.spec.num_classes
         self.palette: Sequence[Color] = ckpt.palette
+        self.classes: list[str] = list(ckpt.classes)
         self.tiling = self.net.tiling
 
     def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]:
@@ -239,11 +241,19 @@ def write_overlay(
     palette: Sequence[Color],
     path: Path,
     alpha: float = encode.DEFAULT_ALPHA,
+    *,
+    legend_classes: Sequence[str] | None = None,
 ) -> Path:
-    """The image blended with its class colours, as JPEG (``.jpg``) or PNG (other suffixes)."""
+    """The image blended with its class colours, as JPEG (``.jpg``) or PNG (other suffixes);
+    with ``legend_classes``, the legend of the classes present below it."""
     image_format: encode.ImageFormat = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
     data = encode.encode_overlay(
-        image, labels, color_table(palette), alpha=alpha, image_format=image_format
+        image,
+        labels,
+        color_table(palette),
+        alpha=alpha,
+        image_format=image_format,
+        legend_classes=legend_classes,
     )
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -289,6 +299,7 @@ def predict(
     *,
     overlays: bool = True,
     alpha: float = encode.DEFAULT_ALPHA,
+    legend: bool = False,
     device: str = "auto",
     amp: str = "none",
     tile_size: int = 0,
@@ -297,8 +308,9 @@ def predict(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     on_unreadable: Callable[[PredictError], None] | None = None,
 ) -> list[Path]:
-    """Write ``out/STEM.png`` (label map) and ``out/STEM_overlay.jpg`` for each image, with
-    a checkpoint or an ONNX ``model``; returns the label map paths.
+    """Write ``out/STEM.png`` (label map) and ``out/STEM_overlay.jpg`` for each image (with
+    the legend of its classes below, given ``legend``), with a checkpoint or an ONNX
+    ``model``; returns the label map paths.
 
     An image whose padded size exceeds ``max_model_pixels``, or any image when ``tile_size``
     is given, is cut into tiles sharing ``tile_overlap`` pixels (``contract.tiling``). An
@@ -329,5 +341,8 @@ def predict(
         written.append(write_label_png(labels, predictor.palette, out_dir / f"{path.stem}.png"))
         if overlays:
             overlay_path = out_dir / f"{path.stem}_overlay.jpg"
-            write_overlay(image, labels, predictor.palette, overlay_path, alpha)
+            classes = predictor.classes if legend else None
+            write_overlay(
+                image, labels, predictor.palette, overlay_path, alpha, legend_classes=classes
+            )
     return written

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract import encode
 from contract.encode import encode_labels, encode_overlay, rle
 from contract.palette import color_table
 from tests.images import pattern
@@ -53,3 +54,36 @@ def test_rle_is_coco_column_major_and_decodes_back() -> None:
     for class_id, counts in rle(labels).items():
         mask = rle_decode({"size": list(labels.shape), "counts": counts})
         np.testing.assert_array_equal(mask, labels == class_id)
+
+
+def test_a_legend_names_the_classes_present_most_first_under_the_overlay() -> None:
+    classes = ["background", "cat", "dog", "person", "sofa"]
+    table = color_table(PALETTE[: len(classes)])
+    labels = np.zeros((120, 400), np.uint8)
+    labels[:, 300:] = 3  # person: 25%
+    labels[:30, :100] = 1  # cat: 6.25%
+    image = pattern(120, 400)
+    present = encode.present(labels, classes)
+    assert [(i, name) for i, name, _ in present] == [(0, "background"), (3, "person"), (1, "cat")]
+    assert [round(f, 4) for _, _, f in present] == [0.6875, 0.25, 0.0625]
+    plain = Image.open(io.BytesIO(encode_overlay(image, labels, table, image_format="png")))
+    both = Image.open(
+        io.BytesIO(encode_overlay(image, labels, table, image_format="png", legend_classes=classes))
+    )
+    assert both.width == plain.width
+    assert both.height > plain.height
+    # The overlay is untouched above; below, a swatch of each class present and no other.
+    assert np.array_equal(np.asarray(both)[: plain.height], np.asarray(plain))
+    strip = {tuple(c) for c in np.asarray(both)[plain.height :].reshape(-1, 3).tolist()}
+    for class_id, colour in enumerate(table[: len(classes)].tolist()):
+        assert (tuple(colour) in strip) == (class_id in (0, 1, 3)), classes[class_id]
+
+
+def test_a_legend_wraps_onto_more_rows_when_the_image_is_narrow() -> None:
+    classes = [f"class number {i}" for i in range(12)]
+    table = color_table([[20 * i, 255 - 20 * i, 7 * i] for i in range(12)])
+    labels = np.repeat(np.arange(12, dtype=np.uint8), 10)[None].repeat(40, 0)  # 40 x 120
+    one_row = encode.legend(np.zeros_like(labels), table, classes, 120)
+    narrow = encode.legend(labels, table, classes, 120)
+    assert narrow.width == one_row.width == 120
+    assert narrow.height > 4 * one_row.height  # one entry, or so, a row

@@ -130,11 +130,6 @@ def big_image() -> bytes:
     return encode(np.tile(pattern(100, 100), (20, 20, 1)), "BMP")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="session")
 def cuda_works(model_path: Path) -> bool:
     """Whether ONNX Runtime really runs this model on CUDA here."""

@@ -37,11 +37,6 @@ CAFFE_FILE = "fcn8s-heavy-pascal.caffemodel"
 WIDTH = 1 / 32  # conv1_1 has 2 channels: a file of a few MiB in the reference layout
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Zoo:
     """A loopback publisher, a cache and an output folder, and ``fcn pretrained`` on them."""
