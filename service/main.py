@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service import errors, routes
+from service import errors, page, routes
 from service.config import Settings
 from service.middleware import QuietStartupFailure, RequestMetrics
 from service.state import Service
@@ -99,10 +99,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Fully Convolutional Networks on ONNX Runtime: POST an image, get its labels.",
         version="1",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load from a CDN: page.install serves an offline /docs instead.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     errors.install(app)
     app.include_router(routes.router)
+    page.install(app)
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     app.add_middleware(QuietStartupFailure, service=service)
     return app
