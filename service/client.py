@@ -67,6 +67,17 @@ def _error_of(response: httpx.Response) -> ClientError:
         return ClientError(response.status_code, f"http_{response.status_code}", text)
 
 
+def _json_of(status: int, content: bytes, url: str) -> dict[str, Any]:
+    """A JSON object answer, or ``ClientError`` when what answered is not the service."""
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise ClientError(status, "bad_answer", f"{url} did not answer with a JSON object")
+    return answer
+
+
 def retry_after_s(value: str | None) -> float | None:
     """Seconds a ``Retry-After`` header asks to wait (delay-seconds or an HTTP date); None
     when absent or unreadable."""
@@ -80,6 +91,8 @@ def retry_after_s(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" or no zone: RFC 9110 dates are in UTC
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
@@ -143,13 +156,12 @@ class Client:
 
     def segment_json(self, image: bytes | str | os.PathLike[str], **query: Any) -> dict[str, Any]:
         """The JSON answer for one image: size, model, and the classes present."""
-        answer: dict[str, Any] = json.loads(self.segment(image, format="json", **query))
-        return answer
+        return _json_of(200, self.segment(image, format="json", **query), self.url)
 
     def model(self) -> dict[str, Any]:
         """``GET /v1/model``: the model's metadata, provider, input contract and batching."""
-        answer: dict[str, Any] = self._send("GET", "/v1/model").json()
-        return answer
+        response = self._send("GET", "/v1/model")
+        return _json_of(response.status_code, response.content, str(response.url))
 
     def ready(self) -> bool:
         """Whether ``/readyz`` answers 200 now (no retries; False when nobody answers)."""

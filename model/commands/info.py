@@ -36,10 +36,14 @@ def run(args: argparse.Namespace) -> int:
 
 def onnx_info(path: Path) -> dict[str, Any]:
     """The contract's view of an ONNX file (weights not loaded)."""
+    from contract.schema import MetadataError
     from model.export.metadata import load_model, model_metadata
 
-    model = load_model(path)
-    meta = model_metadata(model, str(path))
+    try:
+        model = load_model(path)
+        meta = model_metadata(model, str(path))
+    except MetadataError as exc:
+        raise CLIError(str(exc)) from exc
     opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
     tensors = {
         value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]

@@ -35,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-format", choices=("png", "jpeg"), default=None, help="of overlays (default: png)"
     )
     parser.add_argument(
+        "--legend",
+        action="store_const",
+        const="true",
+        default=None,
+        help="overlays: a strip below naming the classes present, in their colours",
+    )
+    parser.add_argument(
         "--max-side", type=int, default=None, metavar="N",
         help="segment at a longest side of N (labels come back at full size)",
     )  # fmt: skip
@@ -70,10 +77,20 @@ def check_flags(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.max_side is not None and args.max_side < 1:
         raise CLIError(f"--max-side must be >= 1, got {args.max_side}")
-    for flag, value in (("--alpha", args.alpha), ("--image-format", args.image_format)):
+    overlay_only = (
+        ("--alpha", args.alpha),
+        ("--image-format", args.image_format),
+        ("--legend", args.legend),
+    )
+    for flag, value in overlay_only:
         if value is not None and args.format != "overlay":
             raise CLIError(f"{flag} applies to --format overlay only")
-    query = {"alpha": args.alpha, "image_format": args.image_format, "max_side": args.max_side}
+    query = {
+        "alpha": args.alpha,
+        "image_format": args.image_format,
+        "legend": args.legend,
+        "max_side": args.max_side,
+    }
     return {k: v for k, v in query.items() if v is not None}
 
 

@@ -89,12 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.checkpoint import load_checkpoint
-    from model.training.train import train
-
     if args.print_config:
         print(config_yaml(config_from_args(args)), end="")
         return 0
+    from model.checkpoint import load_checkpoint
+    from model.training.train import train
+
     resume = flag_overrides(args).get("resume")
     resumed = load_checkpoint(resume) if resume else None  # read once, for config and state
     train(config_from_args(args, resumed), resumed=resumed)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from model.errors import FCNError
 from model.zoo.download import cache_dir, fetch, file_digest
 from model.zoo.registry import Pretrained, lookup
 
+T = TypeVar("T")
 # The environment variable that points every download at a mirror of the files.
 MIRROR_VARIABLE = "FCN_MIRROR"
 
@@ -86,8 +89,13 @@ def origin(entry: Pretrained, weights: Weights) -> dict[str, str]:
     }
 
 
-def up_to_date(path: Path, entry: Pretrained) -> bool:
-    """Whether ``path`` is a model file already made from ``entry``'s weights file."""
+def up_to_date(
+    path: Path, entry: Pretrained, sha1: str | None = None, sha256: str | None = None
+) -> bool:
+    """Whether ``path`` is a model file already made from ``entry``'s weights file (whose
+    SHA1 is ``sha1`` when given; a required ``sha256`` is checked only by fetching)."""
+    if sha256:
+        return False
     from contract.schema import MetadataError
     from model.export.metadata import read_metadata
 
@@ -97,6 +105,8 @@ def up_to_date(path: Path, entry: Pretrained) -> bool:
         made_from = read_metadata(path).origin
     except MetadataError:
         return False  # not a model of the contract: make it again
+    if sha1 and made_from.get("sha1") != sha1.lower():
+        return False
     return made_from.get("name") == entry.name and made_from.get("file") == entry.file_name
 
 
@@ -122,28 +132,33 @@ def export_pretrained(
     """
     entry = lookup(name)
     target = model_path(name, out_dir)
-    if not force and up_to_date(target, entry):
+    if not force and up_to_date(target, entry, sha1, sha256):
         return Exported(target, entry, None)
     weights = fetch_weights(
         entry, cache=cache, mirror=mirror, sha1=sha1, sha256=sha256, progress=progress
     )
     target.parent.mkdir(parents=True, exist_ok=True)
+    if entry.kind == "caffe":
+        _export_caffe(entry, weights, target, verify)
+    else:
+        _export_torchvision(entry, weights, target, verify)
+    return Exported(target, entry, weights)
+
+
+def _converted(weights: Weights, convert: Callable[[], T]) -> T:
+    """``convert()`` of the weights' file. Unchecked weights that do not convert are a
+    damaged download: they leave the cache, so that the next run fetches them afresh
+    instead of failing on them again."""
     try:
-        if entry.kind == "caffe":
-            _export_caffe(entry, weights, target, verify)
-        else:
-            _export_torchvision(entry, weights, target, verify)
+        return convert()
     except FCNError as exc:
         if weights.checked:
             raise
-        # Unchecked weights that do not convert are a damaged download: let the next run
-        # fetch them afresh instead of failing on them again.
         weights.path.unlink(missing_ok=True)
         raise PretrainedError(
             f"{exc}; {weights.path} had no published digest to check, so it was taken for a "
             "damaged download and removed from the cache: run again to download it afresh"
         ) from exc
-    return Exported(target, entry, weights)
 
 
 def _export_caffe(entry: Pretrained, weights: Weights, target: Path, verify: bool) -> None:
@@ -151,7 +166,7 @@ def _export_caffe(entry: Pretrained, weights: Weights, target: Path, verify: boo
     from model.export.exporter import export_net
     from model.export.graph import checkpoint_card
 
-    checkpoint = convert_caffemodel(weights.path, entry.arch)
+    checkpoint = _converted(weights, lambda: convert_caffemodel(weights.path, entry.arch))
     card = dataclasses.replace(
         checkpoint_card(checkpoint), metrics=dict(entry.metrics), origin=origin(entry, weights)
     )

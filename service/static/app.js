@@ -191,8 +191,9 @@ async function segment(file) {
     const png = base64Bytes(answer.label_map);
     const labels = await decodeLabels(png);
     const seen = await original(file, answer.width, answer.height);
-    if (upload !== current) return;
+    if (upload !== current) return URL.revokeObjectURL(seen.url);
     model = model || (await loadModel());
+    if (upload !== current) return URL.revokeObjectURL(seen.url);
     result = { ...labels, base: seen.base, classes: answer.classes };
     URL.revokeObjectURL($("original").src);
     $("original").src = seen.url;

@@ -124,6 +124,9 @@ def test_info_describes_an_onnx_file_and_a_checkpoint(
     (tmp_path / "notes.txt").write_text("not a model")
     assert main(["info", str(tmp_path / "notes.txt")]) == 2
     assert "notes.txt: not a PyTorch checkpoint" in capsys.readouterr().err
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07 not a graph")
+    assert main(["info", str(tmp_path / "junk.onnx")]) == 2
+    assert "junk.onnx: not a readable ONNX file" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "missing.onnx")]) == 2
     assert "missing.onnx: no such file" in capsys.readouterr().err
 

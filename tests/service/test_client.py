@@ -133,12 +133,17 @@ def test_overlays_are_named_like_fcn_predicts_and_match_the_service(
     image = photos / "city.jpg"
     result = fcn_segment(
         "--url", server.url, str(image), "--out", str(tmp_path),
-        "--format", "overlay", "--image-format", "jpeg", "--alpha", "0.7",
+        "--format", "overlay", "--image-format", "jpeg", "--alpha", "0.7", "--legend",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["city_overlay.jpg"]
     expected = direct(
-        server.url, image.read_bytes(), format="overlay", image_format="jpeg", alpha="0.7"
+        server.url,
+        image.read_bytes(),
+        format="overlay",
+        image_format="jpeg",
+        alpha="0.7",
+        legend="true",
     )
     assert expected.headers["content-type"] == "image/jpeg"
     assert (tmp_path / "city_overlay.jpg").read_bytes() == expected.content
@@ -191,6 +196,7 @@ def test_an_unreachable_service_is_one_message_and_nothing_written(
         pytest.param(["--timeout", "0"], "--timeout", id="timeout"),
         pytest.param(["--format", "overlay", "--alpha", "2"], "--alpha", id="alpha-range"),
         pytest.param(["--alpha", "0.5"], "--alpha applies to --format overlay", id="alpha-png"),
+        pytest.param(["--legend"], "--legend applies to --format overlay", id="legend-png"),
         pytest.param(["--max-side", "0"], "--max-side", id="max-side"),
         pytest.param(["--format", "tiff"], "--format", id="format"),
     ],
@@ -340,14 +346,20 @@ def test_connection_failures_are_retried_then_named() -> None:
         pytest.param("soon", None, id="unreadable"),
         pytest.param("http-date in 30 s", 30.0, id="http-date"),
         pytest.param("http-date 30 s ago", 0.0, id="http-date-past"),
+        pytest.param("http-date in 30 s, -0000", 30.0, id="http-date-no-zone"),
     ],
 )
 def test_retry_after_is_read_as_seconds_or_a_date(
     header: str | None, seconds: float | None
 ) -> None:
     if header is not None and header.startswith("http-date"):
-        offset = timedelta(seconds=30 if header.endswith("in 30 s") else -30)
-        header = format_datetime(datetime.now(UTC) + offset, usegmt=True)
+        offset = timedelta(seconds=-30 if "ago" in header else 30)
+        when = datetime.now(UTC) + offset
+        # "-0000" says the zone is unknown: the date parses without one (RFC 9110: UTC).
+        zoneless = header.endswith("-0000")
+        header = format_datetime(
+            when.replace(tzinfo=None) if zoneless else when, usegmt=not zoneless
+        )
     value = retry_after_s(header)
     if seconds is None:
         assert value is None

@@ -156,6 +156,11 @@ def test_a_second_call_keeps_the_model_or_remakes_it_from_the_cache_offline(zoo:
     assert status == 0
     assert f"{model} is up to date" in stdout
     assert model.stat().st_mtime_ns == made
+    # A digest of other weights is no reason to keep it: checked, refused, left as it was.
+    status, _, stderr = zoo.run("voc-fcn8s", "--out", str(zoo.out), "--sha1", "0" * 40)
+    assert status == 2
+    assert "cannot reach" in stderr
+    assert model.stat().st_mtime_ns == made
     model.unlink()
     status, stdout, stderr = zoo.run(*args)
     assert status == 0, stderr  # the cached weights, checked again
