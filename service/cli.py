@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.config import Settings
+from service.config import Settings, UnknownSettingError, check_environment
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -64,6 +64,11 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to bind (FCN_HOST)")
     parser.add_argument("--port", help="port to listen on (FCN_PORT)")
     parser.add_argument("--workers", help="server processes (FCN_WORKERS)")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the settings, print each one in force as FCN_NAME=value, and exit",
+    )
     return parser
 
 
@@ -75,7 +80,11 @@ def run(argv: Sequence[str] | None = None) -> None:
         if value is not None:
             os.environ[f"FCN_{name.upper()}"] = str(value)
     try:
+        check_environment()
         settings = Settings()  # type: ignore[call-arg]
+    except UnknownSettingError as exc:
+        print(f"fcn-serve: bad settings: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"FCN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
@@ -84,6 +93,16 @@ def run(argv: Sequence[str] | None = None) -> None:
         )
         print(f"fcn-serve: bad settings: {problems}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.check_config:
+        # As the environment would say it (`set -a; . FILE` reads it back); unset ones as
+        # comments, since an empty value is not always the same as none.
+        for name in Settings.model_fields:
+            value = getattr(settings, name)
+            if value is None:
+                print(f"# FCN_{name.upper()} is unset")
+                continue
+            print(f"FCN_{name.upper()}={'' if value in ('', ()) else _as_environment(value)}")
+        return
     import uvicorn
 
     uvicorn.run("service.main:create_app", **server_options(settings))

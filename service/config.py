@@ -5,7 +5,10 @@ Tests and embedders pass a ``Settings`` to ``create_app``; the server reads the 
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,6 +30,35 @@ KNOWN_PROVIDERS = frozenset(PROVIDER_ALIASES.values())
 Format = Literal["png", "overlay", "json"]
 TileMode = Literal["auto", "always", "never"]
 SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+# FCN_* variables that are not the service's settings and are left alone: the model zoo's
+# (model.zoo, `fcn pretrained`) and those docker-compose reads to fill in its file.
+OTHER_VARIABLES = frozenset(
+    {"FCN_CACHE", "FCN_MIRROR", "FCN_PRETRAINED", "FCN_HOST_PORT", "FCN_MODELS_DIR"}
+)
+PREFIX = "FCN_"
+
+
+class UnknownSettingError(ValueError):
+    """An FCN_* variable that is no setting: a typo would otherwise be silently ignored."""
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse FCN_* variables that are not settings, naming each and the closest setting."""
+    environ = os.environ if environ is None else environ
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    problems = []
+    for variable in sorted(environ):
+        if not variable.upper().startswith(PREFIX) or variable in known | OTHER_VARIABLES:
+            continue
+        # Compared without the prefix, which every name shares.
+        names = [name.upper() for name in Settings.model_fields]
+        near = difflib.get_close_matches(variable.upper()[len(PREFIX) :], names, n=1, cutoff=0.6)
+        hint = f"did you mean {PREFIX}{near[0]}?" if near else "fcn-serve --help lists the settings"
+        problems.append(f"{variable} is not a setting ({hint})")
+    if problems:
+        raise UnknownSettingError("; ".join(problems))
 
 
 def _split(value: object) -> object:

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from service import errors, page, routes
-from service.config import Settings
+from service.config import Settings, check_environment
 from service.middleware import QuietStartupFailure, RequestMetrics
 from service.state import Service
 
@@ -91,7 +91,9 @@ def _configure_logging(level: str) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI app serving ``settings.model_path`` (settings default: the environment)."""
-    settings = settings if settings is not None else Settings()  # type: ignore[call-arg]
+    if settings is None:  # from the environment, as `uvicorn --factory` builds it
+        check_environment()
+        settings = Settings()  # type: ignore[call-arg]
     _configure_logging(settings.log_level)
     service = Service(settings)
     app = FastAPI(

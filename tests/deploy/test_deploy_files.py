@@ -26,7 +26,7 @@ from packaging.version import Version
 from model.cli import build_parser
 from model.zoo.pretrained import MIRROR_VARIABLE, model_path
 from service import healthcheck
-from service.config import Settings
+from service.config import OTHER_VARIABLES, Settings
 from service.main import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,6 +276,8 @@ def test_every_fcn_variable_named_anywhere_is_a_real_setting() -> None:
             named -= ZOO_VARIABLES
         assert named <= SETTINGS, (path.name, sorted(named - SETTINGS))
     assert MIRROR_VARIABLE in ZOO_VARIABLES
+    # The service lets exactly these through its check of unknown FCN_* variables.
+    assert COMPOSE_ONLY | ZOO_VARIABLES == OTHER_VARIABLES
 
 
 def test_the_pretrained_overlay_fetches_once_then_serves_that_file() -> None:

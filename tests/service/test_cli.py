@@ -11,7 +11,8 @@ import pytest
 import uvicorn
 
 from service.cli import run, server_options
-from service.config import Settings
+from service.config import OTHER_VARIABLES, Settings, UnknownSettingError
+from service.main import create_app
 from service.providers import missing_library
 from tests.service.support import ROOT, server_environment
 
@@ -94,3 +95,51 @@ def test_fcn_serve_exits_cleanly_when_a_required_gpu_is_missing(
         # Our one line names the missing library; ONNX Runtime's own red errors are not shown.
         assert "cannot open shared object file" in result.stderr
         assert "[E:onnxruntime" not in result.stderr
+
+
+def test_a_mistyped_setting_stops_the_start_naming_the_setting_it_resembles(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FCN_MODEL_PATH", str(model_path))
+    monkeypatch.setenv("FCN_MAX_BATCHSIZE", "8")
+    monkeypatch.setenv("FCN_WOBBLE", "1")
+    with pytest.raises(SystemExit) as caught:
+        run(["--check-config"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == (
+        "fcn-serve: bad settings: FCN_MAX_BATCHSIZE is not a setting (did you mean "
+        "FCN_MAX_BATCH_SIZE?); FCN_WOBBLE is not a setting (fcn-serve --help lists the settings)\n"
+    )
+    # The app built from the environment (as `uvicorn --factory` builds it) refuses too.
+    with pytest.raises(UnknownSettingError, match="FCN_MAX_BATCHSIZE is not a setting"):
+        create_app()
+    # The model zoo's and compose's own variables are not the service's, and are left alone.
+    monkeypatch.delenv("FCN_MAX_BATCHSIZE")
+    monkeypatch.delenv("FCN_WOBBLE")
+    for variable in OTHER_VARIABLES:
+        monkeypatch.setenv(variable, "x")
+    run(["--check-config"])
+    assert "FCN_MAX_BATCH_SIZE=0" in capsys.readouterr().out
+
+
+def test_check_config_prints_the_settings_in_force_as_the_environment_reads_them(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FCN_MODEL_PATH", str(model_path))
+    monkeypatch.setenv("FCN_WARMUP_SIZES", "64x48,16x16")
+    run(["--check-config", "--port", "9000"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(Settings.model_fields)  # one a setting, nothing else
+    printed = dict(line.split("=", 1) for line in lines if not line.startswith("#"))
+    assert printed["FCN_PORT"] == "9000"  # the flag, over the environment
+    assert printed["FCN_WARMUP_SIZES"] == "64x48,16x16"
+    assert printed["FCN_MODEL_PATH"] == str(model_path)
+    assert "# FCN_TRT_CACHE_DIR is unset" in lines
+    # Read back, the same settings.
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"FCN_{name.upper()}", raising=False)
+    for variable, value in printed.items():
+        monkeypatch.setenv(variable, value)
+    assert Settings() == Settings(  # type: ignore[call-arg]
+        model_path=model_path, port=9000, warmup_sizes=((64, 48), (16, 16))
+    )
