@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from model.errors import FCNError
-from model.zoo.download import cache_dir, fetch, file_digest
+from model.zoo.download import DIGEST_HEX_DIGITS, cache_dir, fetch, file_digest
 from model.zoo.registry import Pretrained, lookup
 
 T = TypeVar("T")
@@ -73,7 +73,10 @@ def fetch_weights(
     checked = f"SHA1 {sha1.lower()}" if sha1 else f"SHA256 {sha256.lower()}" if sha256 else ""
     if sha256 and len(sha256) < 64:
         checked += "..."
-    return Weights(path, url, file_digest(path, "sha1"), checked)
+    # fetch has just checked a whole SHA1; read the file again only for any other check.
+    whole_sha1 = sha1 is not None and len(sha1) == DIGEST_HEX_DIGITS["sha1"]
+    digest = sha1.lower() if sha1 and whole_sha1 else file_digest(path, "sha1")
+    return Weights(path, url, digest, checked)
 
 
 def origin(entry: Pretrained, weights: Weights) -> dict[str, str]:
