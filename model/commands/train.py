@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.names import AMP_MODES, ARCHS, LOSSES, LR_POLICIES, OPTIMIZERS
+from model.names import AMP_MODES, ARCHS, BACKBONES, CLASS_WEIGHTS, LOSSES, LR_POLICIES, OPTIMIZERS
 from model.names import DATA_FORMATS as FORMATS
 from model.training.config import TrainConfig, load_config_file
 
@@ -28,6 +28,7 @@ METAVARS: dict[str, str | tuple[str, str]] = {
 # Per field: (help, choices, nargs) for the command line.
 FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
     "arch": ("network", ARCHS, None),
+    "backbone": ("ImageNet classifier the network is built on", BACKBONES, None),
     "width": ("channel width multiplier (1.0 = the paper's VGG16)", None, None),
     "learn_upsampling": ("train the bilinear upsampling layers too", None, None),
     "init": (
@@ -47,6 +48,13 @@ FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
     "check_data": ("check every image and label before the first step", None, None),
     "workers": ("data loading processes per training process", None, None),
     "loss": ("sum: pixel-summed cross-entropy (the reference); mean: per-pixel mean", LOSSES, None),
+    "loss_sample": (
+        "keep each final-layer cell in the loss with this probability (paper, section 4.3)",
+        None,
+        None,
+    ),
+    "class_weights": ("balanced: weight the loss by inverse class frequency", CLASS_WEIGHTS, None),
+    "score_only": ("train the score layer only (the paper's FCN-32s-fixed)", None, None),
     "optimizer": (
         "sgd (the reference) or adamw (small nets trained from scratch)",
         OPTIMIZERS,
@@ -59,6 +67,11 @@ FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
     "bias_lr_mult": ("learning-rate multiplier of biases", None, None),
     "max_iter": ("training iterations (one batch per process each)", None, None),
     "batch_size": ("images per iteration and process", None, None),
+    "iter_size": (
+        "batches whose gradients are summed into one step (Caffe's iter_size)",
+        None,
+        None,
+    ),
     "crop_size": ("random crop H [W] (default: native size, no crop)", None, "+"),
     "scale_range": ("random rescaling factor range LOW HIGH (default: none)", None, 2),
     "flip": ("random horizontal flips", None, None),

@@ -78,6 +78,7 @@ class ModelSpec:
     num_classes: int
     width: float = 1.0
     learn_upsampling: bool = False
+    backbone: str = "vgg16"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +90,7 @@ class ModelSpec:
             num_classes=int(data["num_classes"]),
             width=float(data.get("width", 1.0)),
             learn_upsampling=bool(data.get("learn_upsampling", False)),
+            backbone=str(data.get("backbone", "vgg16")),
         )
 
 

@@ -16,7 +16,15 @@ from typing import Any
 
 from model.errors import FCNError
 from model.files import read_json_or_yaml
-from model.names import AMP_MODES, ARCHS, LOSSES, LR_POLICIES, OPTIMIZERS
+from model.names import (
+    AMP_MODES,
+    ARCHS,
+    BACKBONES,
+    CLASS_WEIGHTS,
+    LOSSES,
+    LR_POLICIES,
+    OPTIMIZERS,
+)
 
 # The reference solvers' fixed learning rates for the pixel-summed loss (batch 1, ~500x375
 # images, so ~1e5 pixels per step): each stage 100x lower than the one it starts from.
@@ -47,6 +55,7 @@ class TrainConfig:
 
     # Model
     arch: str = "fcn32s"
+    backbone: str = "vgg16"
     width: float = 1.0
     learn_upsampling: bool = False
     init: str = "imagenet"
@@ -62,6 +71,9 @@ class TrainConfig:
     workers: int = 2
     # Loss and solver
     loss: str = "sum"
+    loss_sample: float = 1.0
+    class_weights: str = "none"
+    score_only: bool = False
     optimizer: str = "sgd"
     lr: float | None = None
     lr_policy: str = "fixed"
@@ -70,6 +82,7 @@ class TrainConfig:
     bias_lr_mult: float = 2.0
     max_iter: int = 100_000
     batch_size: int = 1
+    iter_size: int = 1
     crop_size: list[int] | None = None
     scale_range: list[float] | None = None
     flip: bool = False
@@ -89,8 +102,23 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')}: {message}")
 
         need(self.arch in ARCHS, "arch", f"{self.arch!r} is not one of {', '.join(ARCHS)}")
+        need(
+            self.backbone in BACKBONES,
+            "backbone",
+            f"{self.backbone!r} is not one of {', '.join(BACKBONES)}",
+        )
         need(self.width > 0, "width", f"must be positive, got {self.width}")
         need(self.loss in LOSSES, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)}")
+        need(
+            0 < self.loss_sample <= 1,
+            "loss_sample",
+            f"must be in (0, 1], got {self.loss_sample}",
+        )
+        need(
+            self.class_weights in CLASS_WEIGHTS,
+            "class_weights",
+            f"{self.class_weights!r} is not one of {', '.join(CLASS_WEIGHTS)}",
+        )
         need(
             self.lr is None or (math.isfinite(self.lr) and self.lr > 0),
             "lr",
@@ -107,6 +135,7 @@ class TrainConfig:
         need(self.bias_lr_mult >= 0, "bias_lr_mult", f"must be >= 0, got {self.bias_lr_mult}")
         need(self.max_iter >= 1, "max_iter", f"must be at least 1, got {self.max_iter}")
         need(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        need(self.iter_size >= 1, "iter_size", f"must be at least 1, got {self.iter_size}")
         if self.crop_size is not None:
             need(
                 len(self.crop_size) in (1, 2) and min(self.crop_size) >= 1,

@@ -66,7 +66,9 @@ def _train(
         val_split=config.val_split,
     )
     classes, palette = _class_names(train_set, config.classes)
-    spec = ModelSpec(config.arch, len(classes), config.width, config.learn_upsampling)
+    spec = ModelSpec(
+        config.arch, len(classes), config.width, config.learn_upsampling, config.backbone
+    )
     if resumed is not None:
         net, preprocessing = resumed_model(resumed, spec, config.resume)
         classes, palette = list(resumed.classes), list(resumed.palette)
