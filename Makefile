@@ -1,6 +1,8 @@
-# Two entry points for a fresh Linux machine with Python 3.11+:
+# Entry points for a fresh Linux machine with Python 3.11+:
 #   make serve   install the service and serve the bundled demo model on port 8000
 #   make test    install everything, then lint, type-check and run the whole test suite
+#   make test-lowest  the service, contract and part of the model tests at the lowest
+#                versions pyproject.toml allows, in .venv-lowest (.ci/lowest; CI runs it)
 # `make serve MODEL=voc-fcn8s` serves a published model instead (`fcn pretrained --list`):
 # made once into models/pretrained/ (the conversion installs torch), then served offline.
 PYTHON ?= python3
@@ -10,7 +12,7 @@ DEMO_MODEL := models/demo/fcn8s.onnx
 MODEL ?=
 PRETRAINED_DIR := models/pretrained
 
-.PHONY: serve test demo clean
+.PHONY: serve test test-lowest demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +47,12 @@ test: $(VENV)/.dev-installed
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+test-lowest:
+	PYTHON=$(PYTHON) bash .ci/lowest
+
 # Rebuild the demo model from scratch (synthetic data, staged training, export): ~20 min.
 demo: $(VENV)/.dev-installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" models/demo/build.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-lowest .mypy_cache .ruff_cache .pytest_cache

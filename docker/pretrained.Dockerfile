@@ -20,7 +20,7 @@ RUN mkdir contract model service \
     && touch README.md contract/__init__.py model/__init__.py service/__init__.py \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu \
-        'torch>=2.5,<2.15' 'torchvision>=0.20,<0.30' \
+        'torch>=2.6,<2.15' 'torchvision>=0.21,<0.30' \
     && /opt/venv/bin/pip install '.[train]' \
     && /opt/venv/bin/pip uninstall -y fcn-segmentation \
     && rm -rf /root/.cache build ./*.egg-info README.md contract model service
