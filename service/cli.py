@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.config import Settings, UnknownSettingError, check_environment
+from service.logs import logging_config
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -21,9 +22,13 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "factory": True,
         "host": settings.host,
         "port": settings.port,
+        # One process (FCN_WORKERS is 1): uvicorn serves in this one, no supervisor.
         "workers": settings.workers,
+        "log_config": logging_config(settings.log_format, settings.log_level),
         "log_level": settings.log_level,
-        "access_log": settings.access_log,
+        # The app writes the access log (service.middleware.RequestContext): with the time
+        # to the response's end, the request id, and probes left out.
+        "access_log": False,
         # Load balancers keep idle connections open (AWS ALB: 60 s); if the server closed
         # them first, a request sent just then would get a 502.
         "timeout_keep_alive": settings.keep_alive_s,
@@ -63,7 +68,7 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", metavar="PATH", help="the ONNX file (FCN_MODEL_PATH)")
     parser.add_argument("--host", help="address to bind (FCN_HOST)")
     parser.add_argument("--port", help="port to listen on (FCN_PORT)")
-    parser.add_argument("--workers", help="server processes (FCN_WORKERS)")
+    parser.add_argument("--workers", help="server processes, 1 only (FCN_WORKERS)")
     parser.add_argument(
         "--check-config",
         action="store_true",

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from contract.decode import DEFAULT_MAX_PIXELS
 from contract.encode import DEFAULT_ALPHA, JPEG_QUALITY, PNG_COMPRESS_LEVEL
 from contract.tiling import DEFAULT_MAX_MODEL_PIXELS, DEFAULT_OVERLAP
+from service.logs import LogFormat
 
 # Short names users may write in FCN_PROVIDERS, and the ONNX Runtime names they stand for.
 PROVIDER_ALIASES = {
@@ -175,7 +176,10 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address fcn-serve binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port fcn-serve binds.")
     workers: int = Field(
-        1, ge=1, description="Server processes fcn-serve starts; they share the CPUs."
+        1,
+        ge=1,
+        description="Server processes: 1, the only value (probes and /metrics speak for the "
+        "process that answers them); scale with containers or replicas.",
     )
     keep_alive_s: int = Field(
         75,
@@ -198,7 +202,14 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Level of the service's log: debug, info, warning or error."
     )
+    log_format: LogFormat = Field(
+        "text", description="text (uvicorn's lines) or json (one JSON object per line)."
+    )
     access_log: bool = Field(True, description="Log one line per request.")
+    log_probes: bool = Field(
+        False,
+        description="Also log probes and /metrics that succeed (failed ones are always logged).",
+    )
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -219,6 +230,18 @@ class Settings(BaseSettings):
         if not names:
             raise ValueError("name at least one execution provider")
         return tuple(names)
+
+    @field_validator("workers")
+    @classmethod
+    def _one_worker(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                f"{value} server processes in one container would each answer /readyz, "
+                "/livez and /metrics for itself alone, chosen by chance per connection (a "
+                "stuck one is rarely seen); run one per container and scale with containers "
+                "or replicas"
+            )
+        return value
 
     @field_validator("warmup_sizes", mode="before")
     @classmethod

@@ -16,10 +16,11 @@ from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
-from service import errors, page, routes
+from service import errors, logs, page, routes
 from service.config import Settings, check_environment
-from service.middleware import QuietStartupFailure, RequestMetrics
+from service.middleware import QuietStartupFailure, RequestContext, RequestMetrics
 from service.state import Service
 
 logger = logging.getLogger("fcn.service")
@@ -80,13 +81,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.stop()
 
 
-def _configure_logging(level: str) -> None:
-    """Show the service's own lines at ``level``, also when nothing else configured logging."""
-    logger.setLevel(level.upper())
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
-        logger.addHandler(handler)
+class App(FastAPI):
+    """FastAPI with the request context (service.middleware.RequestContext) outermost, so
+    that Starlette's own 500 answers and the tracebacks of bugs carry the request id too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        settings: Settings = self.state.service.settings
+        return RequestContext(
+            super().build_middleware_stack(),
+            access_log=settings.access_log,
+            log_probes=settings.log_probes,
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -94,9 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:  # from the environment, as `uvicorn --factory` builds it
         check_environment()
         settings = Settings()  # type: ignore[call-arg]
-    _configure_logging(settings.log_level)
+    logs.install(settings.log_format, settings.log_level)
     service = Service(settings)
-    app = FastAPI(
+    app = App(
         title="FCN semantic segmentation",
         summary="Fully Convolutional Networks on ONNX Runtime: POST an image, get its labels.",
         version="1",

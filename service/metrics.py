@@ -1,4 +1,5 @@
-"""Prometheus metrics of one app, in a registry of its own (so one process can hold many apps)."""
+"""Prometheus metrics of one app, in a registry of its own (so one process can hold many apps),
+with the process's own series (memory, CPU, file descriptors, GC, Python version)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -24,6 +28,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        # process_* (resident memory, CPU seconds, open fds, start time; Linux /proc),
+        # python_gc_* and python_info: the process's, so with one server process per
+        # container (FCN_WORKERS is 1) the whole instance's.
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+        PlatformCollector(registry=registry)
         self.requests = Counter(
             "fcn_requests",
             "Segmentation requests answered, by HTTP status and response format.",

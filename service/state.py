@@ -126,8 +126,8 @@ class Service:
         """Load the model (fatal errors raise StartupError) and start the batcher."""
         s = self.settings
         guard_bombs(s.max_pixels)
-        # Each server process gets its share of the CPUs: FCN_WORKERS processes, one host.
-        cpus = max(1, available_cpus() // s.workers)
+        # One server process per container (FCN_WORKERS is 1): it takes the CPUs it is allowed.
+        cpus = available_cpus()
         runtime = await anyio.to_thread.run_sync(
             partial(
                 load_runtime,

@@ -3,8 +3,10 @@ the app factory, and a clean exit when start-up fails."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,11 +14,29 @@ import uvicorn
 
 from service.cli import run, server_options
 from service.config import OTHER_VARIABLES, Settings, UnknownSettingError
+from service.logs import ACCESS_LOGGER, SERVICE_LOGGER, JsonFormatter, TextFormatter
 from service.main import create_app
 from service.providers import missing_library
 from tests.service.support import ROOT, server_environment
 
 
+@pytest.fixture
+def kept_logging() -> Iterator[None]:
+    """Undoes the logging configuration uvicorn.Config applies (the service's and uvicorn's
+    loggers), so that later tests log as before."""
+    names = ["uvicorn", "uvicorn.error", "uvicorn.access", SERVICE_LOGGER, ACCESS_LOGGER]
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+    yield
+    for logger, (handlers, level, propagate, disabled) in zip(loggers, saved, strict=True):
+        for handler in set(logger.handlers) - set(handlers):
+            handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled
+
+
+@pytest.mark.usefixtures("kept_logging")
 def test_fcn_serve_keeps_idle_connections_longer_than_load_balancers(model_path: Path) -> None:
     options = server_options(Settings(model_path=model_path, keep_alive_s=90, drain_timeout_s=7.5))
     config = uvicorn.Config("service.main:create_app", **options)
@@ -24,6 +44,14 @@ def test_fcn_serve_keeps_idle_connections_longer_than_load_balancers(model_path:
     assert config.timeout_graceful_shutdown == 8
     defaults = server_options(Settings(model_path=model_path))
     assert defaults["timeout_keep_alive"] > 60  # AWS ALB's idle timeout
+    # uvicorn's own access line is off: the service writes one (with the request id).
+    assert config.access_log is False
+    assert isinstance(logging.getLogger(SERVICE_LOGGER).handlers[0].formatter, TextFormatter)
+    options = server_options(Settings(model_path=model_path, log_format="json"))
+    uvicorn.Config("service.main:create_app", **options)
+    for name in ("uvicorn.error", SERVICE_LOGGER, ACCESS_LOGGER):
+        (handler,) = logging.getLogger(name).handlers or logging.getLogger("uvicorn").handlers
+        assert isinstance(handler.formatter, JsonFormatter), name
 
 
 def test_uvicorn_can_build_the_app_from_the_factory(
