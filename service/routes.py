@@ -9,10 +9,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import request as http
+from service import v2
 from service.request import SegmentQuery, segment_options
 from service.state import Service
 
 router = APIRouter()
+# The Open Inference Protocol's model routes (its health probes are the two below).
+router.include_router(v2.router)
 
 IMAGE_TYPES = ["image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff", "image/gif"]
 # FastAPI cannot see a body this route streams itself; describe it for /docs.

@@ -1,0 +1,378 @@
+"""The Open Inference Protocol (/v2): Triton's own client against a real uvicorn on a loopback
+port, and raw JSON bodies in process for what the client never sends."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+import uvicorn
+from tritonclient.utils import InferenceServerException
+
+from service.main import create_app
+from tests.images import encode, pattern
+from tests.service.support import (
+    IMAGE,
+    PNG,
+    busy,
+    free_port,
+    metric,
+    metrics,
+    png_labels,
+    running,
+    serve,
+    settings,
+)
+
+MODEL = "fcn8s-tiny"  # the file's stem (conftest.py): the name /v1/model reports too
+INFER = f"/v2/models/{MODEL}/infer"
+
+
+@pytest.fixture(scope="module")
+def url(model_path: Path) -> Iterator[str]:
+    """host:port of uvicorn serving the tiny model in a thread, ready; batches of up to 2."""
+    port = free_port()
+    app = create_app(settings(model_path, max_batch_size=2, access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while True:
+        assert thread.is_alive(), "the server stopped"
+        assert time.monotonic() < deadline, "the server did not become ready"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[triton.InferenceServerClient]:
+    """Triton's HTTP client on the server."""
+    client = triton.InferenceServerClient(url=url, network_timeout=30)
+    yield client
+    client.close()
+
+
+def segment(url: str, image: np.ndarray) -> np.ndarray:
+    """The labels of POST /segment?format=png for ``image`` (lossless PNG)."""
+    response = httpx.post(
+        f"http://{url}/segment?format=png",
+        files={"image": ("a.png", encode(image, "PNG"), "image/png")},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return png_labels(response.content)
+
+
+def image_input(images: np.ndarray, *, binary: bool, datatype: str = "UINT8") -> Any:
+    tensor = triton.InferInput("image", list(images.shape), datatype)
+    tensor.set_data_from_numpy(images, binary_data=binary)
+    return tensor
+
+
+def test_metadata_and_readiness_through_the_client(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    server = client.get_server_metadata()
+    assert server["name"] == "fcn"
+    assert "binary_tensor_data" in server["extensions"]
+    model = client.get_model_metadata(MODEL)
+    (version,) = model["versions"]
+    assert version.startswith("fcn8s-")  # arch and the file's digest, as /v1/model says
+    assert model["platform"] == "onnxruntime_onnx"
+    assert model["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    assert model["outputs"] == [{"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]}]
+    assert client.get_model_metadata(MODEL, model_version=version) == model
+    assert client.is_model_ready(MODEL)
+    assert client.is_model_ready(MODEL, model_version=version)
+    assert not client.is_model_ready("other")
+    assert not client.is_model_ready(MODEL, model_version="7")
+    tensor = image_input(IMAGE[None], binary=True)
+    assert client.infer(MODEL, [tensor], model_version=version).as_numpy("labels").size
+    with pytest.raises(InferenceServerException, match="no version '7'") as caught:
+        client.infer(MODEL, [tensor], model_version="7")
+    assert caught.value.status() == "404"
+    with pytest.raises(InferenceServerException, match="no model named 'other'") as caught:
+        client.get_model_metadata("other")
+    assert caught.value.status() == "404"
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_gives_the_labels_of_segment(
+    client: triton.InferenceServerClient, url: str, binary: bool
+) -> None:
+    expected = segment(url, IMAGE)
+    assert len(np.unique(expected)) > 1  # an image of several classes
+    result = client.infer(
+        MODEL,
+        [image_input(IMAGE[None], binary=binary)],
+        outputs=[triton.InferRequestedOutput("labels", binary_data=binary)],
+        request_id="req-7",
+    )
+    labels = result.as_numpy("labels")
+    assert labels.dtype == np.uint8
+    assert labels.shape == (1, *IMAGE.shape[:2])
+    np.testing.assert_array_equal(labels[0], expected)
+    response = result.get_response()
+    assert response["id"] == "req-7"
+    assert response["model_name"] == MODEL
+    assert response["model_version"] == client.get_model_metadata(MODEL)["versions"][0]
+    # No outputs named: the client asks for all of them, binary.
+    default = client.infer(MODEL, [image_input(IMAGE[None], binary=binary)])
+    np.testing.assert_array_equal(default.as_numpy("labels"), labels)
+
+
+def test_a_batch_of_two_gets_each_images_own_labels(
+    client: triton.InferenceServerClient, url: str
+) -> None:
+    images = np.stack([pattern(33, 47, seed=1), pattern(33, 47, seed=2)])
+    labels = client.infer(MODEL, [image_input(images, binary=True)]).as_numpy("labels")
+    assert labels.shape == (2, 33, 47)
+    for image, got in zip(images, labels, strict=True):
+        np.testing.assert_array_equal(got, segment(url, image))
+    assert not np.array_equal(labels[0], labels[1])
+
+
+@pytest.mark.parametrize(
+    ("model", "tensor", "status", "message"),
+    [
+        ("other", image_input(IMAGE[None], binary=True), "404", "no model named 'other'"),
+        (
+            MODEL,
+            image_input(IMAGE[None].astype(np.float32), binary=True, datatype="FP32"),
+            "400",
+            "datatype 'FP32'; the model takes UINT8",
+        ),
+        (
+            MODEL,
+            image_input(np.zeros((1, 8, 8, 4), np.uint8), binary=False),
+            "400",
+            "shape [1, 8, 8, 4]; the model takes [N, H, W, 3]",
+        ),
+        (MODEL, image_input(IMAGE, binary=True), "400", "shape [45, 61, 3]"),
+    ],
+    ids=["unknown-model", "float-image", "four-channels", "no-batch-axis"],
+)
+def test_bad_requests_raise_the_clients_error_with_the_status(
+    client: triton.InferenceServerClient, model: str, tensor: Any, status: str, message: str
+) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(model, [tensor])
+    assert caught.value.status() == status
+    assert message in caught.value.message()
+
+
+def test_the_server_stays_ready_after_bad_requests(client: triton.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException):
+        client.infer(MODEL, [image_input(np.zeros((1, 4, 4, 4), np.uint8), binary=True)])
+    assert client.is_model_ready(MODEL)
+    assert client.infer(MODEL, [image_input(IMAGE[None], binary=True)]).as_numpy("labels").size
+
+
+# In process: the raw bodies the client never sends.
+
+
+def request_body(image: np.ndarray, data: Any = None, **extra: Any) -> dict[str, Any]:
+    tensor = {"name": "image", "datatype": "UINT8", "shape": list(image.shape)}
+    tensor["data"] = image.tolist() if data is None else data
+    return {"inputs": [tensor], **extra}
+
+
+@pytest.mark.anyio
+async def test_nested_and_flat_json_data_give_the_same_json_labels(model_path: Path) -> None:
+    images = IMAGE[None]
+    async with serve(model_path) as client:
+        nested = await client.post(INFER, json=request_body(images, id="n"))
+        flat = await client.post(INFER, json=request_body(images, images.ravel().tolist()))
+        expected = png_labels((await client.post("/segment", files={"image": ("a", PNG)})).content)
+        text = await metrics(client)
+    assert nested.status_code == 200, nested.text
+    # Protocol requests are counted beside /segment's, under their own format.
+    assert metric(text, "fcn_requests_total", status="200", format="v2") == 2
+    assert metric(text, "fcn_requests_total", status="200", format="png") == 1
+    assert nested.headers["content-type"] == "application/json"
+    assert "inference-header-content-length" not in nested.headers
+    body = nested.json()
+    assert body["id"] == "n"
+    assert "id" not in flat.json()
+    (output,) = body["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("labels", "UINT8", [1, 45, 61])
+    np.testing.assert_array_equal(np.array(output["data"]).reshape(45, 61), expected)
+    assert flat.json()["outputs"] == body["outputs"]
+
+
+def binary_request(image: np.ndarray, size: int | None = None, **parameters: Any) -> bytes:
+    tensor = {
+        "name": "image",
+        "datatype": "UINT8",
+        "shape": list(image.shape),
+        "parameters": {"binary_data_size": image.size if size is None else size},
+    }
+    return json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
+
+
+@pytest.mark.anyio
+async def test_binary_outputs_when_the_request_parameters_ask(model_path: Path) -> None:
+    images = IMAGE[None]
+    head = binary_request(images, binary_data_output=True)
+    async with serve(model_path) as client:
+        response = await client.post(
+            INFER,
+            content=head + images.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(head))},
+        )
+        json_out = await client.post(INFER, json=request_body(images))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    length = int(response.headers["inference-header-content-length"])
+    (output,) = json.loads(response.content[:length])["outputs"]
+    assert output["parameters"] == {"binary_data_size": 45 * 61}
+    labels = np.frombuffer(response.content[length:], np.uint8).reshape(output["shape"])
+    np.testing.assert_array_equal(labels.ravel(), json_out.json()["outputs"][0]["data"])
+
+
+def _error(response: httpx.Response, status: int) -> str:
+    """The protocol's error: {"error": "message"} and the status."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert isinstance(body["error"], str)
+    return body["error"]
+
+
+SMALL = pattern(4, 5)[None]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "message"),
+    [
+        (b"{", {}, "not valid JSON"),
+        (b"[]", {}, "the request must be a JSON object"),
+        (json.dumps({"inputs": []}).encode(), {}, "the model takes one input, 'image'"),
+        (
+            json.dumps(request_body(SMALL, SMALL.ravel().tolist()[:-1])).encode(),
+            {},
+            "data has 59 values; shape [1, 4, 5, 3] needs 60",
+        ),
+        (
+            json.dumps(request_body(SMALL, [256] * 60)).encode(),
+            {},
+            "data must be integers 0-255",
+        ),
+        (
+            json.dumps(request_body(SMALL, [[1, 2], [3]])).encode(),
+            {},
+            "data is not a regular array",
+        ),
+        (
+            json.dumps(request_body(SMALL, outputs=[{"name": "scores"}])).encode(),
+            {},
+            "no output named 'scores'; the model gives ['labels']",
+        ),
+        (
+            json.dumps(request_body(SMALL, id=3)).encode(),
+            {},
+            "the protocol's id is a string",
+        ),
+        (
+            binary_request(SMALL) + SMALL.tobytes()[:-1],
+            {"Inference-Header-Content-Length": str(len(binary_request(SMALL)))},
+            "59 bytes of binary data follow",
+        ),
+        (
+            binary_request(SMALL, size=7) + SMALL.tobytes(),
+            {"Inference-Header-Content-Length": str(len(binary_request(SMALL, size=7)))},
+            "binary_data_size is 7; shape [1, 4, 5, 3] of UINT8 is 60 bytes",
+        ),
+        (
+            binary_request(SMALL) + SMALL.tobytes(),
+            {"Inference-Header-Content-Length": "99999"},
+            "'99999' is not a length within the",
+        ),
+    ],
+    ids=[
+        "truncated-json",
+        "not-an-object",
+        "no-inputs",
+        "too-few-values",
+        "out-of-range",
+        "ragged",
+        "unknown-output",
+        "numeric-id",
+        "short-binary",
+        "wrong-binary-size",
+        "header-beyond-body",
+    ],
+)
+@pytest.mark.anyio
+async def test_malformed_requests_are_400_naming_the_fault(
+    model_path: Path, body: bytes, headers: dict[str, str], message: str
+) -> None:
+    async with serve(model_path) as client:
+        response = await client.post(INFER, content=body, headers=headers)
+        assert message in _error(response, 400)
+        assert (await client.get(f"/v2/models/{MODEL}/ready")).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_draining_model_is_not_ready_but_finishes_requests(model_path: Path) -> None:
+    app = create_app(settings(model_path, retry_after_s=4))
+    async with running(app) as client:
+        app.state.service.drain()  # as on SIGTERM
+        ready = await client.get(f"/v2/models/{MODEL}/ready")
+        answered = await client.post(INFER, json=request_body(SMALL))
+    assert ready.status_code == 503
+    assert ready.json() == {"name": MODEL, "ready": False}
+    assert ready.headers["retry-after"] == "4"
+    assert answered.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_pixel_limits_are_413(model_path: Path) -> None:
+    wide = pattern(2, 700)[None]  # 1400 pixels, but (2 + 200) x (700 + 200) at the model
+    async with serve(model_path, max_pixels=1500, max_model_pixels=400 * 400) as client:
+        too_many = await client.post(INFER, json=request_body(pattern(50, 31)[None]))
+        too_wide = await client.post(INFER, json=request_body(wide))
+        fits = await client.post(INFER, json=request_body(pattern(30, 30)[None]))
+    assert "50 = 1550 pixels; the limit is 1500" in _error(too_many, 413)
+    assert "/v2 does not tile" in _error(too_wide, 413)
+    assert fits.status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_overload_is_503_with_retry_after_and_timeouts_504(
+    model_path: Path, big_image: bytes
+) -> None:
+    body = json.dumps(request_body(SMALL)).encode()
+    async with serve(model_path, max_queue=1, max_batch_size=1, retry_after_s=3) as client:
+        blocker = await busy(client, big_image)  # holds the one place
+        refused = await client.post(INFER, content=body)
+        assert (await blocker).status_code == 200
+    assert "the limit" in _error(refused, 503)
+    assert refused.headers["retry-after"] == "3"
+    big = np.tile(pattern(100, 100), (1, 20, 20, 1))  # 0.1 s or more at the model
+    head = binary_request(big)
+    async with serve(model_path, request_timeout_s=0.1) as client:
+        late = await client.post(
+            INFER,
+            content=head + big.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(head))},
+        )
+    assert "no result within 0.1 s" in _error(late, 504)
