@@ -1,8 +1,9 @@
 """The reference Caffe weights on this project's networks, matched by layer name.
 
-A reference FCN ``.caffemodel`` becomes a checkpoint (``convert_caffemodel``); Caffe's
-ILSVRC VGG16 initialises an FCN's trunk for training (``load_caffe_vgg16``). Every layer
-and shape is checked before any value is read, and each tensor is read once, from the file.
+A reference FCN ``.caffemodel`` (the VGG16 FCNs, FCN-AlexNet) becomes a checkpoint
+(``convert_caffemodel``); Caffe's ILSVRC VGG16 and BVLC AlexNet initialise an FCN's trunk for
+training (``load_caffe_vgg16``, ``load_caffe_alexnet``). Every layer and shape is checked
+before any value is read, and each tensor is read once, from the file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contract.palette import VOC_CLASSES, voc_colormap
 from model.caffe.caffemodel import CaffeBlob, CaffeLayer, CaffeModelError, read_caffemodel
 from model.checkpoint import Checkpoint
 from model.names import ARCHS
+from model.nets.alexnet import TRUNK_LAYERS as ALEXNET_LAYERS
 from model.nets.backbones import CONV_NAMES, zero_score_layers
 from model.nets.fcn import FCN, ModelSpec, build_fcn
 from model.nets.preprocessing import CAFFE, Preprocessing
@@ -33,9 +35,19 @@ KNOWN_SHA1 = {
     if entry.kind == "caffe" and entry.sha1 is not None
 }
 VGG16_LAYERS = (*CONV_NAMES, "fc6", "fc7")
-VGG16_CONV1_CHANNELS = 64
-# The ImageNet classifier of VGG16: in the file, of no use to an FCN.
-VGG16_CLASSIFIER = "fc8"
+# The ImageNet classifier of VGG16 and of AlexNet: in the file, of no use to an FCN.
+VGG16_CLASSIFIER = CLASSIFIER = "fc8"
+# The reference nets a .caffemodel may hold, as (backbone, arch).
+CAFFE_NETS: tuple[tuple[str, str], ...] = (
+    *(("vgg16", arch) for arch in ARCHS),
+    ("caffe-alexnet", "fcn32s"),
+)
+CAFFE_BACKBONES = tuple(dict.fromkeys(backbone for backbone, _ in CAFFE_NETS))
+# Each backbone's first convolution and its channels at width 1: they give a file's width.
+CONV1 = {"vgg16": ("conv1_1", 64), "caffe-alexnet": ("conv1", 96)}
+# The layers each ImageNet classifier lends an FCN (fc8 aside).
+IMAGENET_LAYERS = {"vgg16": VGG16_LAYERS, "caffe-alexnet": ALEXNET_LAYERS}
+IMAGENET_NAMES = {"vgg16": "Caffe's VGG16", "caffe-alexnet": "Caffe's BVLC AlexNet"}
 
 Plan = list[tuple[str, CaffeBlob]]
 
@@ -56,12 +68,23 @@ def check_sha1(path: str | os.PathLike[str], expected: str) -> None:
         )
 
 
+def net_name(backbone: str, arch: str) -> str:
+    """How messages name a reference net: ``fcn8s``, ``caffe-alexnet fcn32s``."""
+    return arch if backbone == "vgg16" else f"{backbone} {arch}"
+
+
 @functools.cache
-def arch_layers(arch: str) -> tuple[str, ...]:
-    """The weighted Caffe layers of ``arch``'s reference net, in network order."""
+def net_layers(backbone: str, arch: str) -> tuple[str, ...]:
+    """The weighted Caffe layers of the reference net ``arch`` on ``backbone``, in order."""
     # Names do not depend on width: a tiny network names them in a millisecond.
-    net = build_fcn(ModelSpec(arch, len(VOC_CLASSES), width=1 / VGG16_CONV1_CHANNELS))
-    return tuple(caffe_layers(net.state_dict()))
+    conv1_channels = CONV1[backbone][1]
+    spec = ModelSpec(arch, len(VOC_CLASSES), width=1 / conv1_channels, backbone=backbone)
+    return tuple(caffe_layers(build_fcn(spec).state_dict()))
+
+
+def arch_layers(arch: str) -> tuple[str, ...]:
+    """The weighted Caffe layers of ``arch``'s reference VGG16 net, in network order."""
+    return net_layers("vgg16", arch)
 
 
 def caffe_layers(shapes: Iterable[str]) -> dict[str, list[str]]:
@@ -86,10 +109,16 @@ def weighted_layers(path: str | os.PathLike[str]) -> dict[str, CaffeLayer]:
     return layers
 
 
-def detect_arch(layer_names: Iterable[str]) -> str | None:
-    """The architecture whose reference net has exactly these weighted layers, if any."""
+def detect_net(layer_names: Iterable[str]) -> tuple[str, str] | None:
+    """The (backbone, arch) whose reference net has exactly these weighted layers, if any."""
     names = set(layer_names)
-    return next((arch for arch in ARCHS if names == set(arch_layers(arch))), None)
+    return next((net for net in CAFFE_NETS if names == set(net_layers(*net))), None)
+
+
+def detect_arch(layer_names: Iterable[str]) -> str | None:
+    """The reference net these weighted layers are exactly, named as messages name it."""
+    net = detect_net(layer_names)
+    return None if net is None else net_name(*net)
 
 
 def _strip_ones(shape: Sequence[int]) -> tuple[int, ...]:
@@ -151,7 +180,7 @@ def _plan(
 
 def _label(spec: ModelSpec) -> str:
     width = "" if spec.width == 1.0 else f" at width {spec.width:g}"
-    return f"{spec.arch}{width}"
+    return f"{net_name(spec.backbone, spec.arch)}{width}"
 
 
 def _layer_problems(
@@ -187,10 +216,12 @@ def _check_names(
         hint = f" Its layers are those of {other}."
     elif found <= set(wanted):  # only some layers missing
         hint = " Is the file cut short?"
-    elif VGG16_CLASSIFIER in found and "score_fr" not in found:
+    elif CLASSIFIER in found and "score_fr" not in found:
+        backbone = "caffe-alexnet" if "conv1" in found else "vgg16"
         hint = (
-            " It looks like an ImageNet classifier such as Caffe's VGG16, which initialises"
-            " training (fcn train --init caffe-vgg16:PATH) but is no segmentation network."
+            f" It looks like an ImageNet classifier such as {IMAGENET_NAMES[backbone]}, which"
+            f" initialises training (fcn train --backbone {backbone} --init {backbone}:PATH)"
+            " but is no segmentation network."
         )
     verdict = verdict or f"not the weights of {arch}"
     raise CaffeModelError(f"{path}: {verdict}: {'; '.join(problems)}.{hint}")
@@ -212,18 +243,33 @@ def _load(
 
 
 def convert_caffemodel(
-    path: str | os.PathLike[str], arch: str | None = None, *, width: float | None = None
+    path: str | os.PathLike[str],
+    arch: str | None = None,
+    *,
+    width: float | None = None,
+    backbone: str | None = None,
 ) -> Checkpoint:
     """A checkpoint from a reference PASCAL VOC FCN ``.caffemodel``: 21 VOC classes and
-    palette, Caffe preprocessing. ``arch`` defaults to the one the file's layers name and
-    ``width`` to conv1_1's channels over 64 (1.0 for the reference files)."""
+    palette, Caffe preprocessing. ``arch`` and ``backbone`` default to those the file's
+    layers name and ``width`` to conv1's channels over the backbone's (1.0 for the
+    reference files)."""
     layers = weighted_layers(path)
-    if width is None:
-        width = _stored_width(layers)
+    detected = detect_net(layers)
     if arch is None:
-        arch = detect_arch(layers) or _unknown_net(path, set(layers))
-    spec = ModelSpec(arch, len(VOC_CLASSES), width)
-    _check_names(path, set(layers), arch_layers(arch), arch)
+        if detected is None:
+            _unknown_net(path, set(layers))
+        arch = detected[1]
+    if backbone is None:
+        backbone = detected[0] if detected is not None and detected[1] == arch else "vgg16"
+    if (backbone, arch) not in CAFFE_NETS:
+        raise CaffeModelError(
+            f"{path}: the reference released no Caffe {arch} on {backbone}; its nets are "
+            f"{', '.join(net_name(*net) for net in CAFFE_NETS)}"
+        )
+    if width is None:
+        width = _stored_width(layers, backbone)
+    spec = ModelSpec(arch, len(VOC_CLASSES), width, backbone=backbone)
+    _check_names(path, set(layers), net_layers(backbone, arch), net_name(backbone, arch))
     # Built on the CPU and overwritten: the tensors are the weights' only copy in memory.
     state_dict = build_fcn(spec).state_dict()
     _load(path, layers, caffe_layers(state_dict), state_dict, _label(spec))
@@ -237,18 +283,20 @@ def convert_caffemodel(
     )
 
 
-def _stored_width(layers: Mapping[str, CaffeLayer]) -> float:
-    conv = layers.get(CONV_NAMES[0])
+def _stored_width(layers: Mapping[str, CaffeLayer], backbone: str) -> float:
+    name, channels = CONV1[backbone]
+    conv = layers.get(name)
     if conv is None or not conv.blobs or len(conv.blobs[0].shape) != 4:
         return 1.0  # the layer checks will say what is wrong
-    return conv.blobs[0].shape[0] / VGG16_CONV1_CHANNELS
+    return conv.blobs[0].shape[0] / channels
 
 
 def _unknown_net(path: str | os.PathLike[str], found: set[str]) -> NoReturn:
-    """Explain a file that is no FCN against the nearest architecture."""
-    nearest = min(ARCHS, key=lambda arch: len(found ^ set(arch_layers(arch))))
-    verdict = f"not the weights of any FCN; against the nearest, {nearest}"
-    _check_names(path, found, arch_layers(nearest), nearest, verdict)
+    """Explain a file that is no FCN against the nearest reference net."""
+    nearest = min(CAFFE_NETS, key=lambda net: len(found ^ set(net_layers(*net))))
+    name = net_name(*nearest)
+    verdict = f"not the weights of any FCN; against the nearest, {name}"
+    _check_names(path, found, net_layers(*nearest), name, verdict)
     raise CaffeModelError(f"{path}: not the weights of any FCN")
 
 
@@ -258,15 +306,36 @@ def load_caffe_vgg16(net: FCN, path: str | os.PathLike[str]) -> Preprocessing:
     Score layers are set to zero; upsampling is left as built. Returns the preprocessing
     the weights expect (``CAFFE``: BGR, 0-255, mean subtracted).
     """
+    return _load_imagenet(net, path, "vgg16")
+
+
+def load_caffe_alexnet(net: FCN, path: str | os.PathLike[str]) -> Preprocessing:
+    """Initialise a caffe-alexnet FCN's conv1-5, fc6 and fc7 from BVLC's
+    bvlc_alexnet.caffemodel (fc6/fc7 stored as InnerProduct), as the reference trained from.
+
+    Score layers are set to zero. Returns ``CAFFE``, the preprocessing of those weights.
+    """
+    return _load_imagenet(net, path, "caffe-alexnet")
+
+
+def _load_imagenet(net: FCN, path: str | os.PathLike[str], backbone: str) -> Preprocessing:
+    what = IMAGENET_NAMES[backbone]
+    if net.backbone != backbone:
+        raise CaffeModelError(
+            f"{path}: {what} initialises a {backbone} network, not one on {net.backbone}"
+        )
+    wanted = IMAGENET_LAYERS[backbone]
     layers = weighted_layers(path)
     found = set(layers)
-    problems = _layer_problems(found, VGG16_LAYERS, {*VGG16_LAYERS, VGG16_CLASSIFIER}, "VGG16")
+    problems = _layer_problems(found, wanted, {*wanted, CLASSIFIER}, what)
     if problems:
-        arch = detect_arch(found)
-        hint = f" It holds an {arch}: convert it with fcn convert-caffe." if arch else ""
-        raise CaffeModelError(f"{path}: not Caffe's VGG16: {'; '.join(problems)}.{hint}")
-    groups = {name: [f"{name}.weight", f"{name}.bias"] for name in VGG16_LAYERS}
-    _load(path, layers, groups, net.state_dict(), f"{_label(net.spec)} (VGG16 trunk)")
+        net_found = detect_arch(found)
+        article = "an" if net_found and net_found.startswith("fcn") else "a"  # "an eff"
+        hint = f" It holds {article} {net_found}: convert it with fcn convert-caffe."
+        hint = hint if net_found else ""
+        raise CaffeModelError(f"{path}: not {what}: {'; '.join(problems)}.{hint}")
+    groups = {name: [f"{name}.weight", f"{name}.bias"] for name in wanted}
+    _load(path, layers, groups, net.state_dict(), f"{_label(net.spec)} ({backbone} trunk)")
     zero_score_layers(net)
     return CAFFE
 

@@ -11,18 +11,26 @@ from pathlib import Path
 from model.cli import CLIError, check_hex_digest
 from model.names import ARCHS
 
+# The backbones the reference released Caffe FCNs on (model.caffe.convert.CAFFE_BACKBONES).
+CAFFE_BACKBONES = ("vgg16", "caffe-alexnet")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "weights",
         type=Path,
         metavar="WEIGHTS.caffemodel",
-        help="e.g. fcn8s-heavy-pascal.caffemodel",
+        help="e.g. fcn8s-heavy-pascal.caffemodel, fcn-alexnet-pascal.caffemodel",
     )
     parser.add_argument(
         "--arch",
         choices=ARCHS,
         help="the network the file holds (default: recognised from its layer names)",
+    )
+    parser.add_argument(
+        "--backbone",
+        choices=CAFFE_BACKBONES,
+        help="the trunk the file's net is built on (default: recognised from its layer names)",
     )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="CKPT", help="the checkpoint to write"
@@ -53,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if expected is not None:
         check_sha1(weights, expected)
         print(f"{weights}: SHA1 {expected.lower()} ok")
-    checkpoint = convert_caffemodel(weights, args.arch)
+    checkpoint = convert_caffemodel(weights, args.arch, backbone=args.backbone)
     try:
         save_checkpoint(checkpoint, out)
     except OSError as exc:
@@ -66,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
     mean = ", ".join(str(m) for m in checkpoint.preprocessing.mean)
     print(
         f"wrote {out}: {spec.arch}, {spec.num_classes} classes ({checkpoint.dataset}), "
-        f"{values:,} weights; input BGR 0-255 minus ({mean})"
+        f"{values:,} weights on {spec.backbone}; input BGR 0-255 minus ({mean})"
     )
     return 0

@@ -62,6 +62,7 @@ def onnx_info(path: Path) -> dict[str, Any]:
 def checkpoint_info(path: Path) -> dict[str, Any]:
     """What a checkpoint records (its weights counted, not listed)."""
     from model.checkpoint import load_checkpoint
+    from model.nets.base import network_tiling
 
     checkpoint = load_checkpoint(path)
     spec = checkpoint.spec
@@ -70,7 +71,7 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
         "kind": "checkpoint",
         "size_bytes": path.stat().st_size,
         "arch": spec.arch,
-        "backbone": "vgg16",
+        "backbone": spec.backbone,
         "width": spec.width,
         "classes": list(checkpoint.classes),
         "palette": [list(c) for c in checkpoint.palette[: spec.num_classes]],
@@ -78,6 +79,7 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
         "dataset": checkpoint.dataset,
         "metrics": checkpoint.metrics,
         "preprocessing": checkpoint.preprocessing.to_dict(),
+        "tiling": network_tiling(spec.arch, spec.backbone).to_dict(),
         "parameters": sum(t.numel() for t in checkpoint.state_dict.values()),
         "iteration": checkpoint.iteration,
         "resumable": checkpoint.training_state is not None,
@@ -102,9 +104,9 @@ def text(info: dict[str, Any]) -> str:
     )
     for key, value in (info.get("origin") or {}).items():
         lines.append(f"origin.{key}: {value}")
+    tiling = info["tiling"]
+    lines.append(f"tiling: align {tiling['align']}, context {tiling['context']}")
     if info["kind"] == "onnx":
-        tiling = info["tiling"]
-        lines.append(f"tiling: align {tiling['align']}, context {tiling['context']}")
         shapes = ", ".join(f"{name} {dims}" for name, dims in info["tensors"].items())
         lines.append(f"tensors: {shapes}; opset {info['opset']}; created {info['created']}")
     else:

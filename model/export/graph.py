@@ -103,16 +103,16 @@ class ModelCard:
 
 
 def checkpoint_card(checkpoint: Checkpoint) -> ModelCard:
-    """The card of one of our checkpoints: a VGG16 FCN."""
+    """The card of one of our checkpoints, on whichever backbone its spec names."""
     spec = checkpoint.spec
     return ModelCard(
         arch=spec.arch,
-        backbone="vgg16",
+        backbone=spec.backbone,
         width=spec.width,
         classes=checkpoint.classes,
         palette=checkpoint.palette,
         preprocessing=checkpoint.preprocessing,
-        tiling=network_tiling(spec.arch),
+        tiling=network_tiling(spec.arch, spec.backbone),
         dataset=checkpoint.dataset,
         metrics=checkpoint.metrics,
         ignore_index=checkpoint.ignore_index,

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from model.errors import FCNError
-from model.nets.fcn import FCN, VGG16_LAYERS
+from model.nets.base import FCNBase
+from model.nets.fcn import VGG16_LAYERS, VGG16FCN
 from model.nets.preprocessing import TORCHVISION, Preprocessing
 
 # torchvision's vgg16 numbers its convolutions by position in ``features``.
@@ -52,7 +53,7 @@ def read_state_dict(path: Path, what: str) -> dict[str, Tensor]:
     return dict(state)
 
 
-def _copy(param: Tensor, value: Tensor, name: str) -> None:
+def copy_weights(param: Tensor, value: Tensor, name: str) -> None:
     if param.shape != value.shape:
         raise WeightsError(
             f"{name}: network expects {tuple(param.shape)}, weights have {tuple(value.shape)}"
@@ -61,7 +62,7 @@ def _copy(param: Tensor, value: Tensor, name: str) -> None:
         param.copy_(value)
 
 
-def load_vgg16(net: FCN, state_dict: Mapping[str, Tensor]) -> Preprocessing:
+def load_vgg16(net: VGG16FCN, state_dict: Mapping[str, Tensor]) -> Preprocessing:
     """Copy torchvision VGG16 weights into ``net``'s trunk, fc6 and fc7.
 
     Returns the preprocessing those weights expect. Score layers are left at zero.
@@ -77,8 +78,8 @@ def load_vgg16(net: FCN, state_dict: Mapping[str, Tensor]) -> Preprocessing:
         raise WeightsError(f"not a torchvision VGG16 state dict: missing {', '.join(missing[:4])}")
     for name, index in zip(CONV_NAMES, TORCHVISION_FEATURE_INDEX, strict=True):
         conv = getattr(net, name)
-        _copy(conv.weight, state_dict[f"features.{index}.weight"], name)
-        _copy(conv.bias, state_dict[f"features.{index}.bias"], name)
+        copy_weights(conv.weight, state_dict[f"features.{index}.weight"], name)
+        copy_weights(conv.bias, state_dict[f"features.{index}.bias"], name)
     # classifier.0 is Linear(512*7*7, 4096) on pool5 flattened channel-major, so its
     # weight rows reshape to 7x7 kernels without any transposition.
     for fc, index in ((net.fc6, 0), (net.fc7, 3)):
@@ -88,14 +89,14 @@ def load_vgg16(net: FCN, state_dict: Mapping[str, Tensor]) -> Preprocessing:
                 f"classifier.{index}: {tuple(weight.shape)} cannot become "
                 f"{tuple(fc.weight.shape)} (a width multiplier other than the weights')"
             )
-        _copy(fc.weight, weight.reshape(fc.weight.shape), f"classifier.{index}")
+        copy_weights(fc.weight, weight.reshape(fc.weight.shape), f"classifier.{index}")
         assert fc.bias is not None
-        _copy(fc.bias, state_dict[f"classifier.{index}.bias"], f"classifier.{index}")
+        copy_weights(fc.bias, state_dict[f"classifier.{index}.bias"], f"classifier.{index}")
     zero_score_layers(net)
     return TORCHVISION
 
 
-def zero_score_layers(net: FCN) -> None:
+def zero_score_layers(net: FCNBase) -> None:
     """Set score_fr and the skip score layers to zero, as the reference's solvers do."""
     for name in ("score_fr", *net.skip_layers):
         layer = getattr(net, name)
@@ -105,7 +106,7 @@ def zero_score_layers(net: FCN) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def init_from_parent(child: FCN, parent_state: Mapping[str, Tensor]) -> list[str]:
+def init_from_parent(child: FCNBase, parent_state: Mapping[str, Tensor]) -> list[str]:
     """Staged training: copy every tensor the parent shares with ``child`` by name and shape.
 
     The child's own skip layers stay at zero so it starts from its parent's scores. Returns
@@ -118,9 +119,7 @@ def init_from_parent(child: FCN, parent_state: Mapping[str, Tensor]) -> list[str
             with torch.no_grad():
                 own[name].copy_(value)
             copied.append(name)
-    required = [
-        f"{n}.{k}" for n in (*CONV_NAMES, "fc6", "fc7", "score_fr") for k in ("weight", "bias")
-    ]
+    required = [f"{n}.{k}" for n in (*child.trunk_layers, "score_fr") for k in ("weight", "bias")]
     missing = [n for n in required if n not in copied]
     if missing:
         raise WeightsError(

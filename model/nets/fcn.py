@@ -7,17 +7,26 @@ same crop offsets, so weights map one to one by parameter name.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contract.tiling import Tiling
 from model import names
+from model.nets.base import (
+    OUTPUT_STRIDE,
+    FCNBase,
+    ModelSpec,
+    bilinear_kernel,
+    build_fcn,
+    crop,
+    fill_bilinear,
+    network_tiling,
+    scaled,
+)
 
 ARCHS = names.ARCHS
+# The backbone-neutral base, under the name the rest of the code has always used.
+FCN = FCNBase
 
 # (name, channels at width 1.0) of the 13 VGG16 convolutions; None marks a 2x2 max pool.
 VGG16_LAYERS: tuple[tuple[str, int] | None, ...] = (
@@ -30,96 +39,19 @@ VGG16_LAYERS: tuple[tuple[str, int] | None, ...] = (
 FC_CHANNELS = 4096
 # conv1_1 pads by 100 so that even a 1x1 input leaves a non-empty map after pool5 and fc6.
 CONV1_1_PAD = 100
-# pool5's stride: tiles starting on multiples of it keep every pixel's place on the grid.
-OUTPUT_STRIDE = 32
 
 
-def scaled(channels: int, width: float) -> int:
-    """Channel count of a layer under the width multiplier (at least 1)."""
-    return max(1, round(channels * width))
-
-
-def bilinear_kernel(size: int) -> Tensor:
-    """The reference's 2-D bilinear upsampling kernel (``surgery.upsample_filt``)."""
-    factor = (size + 1) // 2
-    center = factor - 1 if size % 2 == 1 else factor - 0.5
-    ramp = 1 - (torch.arange(size, dtype=torch.float64) - center).abs() / factor
-    return torch.outer(ramp, ramp).float()
-
-
-def fill_bilinear(weight: Tensor) -> None:
-    """Initialise a transposed-conv weight [C, C, k, k] to per-channel bilinear interpolation."""
-    channels_in, channels_out, kh, kw = weight.shape
-    if channels_in != channels_out or kh != kw:
-        raise ValueError(
-            f"bilinear init needs a square [C, C, k, k] weight, got {tuple(weight.shape)}"
-        )
-    with torch.no_grad():
-        weight.zero_()
-        kernel = bilinear_kernel(kh).to(weight.device, weight.dtype)
-        for c in range(channels_in):
-            weight[c, c] = kernel
-
-
-def crop(x: Tensor, offset: int, like: Tensor) -> Tensor:
-    """Caffe's Crop layer: ``x[..., off:off + H, off:off + W]`` with H, W taken from ``like``.
-
-    The sizes come from the runtime shape of ``like`` so the slice stays symbolic when traced.
-    """
-    height, width = like.shape[-2], like.shape[-1]
-    return x[:, :, offset : offset + height, offset : offset + width]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a network: recorded in checkpoints and ONNX metadata."""
-
-    arch: str
-    num_classes: int
-    width: float = 1.0
-    learn_upsampling: bool = False
-    backbone: str = "vgg16"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        return cls(
-            arch=str(data["arch"]),
-            num_classes=int(data["num_classes"]),
-            width=float(data.get("width", 1.0)),
-            learn_upsampling=bool(data.get("learn_upsampling", False)),
-            backbone=str(data.get("backbone", "vgg16")),
-        )
-
-
-class FCN(nn.Module):
+class VGG16FCN(FCNBase):
     """The shared VGG16 trunk, fc6/fc7 as convolutions and ``score_fr``.
 
-    Subclasses add the skips and the upsampling. ``forward`` takes a preprocessed float
-    image [N, 3, H, W] and returns logits [N, C, H, W] for any H, W >= 1.
+    Subclasses add the skips and the upsampling.
     """
 
-    arch: ClassVar[str]
-    # The transposed convolutions, frozen unless ``learn_upsampling``.
-    upsampling_layers: ClassVar[tuple[str, ...]]
-    # Skip score layers that start at zero (besides score_fr).
-    skip_layers: ClassVar[tuple[str, ...]] = ()
-    # Pixels on either side that a label depends on, over every phase of the stride-32 grid
-    # (measured by perturbation, tests/model/nets/test_receptive_field.py).
-    context: ClassVar[int]
+    backbone = "vgg16"
+    trunk_layers = (*(layer[0] for layer in VGG16_LAYERS if layer is not None), "fc6", "fc7")
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
-        super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if not width > 0:
-            raise ValueError(f"width must be positive, got {width}")
-        self.num_classes = num_classes
-        self.width = width
-        self.learn_upsampling = learn_upsampling
-
+        super().__init__(num_classes, width, learn_upsampling)
         channels = 3
         for layer in VGG16_LAYERS:
             if layer is None:
@@ -135,37 +67,6 @@ class FCN(nn.Module):
         self.drop6 = nn.Dropout(0.5)
         self.drop7 = nn.Dropout(0.5)
         self.score_fr = nn.Conv2d(fc, num_classes, kernel_size=1)
-
-    def _init_weights(self) -> None:
-        """Kaiming for the trunk (used when no pretrained weights are loaded), zero scores,
-        bilinear upsampling (the reference's fillers)."""
-        for name, module in self.named_children():
-            if name in self.upsampling_layers:
-                assert isinstance(module, nn.ConvTranspose2d)
-                fill_bilinear(module.weight)
-                module.weight.requires_grad_(self.learn_upsampling)
-            elif name.startswith("score"):
-                assert isinstance(module, nn.Conv2d)
-                nn.init.zeros_(module.weight)
-                assert module.bias is not None
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                assert module.bias is not None
-                nn.init.zeros_(module.bias)
-
-    @property
-    def tiling(self) -> Tiling:
-        """How this network's input may be cut into tiles (``contract.tiling``)."""
-        return Tiling(OUTPUT_STRIDE, self.context)
-
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec(self.arch, self.num_classes, self.width, self.learn_upsampling)
-
-    def _upsampling(self, kernel_size: int, stride: int) -> nn.ConvTranspose2d:
-        c = self.num_classes
-        return nn.ConvTranspose2d(c, c, kernel_size, stride=stride, bias=False)
 
     def trunk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Return (pool3, pool4, pool5)."""
@@ -184,11 +85,8 @@ class FCN(nn.Module):
         h = self.drop7(F.relu(self.fc7(h), inplace=True))
         return self.score_fr(h)  # type: ignore[no-any-return]
 
-    def forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
 
-
-class FCN32s(FCN):
+class FCN32s(VGG16FCN):
     """Single stream: score_fr upsampled 32x (k64 s32), cropped at 19."""
 
     arch = "fcn32s"
@@ -205,7 +103,7 @@ class FCN32s(FCN):
         return crop(self.upscore(self.score(pool5)), 19, x)
 
 
-class FCN16s(FCN):
+class FCN16s(VGG16FCN):
     """score_fr upsampled 2x plus score_pool4 (cropped at 5), then 16x (k32 s16), cropped at 27."""
 
     arch = "fcn16s"
@@ -227,7 +125,7 @@ class FCN16s(FCN):
         return crop(self.upscore16(fuse_pool4), 27, x)
 
 
-class FCN8s(FCN):
+class FCN8s(VGG16FCN):
     """Two skips: pool4 (cropped at 5) at stride 16 and pool3 (cropped at 9) at stride 8,
     then 8x (k16 s8), cropped at 31."""
 
@@ -282,20 +180,24 @@ class FCN8sAtOnce(FCN8s):
         return pool3 * self.scale_pool3[:, None, None], pool4 * self.scale_pool4[:, None, None]
 
 
-NETWORKS: dict[str, type[FCN]] = {cls.arch: cls for cls in (FCN32s, FCN16s, FCN8s, FCN8sAtOnce)}
+NETWORKS: dict[str, type[FCNBase]] = {cls.arch: cls for cls in (FCN32s, FCN16s, FCN8s, FCN8sAtOnce)}
 
-
-def network_tiling(arch: str) -> Tiling:
-    """How the input of network ``arch`` may be cut into tiles (``contract.tiling``)."""
-    return Tiling(OUTPUT_STRIDE, NETWORKS[arch].context)
-
-
-def build_fcn(spec: ModelSpec) -> FCN:
-    """Build the network that ``spec`` names, freshly initialised."""
-    try:
-        cls = NETWORKS[spec.arch]
-    except KeyError:
-        raise ValueError(
-            f"unknown architecture {spec.arch!r}; choose one of {', '.join(ARCHS)}"
-        ) from None
-    return cls(spec.num_classes, spec.width, spec.learn_upsampling)
+__all__ = [
+    "ARCHS",
+    "FCN",
+    "NETWORKS",
+    "OUTPUT_STRIDE",
+    "VGG16FCN",
+    "FCN8s",
+    "FCN8sAtOnce",
+    "FCN16s",
+    "FCN32s",
+    "FCNBase",
+    "ModelSpec",
+    "bilinear_kernel",
+    "build_fcn",
+    "crop",
+    "fill_bilinear",
+    "network_tiling",
+    "scaled",
+]

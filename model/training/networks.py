@@ -1,5 +1,6 @@
-"""A new run's network, initialised as ``--init`` says (ImageNet, VGG16 files, a previous
-stage's checkpoint or random), and its placement on the device (DDP under torchrun)."""
+"""A new run's network, initialised as ``--init`` says (ImageNet, VGG16/AlexNet/GoogLeNet
+files, a previous stage's checkpoint or random), and its placement on the device (DDP
+under torchrun)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.caffe.convert import load_caffe_vgg16
+from model.caffe.convert import load_caffe_alexnet, load_caffe_vgg16
 from model.checkpoint import load_checkpoint
+from model.nets.alexnet import AlexNetFCN32s, load_alexnet, torchvision_alexnet_state_dict
 from model.nets.backbones import (
     WeightsError,
     init_from_parent,
     load_vgg16,
     torchvision_vgg16_state_dict,
 )
-from model.nets.fcn import FCN, ModelSpec, build_fcn
+from model.nets.fcn import FCN, VGG16FCN, ModelSpec, build_fcn
 from model.nets.preprocessing import TORCHVISION, Preprocessing
 from model.training.config import ConfigError
 from model.training.distributed import Processes
@@ -35,6 +37,11 @@ def initialized_model(
     scheme, _, parent_path = init.partition(":")
     parent = load_checkpoint(parent_path) if scheme == "checkpoint" and parent_path else None
     if parent is not None:
+        if parent.spec.backbone != spec.backbone:
+            raise ConfigError(
+                f"init: {parent_path} is on {parent.spec.backbone}, this run's --backbone is "
+                f"{spec.backbone}"
+            )
         if parent.spec.num_classes != len(classes):
             raise ConfigError(
                 f"init: {parent_path} predicts {parent.spec.num_classes} classes, "
@@ -83,32 +90,50 @@ def placed(net: FCN, device: torch.device, procs: Processes, *, fixed_size: bool
     )
 
 
+# --init SCHEME:PATH for a torchvision ImageNet classifier saved with torch.save, by the
+# backbone it fits; caffe-SCHEME:PATH for the Caffe .caffemodel of the same classifier.
+TORCHVISION_SCHEMES = ("vgg16", "alexnet", "googlenet")
+CAFFE_SCHEMES = ("caffe-vgg16", "caffe-alexnet")
+# The backbone each Caffe file initialises.
+CAFFE_BACKBONE = {"caffe-vgg16": "vgg16", "caffe-alexnet": "caffe-alexnet"}
+PATH_SCHEMES = (*TORCHVISION_SCHEMES, *CAFFE_SCHEMES, "checkpoint")
+
+
 def initialize(net: FCN, init: str) -> Preprocessing:
     """Initialise ``net`` as a config's ``init`` says and return the preprocessing its
     weights expect.
 
-    ``imagenet``: torchvision's ImageNet VGG16 (downloaded once); ``vgg16:PATH``: a saved
-    torchvision VGG16 state dict; ``caffe-vgg16:PATH``: Caffe's VGG_ILSVRC_16_layers
+    ``imagenet``: torchvision's ImageNet classifier of ``net``'s backbone (VGG16, AlexNet or
+    GoogLeNet; downloaded once); ``vgg16:PATH``, ``alexnet:PATH``, ``googlenet:PATH``: a
+    saved torchvision state dict of that classifier; ``caffe-vgg16:PATH``: Caffe's
+    VGG_ILSVRC_16_layers .caffemodel and ``caffe-alexnet:PATH`` BVLC's bvlc_alexnet
     .caffemodel, as the reference trained from; ``checkpoint:PATH``: a previous stage's
     checkpoint (its preprocessing carries over); ``none``: the random trunk init of a fresh
     network (for small-width models; torchvision's normalisation).
     """
     scheme, _, arg = init.partition(":")
-    if scheme in ("vgg16", "caffe-vgg16", "checkpoint") and not arg:
+    if scheme in PATH_SCHEMES and not arg:
         raise WeightsError(f"init {init!r}: {scheme}: needs a path, e.g. {scheme}:weights.pt")
     if init == "imagenet":
+        if net.backbone not in TORCHVISION_SCHEMES:
+            raise WeightsError(
+                f"init imagenet: torchvision has no {net.backbone} classifier; use "
+                f"{net.backbone}:PATH with BVLC's bvlc_alexnet.caffemodel"
+            )
         try:
-            state = torchvision_vgg16_state_dict("imagenet")
+            return _load_torchvision(net, net.backbone, "imagenet", init)
         except OSError as exc:  # offline, or the download was cut short
             raise WeightsError(
-                f"init imagenet: downloading torchvision's VGG16 weights failed ({exc}); "
-                "without internet, use vgg16:PATH with a saved copy"
+                f"init imagenet: downloading torchvision's {net.backbone} weights failed "
+                f"({exc}); without internet, use {net.backbone}:PATH with a saved copy"
             ) from exc
-        return load_vgg16(net, state)
-    if scheme == "vgg16":
-        return load_vgg16(net, torchvision_vgg16_state_dict(Path(arg)))
-    if scheme == "caffe-vgg16":
-        return load_caffe_vgg16(net, arg)
+    if scheme in TORCHVISION_SCHEMES:
+        return _load_torchvision(net, scheme, Path(arg), init)
+    if scheme in CAFFE_SCHEMES:
+        _check_backbone(net, CAFFE_BACKBONE[scheme], init)
+        if scheme == "caffe-vgg16":
+            return load_caffe_vgg16(net, arg)
+        return load_caffe_alexnet(net, arg)
     if scheme == "checkpoint":
         parent = load_checkpoint(arg)
         init_from_parent(net, parent.state_dict)
@@ -116,6 +141,27 @@ def initialize(net: FCN, init: str) -> Preprocessing:
     if init == "none":
         return TORCHVISION
     raise WeightsError(
-        f"unknown init {init!r}; use imagenet, vgg16:PATH, caffe-vgg16:PATH, checkpoint:PATH "
-        "or none"
+        f"unknown init {init!r}; use imagenet, vgg16:PATH, caffe-vgg16:PATH, alexnet:PATH, "
+        "caffe-alexnet:PATH, googlenet:PATH, checkpoint:PATH or none"
     )
+
+
+def _check_backbone(net: FCN, backbone: str, init: str) -> None:
+    if net.backbone != backbone:
+        raise WeightsError(
+            f"init {init!r}: {backbone} weights, but the network is on {net.backbone} (--backbone)"
+        )
+
+
+def _load_torchvision(net: FCN, backbone: str, source: str | Path, init: str) -> Preprocessing:
+    """torchvision's ImageNet ``backbone`` (downloaded, or a saved state dict) into ``net``."""
+    _check_backbone(net, backbone, init)
+    if isinstance(net, VGG16FCN):
+        return load_vgg16(net, torchvision_vgg16_state_dict(source))
+    if isinstance(net, AlexNetFCN32s):
+        return load_alexnet(net, torchvision_alexnet_state_dict(source))
+    # Imported here: a broken GoogLeNet module breaks only GoogLeNet runs.
+    from model.nets import googlenet
+
+    assert isinstance(net, googlenet.GoogLeNetFCN)
+    return googlenet.load_googlenet(net, googlenet.torchvision_googlenet_state_dict(source))

@@ -53,6 +53,8 @@ class Pretrained:
     metrics: Mapping[str, float] = field(default_factory=dict)
     metrics_on: str = ""
     reference: str = REFERENCE
+    # The trunk of a Caffe entry's net (model.names.BACKBONES), as its conversion finds it.
+    backbone: str = "vgg16"
 
     @property
     def file_name(self) -> str:
@@ -68,14 +70,23 @@ class Pretrained:
         return "no published digest"
 
 
-def _caffe(name: str, arch: str, file: str, mean_iu: float, summary: str, **kw: str) -> Pretrained:
+def _caffe(
+    name: str,
+    arch: str,
+    file: str,
+    mean_iu: float,
+    summary: str,
+    *,
+    size_mib: int = 513,
+    **kw: str,
+) -> Pretrained:
     return Pretrained(
         name=name,
         kind="caffe",
         arch=arch,
         summary=summary,
         url=f"{CAFFE_HOST}/{file}",
-        size_mib=513,
+        size_mib=size_mib,
         metrics={"mean_iu": mean_iu},
         metrics_on=SEG11VALID,
         **kw,
@@ -102,7 +113,7 @@ def _torchvision(name: str, arch: str, file: str, size_mib: int, **metrics: floa
 
 # The SHA1s are those the reference lists for fcn8s (README) and OpenCV's test-data
 # downloader lists for fcn32s (opencv_extra, testdata/dnn/download_models.py); none was
-# published for the other two files.
+# published for the other three files.
 MODELS: dict[str, Pretrained] = {
     entry.name: entry
     for entry in (
@@ -135,6 +146,16 @@ MODELS: dict[str, Pretrained] = {
             "fcn8s-atonce-pascal.caffemodel",
             0.654,
             "the reference FCN-8s trained all at once, PASCAL VOC (SBD train), stride 8",
+        ),
+        _caffe(
+            "voc-fcn-alexnet",
+            "fcn32s",
+            "fcn-alexnet-pascal.caffemodel",
+            0.480,
+            "the reference FCN-AlexNet (FCN-32s on Caffe's AlexNet), PASCAL VOC (SBD train), "
+            "stride 32",
+            size_mib=224,
+            backbone="caffe-alexnet",
         ),
         _torchvision(
             "torchvision-fcn-resnet50",

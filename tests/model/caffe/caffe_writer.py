@@ -254,6 +254,57 @@ def vgg16_layers(width: float = 1.0, *, classes: int = 1000, seed: int = 0) -> l
     return layers
 
 
+# The reference voc-fcn-alexnet convolutions: (name, out at width 1, kernel, groups).
+ALEXNET_CONVS = (
+    ("conv1", 96, 11, 1), ("conv2", 256, 5, 2), ("conv3", 384, 3, 1),
+    ("conv4", 384, 3, 2), ("conv5", 256, 3, 2),
+)  # fmt: skip
+
+
+def alexnet_channels(width: float = 1.0) -> dict[str, int]:
+    """Each AlexNet layer's channels under ``width``: halves of a grouped net stay halves."""
+    counts = {name: 2 * max(1, round(out // 2 * width)) for name, out, _, _ in ALEXNET_CONVS}
+    return {**counts, "fc6": max(1, round(4096 * width))}
+
+
+def alexnet_layers(
+    width: float = 1.0, num_classes: int = 21, *, imagenet: bool = False, seed: int = 0
+) -> list[Layer]:
+    """The reference voc-fcn-alexnet layers (score_fr, upscore) or, with ``imagenet``, BVLC's
+    bvlc_alexnet (fc6/fc7/fc8 as InnerProduct), random weights of the reference shapes."""
+    rng = np.random.default_rng(seed)
+    channels = alexnet_channels(width)
+
+    def values(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    layers = [Layer("data", "Python" if not imagenet else "Data")]
+    c_in = 3
+    for name, _, k, groups in ALEXNET_CONVS:
+        c_out = channels[name]
+        layers.append(
+            Layer(name, "Convolution", [values(c_out, c_in // groups, k, k), values(c_out)])
+        )
+        layers.append(Layer(name.replace("conv", "relu"), "ReLU"))
+        if name in ("conv1", "conv2"):
+            layers.append(Layer(name.replace("conv", "norm"), "LRN"))
+        c_in = c_out
+    fc = channels["fc6"]
+    if imagenet:
+        for name, n_in, n_out in (("fc6", c_in * 36, fc), ("fc7", fc, fc), ("fc8", fc, 1000)):
+            layers.append(Layer(name, "InnerProduct", [values(n_out, n_in), values(n_out)]))
+        return layers
+    layers += [
+        Layer("fc6", "Convolution", [values(fc, c_in, 6, 6), values(fc)]),
+        Layer("drop6", "Dropout"),
+        Layer("fc7", "Convolution", [values(fc, fc, 1, 1), values(fc)]),
+        Layer("score_fr", "Convolution", [values(num_classes, fc, 1, 1), values(num_classes)]),
+        Layer("upscore", "Deconvolution", [values(num_classes, num_classes, 63, 63)]),
+        Layer("loss", "SoftmaxWithLoss"),
+    ]
+    return layers
+
+
 def small_net(seed: int = 0) -> list[Layer]:
     """A few layers of every kind the reader meets, with small random blobs."""
     rng = np.random.default_rng(seed)

@@ -21,12 +21,16 @@ PERTURBED = range(260, 292, 4)
 TIGHT = 8
 
 
-def random_net(arch: str) -> FCN:
+# Every (backbone, arch) whose context is measured here.
+NETS = [*(("vgg16", arch) for arch in ARCHS), ("caffe-alexnet", "fcn32s"), ("alexnet", "fcn32s")]
+
+
+def random_net(backbone: str, arch: str) -> FCN:
     """A tiny float64 net whose every layer passes changes on: random non-zero weights (the
     score layers too) and positive biases, so few ReLUs are dead; bilinear upsampling kept."""
     torch.manual_seed(0)
-    net = build_fcn(ModelSpec(arch, 3, 1 / 32)).double().eval()
-    for module in net.children():
+    net = build_fcn(ModelSpec(arch, 3, 1 / 32, backbone=backbone)).double().eval()
+    for module in net.modules():
         if isinstance(module, nn.Conv2d):  # not the transposed (upsampling) convolutions
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             assert module.bias is not None
@@ -34,9 +38,11 @@ def random_net(arch: str) -> FCN:
     return net
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_a_row_changes_labels_up_to_context_rows_away_and_no_farther(arch: str) -> None:
-    net = random_net(arch)
+@pytest.mark.parametrize(("backbone", "arch"), NETS, ids=[f"{b}-{a}" for b, a in NETS])
+def test_a_row_changes_labels_up_to_context_rows_away_and_no_farther(
+    backbone: str, arch: str
+) -> None:
+    net = random_net(backbone, arch)
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, ROWS, COLS, dtype=torch.float64, generator=generator)
     # [1 + P, 3, H, W]: the image, then one copy per perturbed row.

@@ -12,9 +12,11 @@ import torch
 from contract.palette import voc_colormap
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.data.synthetic import SYNTH_CLASSES
+from model.nets.alexnet import TORCHVISION_INDEX
 from model.nets.backbones import WeightsError
 from model.nets.fcn import FCN16s, FCN32s, ModelSpec, build_fcn
 from model.nets.preprocessing import CAFFE, TORCHVISION
+from model.training.config import ConfigError
 from model.training.networks import initialize
 from model.training.runlog import LAST
 from model.training.train import train
@@ -105,3 +107,68 @@ def test_fine_tuning_keeps_the_names_of_the_data_or_of_classes(
     named = ["sea", "disc", "square", "triangle", "ring", "bar"]
     train(tiny_config(synth, tmp_path / "flag-names", classes=named, **settings))
     assert load_checkpoint(tmp_path / "flag-names" / LAST).classes == named
+
+
+def torchvision_alexnet_layout(width: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A torchvision-layout AlexNet state dict (features.N, classifier.N, fc6/fc7 as Linear)
+    of the shapes of a width-``width`` FCN-AlexNet, random values, plus the ImageNet fc8."""
+    torch.manual_seed(seed)
+    net = build_fcn(ModelSpec("fcn32s", 21, width, backbone="alexnet"))
+    state = {}
+    for name, source in TORCHVISION_INDEX.items():
+        layer = getattr(net, name)
+        weight = torch.randn(layer.weight.shape)
+        state[f"{source}.weight"] = weight.flatten(1) if name.startswith("fc") else weight
+        state[f"{source}.bias"] = torch.randn(layer.bias.shape)
+    state["classifier.6.weight"] = torch.randn(1000, net.fc7.out_channels)
+    return state
+
+
+def test_alexnet_inits_fit_their_backbone_only(tmp_path: Path) -> None:
+    from model.caffe.caffemodel import CaffeModelError
+    from tests.model.caffe import caffe_writer as cw
+
+    width = 1 / 16
+    state = torchvision_alexnet_layout(width)
+    saved = tmp_path / "alexnet.pt"
+    torch.save(state, saved)
+    net = build_fcn(ModelSpec("fcn32s", 21, width, backbone="alexnet"))
+    assert initialize(net, f"alexnet:{saved}") == TORCHVISION
+    assert torch.equal(net.conv4.weight, state["features.8.weight"])
+    assert torch.equal(net.fc6.weight.flatten(1), state["classifier.1.weight"])
+
+    bvlc = tmp_path / "bvlc_alexnet.caffemodel"
+    layers = cw.alexnet_layers(width, imagenet=True)
+    cw.write(bvlc, cw.net(layers, v1=True))
+    caffe = build_fcn(ModelSpec("fcn32s", 21, width, backbone="caffe-alexnet"))
+    assert initialize(caffe, f"caffe-alexnet:{bvlc}") == CAFFE
+    conv2 = next(layer for layer in layers if layer.name == "conv2").blobs[0]
+    assert torch.equal(caffe.conv2.weight, torch.from_numpy(conv2))
+
+    vgg = FCN32s(21, width=width)
+    with pytest.raises(WeightsError, match="alexnet weights, but the network is on vgg16"):
+        initialize(vgg, f"alexnet:{saved}")
+    with pytest.raises(WeightsError, match="caffe-alexnet weights, but the network is on alexnet"):
+        initialize(net, f"caffe-alexnet:{bvlc}")
+    with pytest.raises(WeightsError, match="torchvision has no caffe-alexnet .*caffe-alexnet:PATH"):
+        initialize(caffe, "imagenet")
+    with pytest.raises(WeightsError, match="alexnet: needs a path"):
+        initialize(net, "alexnet:")
+    with pytest.raises(CaffeModelError, match="alexnet.pt: not a readable Caffe model"):
+        initialize(caffe, f"caffe-alexnet:{saved}")
+
+
+@pytest.mark.parametrize("backbone", ["caffe-alexnet", "alexnet"])
+def test_an_alexnet_run_trains_and_checkpoints_its_backbone(
+    synth: Path, tmp_path: Path, backbone: str
+) -> None:
+    out = tmp_path / backbone
+    train(tiny_config(synth, out, backbone=backbone, max_iter=1, val_every=1, check_data=False))
+    ckpt = load_checkpoint(out / LAST)
+    assert ckpt.spec == ModelSpec("fcn32s", len(SYNTH_CLASSES), 1 / 32, backbone=backbone)
+    net = ckpt.build_model().eval()
+    assert net.backbone == backbone
+    assert net(torch.zeros(1, 3, 9, 13)).shape == (1, len(SYNTH_CLASSES), 9, 13)
+    # A later stage must stay on the same trunk.
+    with pytest.raises(ConfigError, match=f"is on {backbone}, this run's --backbone is vgg16"):
+        train(tiny_config(synth, tmp_path / "next", init=f"checkpoint:{out / LAST}", max_iter=1))

@@ -325,3 +325,31 @@ def test_torchvision_weights_are_checked_exported_with_their_figures_and_label_a
     expected = torchvision_labels(model, image)
     assert len(np.unique(expected)) > 1
     assert np.array_equal(labels, expected)
+
+
+@pytest.mark.anyio
+async def test_fcn_alexnet_is_fetched_converted_on_its_backbone_and_served(zoo: Zoo) -> None:
+    """voc-fcn-alexnet: the reference's Caffe AlexNet layout (no published digest), converted
+    onto the caffe-alexnet backbone, its tiling and figures in the model file."""
+    name = "fcn-alexnet-pascal.caffemodel"
+    weights = zoo.server.root / name
+    cw.write(weights, cw.net(cw.alexnet_layers(1 / 16, seed=4)))
+    status, stdout, stderr = zoo.run("voc-fcn-alexnet", "--out", str(zoo.out))
+    assert status == 0, stderr
+    assert "published: mean IU 48.0 on PASCAL VOC 2011 seg11valid" in stdout
+    model = zoo.out / "voc-fcn-alexnet.onnx"
+    meta = read_metadata(model)
+    assert (meta.arch, meta.backbone, meta.width) == ("fcn32s", "caffe-alexnet", 1 / 16)
+    assert (meta.tiling.align, meta.tiling.context) == (32, 208)
+    assert meta.origin["checked"] == "by conversion only: no published digest"
+    assert MODELS["voc-fcn-alexnet"].backbone == meta.backbone
+
+    image = np.random.default_rng(2).integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
+    expected = torch_labels(weights, image)
+    async with serve(model) as client:
+        response = await client.post(
+            "/segment", content=png(image), headers={"content-type": "image/png"}
+        )
+    assert response.status_code == 200, response.text
+    assert len(np.unique(expected)) > 1
+    assert (png_labels(response.content) == expected).mean() > 0.99
