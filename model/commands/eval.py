@@ -1,4 +1,5 @@
-"""``fcn eval``: the four metrics of a checkpoint or ONNX model on a data set, per class too."""
+"""``fcn eval``: the four metrics of a checkpoint or ONNX model on a data set, per class too
+(optionally by shift-and-stitch); with ``--upper-bound``, the paper's Appendix A instead."""
 
 from __future__ import annotations
 
@@ -10,11 +11,23 @@ from model.cli import CLIError, check_output_folder
 from model.commands.arguments import add_device_arguments, add_tiling_arguments
 from model.names import DATA_FORMATS as FORMATS
 
+# Output strides 32 / F that shift-and-stitch can reach (model.nets.shift_stitch.FACTORS,
+# repeated here so that --help imports no torch).
+SHIFT_FACTORS = (1, 2, 4, 8, 16, 32)
+
+
+def add_shift_and_stitch_argument(parser: argparse.ArgumentParser) -> None:
+    """``--shift-and-stitch F``, as ``fcn eval`` and ``fcn predict`` take it."""
+    parser.add_argument(
+        "--shift-and-stitch", type=int, default=1, choices=SHIFT_FACTORS, metavar="F",
+        help="run an FCN-32s checkpoint at output stride 32/F by shift-and-stitch (paper "
+        "section 3.2, as the rarefied net); F in 1, 2, 4, 8, 16, 32 (default 1: off)",
+    )  # fmt: skip
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
-        required=True,
         type=Path,
         help="checkpoint (.pt), or exported model (.onnx, run on ONNX Runtime), to evaluate",
     )
@@ -34,14 +47,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_device_arguments(parser)
     add_tiling_arguments(parser, None)
+    add_shift_and_stitch_argument(parser)
     parser.add_argument(
         "--workers", type=int, default=2, help="data loading processes (default: 2)"
     )
+    parser.add_argument(
+        "--upper-bound", action="store_true",
+        help="no model: the mean IU of the ground truth downsampled by 4 ... 128 (one label "
+        "per block) against itself, beside the paper's Appendix A",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="--upper-bound: print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.upper_bound:
+        return _upper_bound(args)
     from model.evaluation.evaluate import class_table, evaluate, format_summary
 
+    if args.checkpoint is None:
+        raise CLIError("--checkpoint is needed (unless --upper-bound)")
+    if args.json:
+        raise CLIError("--json goes with --upper-bound")
+    if args.shift_and_stitch != 1 and args.checkpoint.suffix.lower() == ".onnx":
+        raise CLIError(
+            f"--shift-and-stitch {args.shift_and_stitch}: {args.checkpoint} is an exported "
+            "graph; evaluate the checkpoint (or export it with the option)"
+        )
     if (args.predictions or args.overlays) and args.out is None:
         raise CLIError("--predictions and --overlays need --out DIR")
     if args.workers < 0:
@@ -65,10 +96,36 @@ def run(args: argparse.Namespace) -> int:
         tile_size=args.tile_size,
         tile_overlap=DEFAULT_TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap,
         max_model_pixels=args.max_model_pixels,
+        shift_and_stitch=args.shift_and_stitch,
     )
-    print(f"{args.checkpoint} on {args.data} ({args.split}, {result.images} images)")
-    print(format_summary(result.metrics))
+    stitched = f", shift-and-stitch {args.shift_and_stitch}" if args.shift_and_stitch > 1 else ""
+    print(f"{args.checkpoint}{stitched} on {args.data} ({args.split}, {result.images} images)")
+    loss = "" if result.loss is None else f"loss {result.loss:.4g} ({result.loss_mode})  "
+    print(loss + format_summary(result.metrics))
     print(class_table(result.metrics, result.classes, result.confusion))
     if args.out is not None:
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}")
+    return 0
+
+
+def _upper_bound(args: argparse.Namespace) -> int:
+    """Appendix A on ``--data``: needs nothing but the labels."""
+    import json
+
+    from model.data.layouts import open_dataset
+    from model.evaluation.upper_bound import PAPER_MEAN_IU, format_upper_bounds, upper_bounds
+
+    if args.checkpoint is not None or args.out is not None:
+        raise CLIError("--upper-bound scores the labels alone: drop --checkpoint and --out")
+    dataset = open_dataset(args.data, args.split, args.format)
+    bounds = upper_bounds(dataset)
+    if args.json:
+        rows = [
+            {"factor": f, "mean_iu": v, "paper_mean_iu": PAPER_MEAN_IU[f] / 100}
+            for f, v in bounds.items()
+        ]
+        print(json.dumps({"data": dataset.describe(), "upper_bound": rows}, indent=2))
+        return 0
+    print(f"upper bound of mean IU at each output stride (Appendix A): {dataset.describe()}")
+    print(format_upper_bounds(bounds))
     return 0

@@ -11,6 +11,7 @@ from contract.tiling import DEFAULT_MAX_MODEL_PIXELS
 from contract.tiling import DEFAULT_OVERLAP as DEFAULT_TILE_OVERLAP
 from model.cli import CLIError, check_output_folder
 from model.commands.arguments import add_device_arguments, add_tiling_arguments
+from model.commands.eval import add_shift_and_stitch_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_device_arguments(parser)
     add_tiling_arguments(parser, DEFAULT_MAX_MODEL_PIXELS)
+    add_shift_and_stitch_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.legend and not args.overlay:
         raise CLIError("--legend is drawn on overlays: drop --no-overlay")
+    if args.shift_and_stitch != 1 and args.checkpoint.suffix.lower() == ".onnx":
+        raise CLIError(
+            f"--shift-and-stitch {args.shift_and_stitch}: {args.checkpoint} is an exported "
+            "graph; give the checkpoint (or export it with the option)"
+        )
     check_output_folder(args.out)
     unreadable: list[PredictError] = []
 
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         tile_overlap=DEFAULT_TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap,
         max_model_pixels=args.max_model_pixels,
         on_unreadable=skip,
+        shift_and_stitch=args.shift_and_stitch,
     )
     maps = f"{len(written)} label map{'s' if len(written) != 1 else ''}"
     if not unreadable:

@@ -29,11 +29,12 @@ METAVARS: dict[str, str | tuple[str, str]] = {
 FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
     "arch": ("network", ARCHS, None),
     "backbone": ("ImageNet classifier the network is built on", BACKBONES, None),
-    "width": ("channel width multiplier (1.0 = the paper's VGG16)", None, None),
+    "width": ("channel width multiplier (1.0 = the paper's network)", None, None),
     "learn_upsampling": ("train the bilinear upsampling layers too", None, None),
     "init": (
-        "initial weights: imagenet, vgg16:PATH (a torchvision VGG16 state dict), "
-        "caffe-vgg16:PATH (Caffe's VGG16 .caffemodel), checkpoint:PATH (the previous stage), "
+        "initial weights: imagenet (torchvision's classifier of --backbone), vgg16:PATH, "
+        "alexnet:PATH, googlenet:PATH (a saved torchvision state dict), caffe-vgg16:PATH, "
+        "caffe-alexnet:PATH (Caffe's .caffemodel), checkpoint:PATH (the previous stage), "
         "none (random trunk)",
         None,
         None,

@@ -18,10 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from contract.palette import IGNORE_INDEX
 from contract.tiling import segment_tiled
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.data.checks import check_dataset, format_problems
@@ -38,6 +41,7 @@ from model.evaluation.predict import (
     TileOptions,
     net_labels,
     segment,
+    stitched,
     write_label_png,
     write_overlay,
 )
@@ -53,6 +57,35 @@ MAX_FIGURE_INCHES = 30.0
 BatchCallback = Callable[[Tensor, Tensor, Tensor], None]
 
 
+class LossMeter:
+    """The validation loss as the reference's score.py reports it: each image's loss (the
+    training loss ``mode``: pixel sum, or mean over its labelled pixels; no class weights,
+    no sampling), averaged over the images."""
+
+    def __init__(self, mode: str, device: torch.device | str = "cpu"):
+        self.mode = mode
+        self.totals = torch.zeros(2, dtype=torch.float64, device=device)  # [loss sum, images]
+
+    def add(self, logits: Tensor, targets: Tensor) -> None:
+        """Add a batch: logits [N, C, H, W], targets [N, H, W]."""
+        per_pixel = F.cross_entropy(
+            logits.float(), targets.long(), ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        per_image = per_pixel.flatten(1).sum(1).double()  # [N]
+        if self.mode == "mean":
+            labelled = (targets != IGNORE_INDEX).flatten(1).sum(1).clamp(min=1)
+            per_image = per_image / labelled
+        self.totals[0] += per_image.sum().to(self.totals.device)
+        self.totals[1] += per_image.numel()
+
+    def value(self, *, all_reduce: bool = False) -> float:
+        """The mean loss per image (over every process's images with ``all_reduce``)."""
+        totals = self.totals.clone()
+        if all_reduce and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)
+        return float(totals[0] / totals[1].clamp(min=1))
+
+
 def evaluate_model(
     net: nn.Module,
     loader: DataLoader[tuple[Tensor, Tensor]],
@@ -63,9 +96,13 @@ def evaluate_model(
     autocast: torch.dtype | None = None,
     on_batch: BatchCallback | None = None,
     tiles: TileOptions | None = None,
+    loss: LossMeter | None = None,
 ) -> ConfusionMatrix:
     """The confusion matrix of ``net`` over ``loader`` (images at native size), on ``device``;
-    with ``tiles``, each image cut as they say (``net`` an FCN, whose tiling says where)."""
+    with ``tiles``, each image cut as they say (``net`` an FCN, whose tiling says where).
+    ``loss`` (whole images only) accumulates the validation loss of the logits."""
+    if loss is not None and tiles is not None:
+        raise ValueError("the validation loss needs whole-image logits, not tiles")
     was_training = net.training
     net.eval()
     confusion = ConfusionMatrix(num_classes, device=device)
@@ -77,6 +114,8 @@ def evaluate_model(
                 with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                     logits = net(normalize(images))
                 labels = logits.argmax(1)
+                if loss is not None:
+                    loss.add(logits, targets)
             else:
                 assert isinstance(net, FCN), "tiling needs the FCN's own grid and context"
                 labels = tiled_labels(net, normalize, images, tiles, autocast=autocast)
@@ -145,6 +184,10 @@ class Evaluation:
     confusion: Tensor  # [C, C] int64, rows = truth
     classes: list[str]
     images: int
+    # The loss as the reference's score.py reports it (``LossMeter``), in the checkpoint's
+    # training loss; None where no logits are at hand (an ONNX model, tiles).
+    loss: float | None = None
+    loss_mode: str = "sum"
 
 
 def class_table(metrics: SegmentationMetrics, classes: list[str], confusion: Tensor) -> str:
@@ -215,6 +258,7 @@ def evaluate(
     tile_size: int = 0,
     tile_overlap: int = DEFAULT_TILE_OVERLAP,
     max_model_pixels: int | None = None,
+    shift_and_stitch: int = 1,
 ) -> Evaluation:
     """Evaluate a checkpoint, or an exported ONNX file (on ONNX Runtime, as the service runs
     it), on ``data``; with ``out``, write metrics.json and confusion.png
@@ -223,13 +267,19 @@ def evaluate(
 
     Images run whole, unless ``tile_size`` is given or an image's padded size exceeds
     ``max_model_pixels``: then they are cut into tiles sharing ``tile_overlap`` pixels, as
-    ``fcn predict`` and the service cut them."""
+    ``fcn predict`` and the service cut them. ``shift_and_stitch`` F > 1 runs a checkpoint's
+    FCN-32s at output stride 32 / F (``model.nets.shift_stitch``), on whole images."""
     tiles = None
     if tile_size or max_model_pixels is not None:
         tiles = TileOptions(tile_size, tile_overlap, max_model_pixels)
+    if shift_and_stitch != 1 and tiles is not None:
+        raise PredictError(
+            f"--shift-and-stitch {shift_and_stitch}: evaluates whole images; drop --tile-size "
+            "and --max-model-pixels"
+        )
     out_dir = None if out is None else check_folder(out)
     target_device = resolve_device(device)
-    model = _load(checkpoint, device, amp)
+    model = _load(checkpoint, device, amp, shift_and_stitch)
     classes, palette = list(model.classes), list(model.palette)
     # Batches of one image are never padded: the fill matters only to checkpoints' loaders.
     fill_rgb = model.preprocessing.mean_rgb_255 if isinstance(model, Checkpoint) else (0, 0, 0)
@@ -270,11 +320,15 @@ def evaluate(
                     rgb = image.permute(1, 2, 0).cpu().numpy()
                     write_overlay(rgb, label_np, palette, overlay_dir / f"{sample.id}.jpg")
 
+    meter = None
     if isinstance(model, OnnxPredictor):
         confusion = evaluate_predictor(model, loader, len(classes), on_batch=on_batch, tiles=tiles)
     else:
+        if tiles is None:
+            meter = LossMeter(str(model.config.get("loss", "sum")), target_device)
+        net = stitched(model.build_model(), shift_and_stitch, str(checkpoint))
         confusion = evaluate_model(
-            model.build_model().to(target_device),
+            net.to(target_device),
             loader,
             Normalize(model.preprocessing).to(target_device),
             len(classes),
@@ -282,8 +336,16 @@ def evaluate(
             autocast=amp_dtype(amp, target_device),
             on_batch=on_batch,
             tiles=tiles,
+            loss=meter,
         )
-    result = Evaluation(confusion.compute(), confusion.matrix.cpu(), classes, len(dataset))
+    result = Evaluation(
+        confusion.compute(),
+        confusion.matrix.cpu(),
+        classes,
+        len(dataset),
+        loss=None if meter is None else meter.value(),
+        loss_mode=meter.mode if meter is not None else "sum",
+    )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_metrics(result, Path(checkpoint), dataset, out_dir / "metrics.json")
@@ -291,11 +353,18 @@ def evaluate(
     return result
 
 
-def _load(model: str | Path, device: str, amp: str) -> OnnxPredictor | Checkpoint:
+def _load(
+    model: str | Path, device: str, amp: str, shift_and_stitch: int = 1
+) -> OnnxPredictor | Checkpoint:
     """An exported file on ONNX Runtime, or a checkpoint, by the file's suffix."""
     if Path(model).suffix.lower() == ONNX_SUFFIX:
         if amp != "none":
             raise PredictError(f"--amp {amp}: an ONNX model runs at its exported precision")
+        if shift_and_stitch != 1:
+            raise PredictError(
+                f"--shift-and-stitch {shift_and_stitch}: {model} is an exported graph; give "
+                "the checkpoint (or export it with the option)"
+            )
         return OnnxPredictor(model, device)
     return load_checkpoint(model)
 
@@ -308,6 +377,8 @@ def _write_metrics(
         "data": dataset.describe(),
         "images": result.images,
         **result.metrics.summary(),
+        "loss": result.loss,
+        "loss_mode": result.loss_mode,
         "classes": result.classes,
         "class_iu": result.metrics.class_iu,
         "class_accuracy": result.metrics.class_accuracy,

@@ -37,6 +37,7 @@ from model.checkpoint import load_checkpoint
 from model.devices import amp_dtype, resolve_device
 from model.errors import FCNError
 from model.files import atomic_path, check_folder
+from model.nets.base import FCNBase
 from model.nets.preprocessing import Normalize
 
 ONNX_SUFFIX = ".onnx"
@@ -150,16 +151,25 @@ def net_labels(
 class TorchPredictor:
     """A checkpoint's network on ``device``, with its recorded preprocessing."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", amp: str = "none"):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str = "auto",
+        amp: str = "none",
+        shift_and_stitch: int = 1,
+    ):
         ckpt = load_checkpoint(checkpoint)
         self.device = resolve_device(device)
         self.autocast = amp_dtype(amp, self.device)
-        self.net = ckpt.build_model().to(self.device).eval()
+        net = ckpt.build_model()
+        # Shift-and-stitch keeps the net's tiling: a label still depends on its context only.
+        self.tiling = net.tiling
+        self.net: nn.Module = stitched(net, shift_and_stitch, str(checkpoint))
+        self.net.to(self.device).eval()
         self.normalize = Normalize(ckpt.preprocessing).to(self.device)
         self.num_classes = ckpt.spec.num_classes
         self.palette: Sequence[Color] = ckpt.palette
         self.classes: list[str] = list(ckpt.classes)
-        self.tiling = self.net.tiling
 
     def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]:
         batch = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a writable copy
@@ -208,13 +218,33 @@ class OnnxPredictor:
         return np.asarray(self.predict_batch(image[None])[0])
 
 
-def load_predictor(model: str | Path, device: str = "auto", amp: str = "none") -> Predictor:
+def stitched(net: FCNBase, factor: int, source: str) -> nn.Module:
+    """``net``, or with ``factor`` > 1 its shift-and-stitch at output stride 32 / factor
+    (``model.nets.shift_stitch``, the rarefied net); a net it cannot use names ``source``."""
+    if factor == 1:
+        return net
+    from model.nets.shift_stitch import ShiftStitchError, shift_and_stitch
+
+    try:
+        return shift_and_stitch(net, factor)
+    except ShiftStitchError as exc:
+        raise PredictError(f"--shift-and-stitch {factor}: {source}: {exc}") from exc
+
+
+def load_predictor(
+    model: str | Path, device: str = "auto", amp: str = "none", shift_and_stitch: int = 1
+) -> Predictor:
     """A checkpoint (.pt) or an exported ONNX file (.onnx), ready to label images."""
     if Path(model).suffix.lower() == ONNX_SUFFIX:
         if amp != "none":
             raise PredictError(f"--amp {amp}: an ONNX model runs at its exported precision")
+        if shift_and_stitch != 1:
+            raise PredictError(
+                f"--shift-and-stitch {shift_and_stitch}: {model} is an exported graph; give "
+                "the checkpoint (or export it with the option)"
+            )
         return OnnxPredictor(model, device)
-    return TorchPredictor(model, device, amp)
+    return TorchPredictor(model, device, amp, shift_and_stitch)
 
 
 def segment(predictor: Predictor, image: NDArray[np.uint8], tiles: TileOptions) -> NDArray[Any]:
@@ -307,6 +337,7 @@ def predict(
     max_model_pixels: int = DEFAULT_MAX_MODEL_PIXELS,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     on_unreadable: Callable[[PredictError], None] | None = None,
+    shift_and_stitch: int = 1,
 ) -> list[Path]:
     """Write ``out/STEM.png`` (label map) and ``out/STEM_overlay.jpg`` for each image (with
     the legend of its classes below, given ``legend``), with a checkpoint or an ONNX
@@ -325,7 +356,7 @@ def predict(
     guard_bombs(max_image_pixels)
     out_dir = check_folder(out)
     images = collect_images(inputs)
-    predictor = load_predictor(model, device, amp)
+    predictor = load_predictor(model, device, amp, shift_and_stitch)
     tiles.check(predictor.tiling)
     written: list[Path] = []
     for path in images:

@@ -3,9 +3,10 @@ and the loop that logs, validates and saves on schedule (and on Ctrl-C)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,14 +16,14 @@ from torch import Tensor, nn
 
 from contract.palette import Color
 from model.checkpoint import Checkpoint, save_checkpoint
-from model.evaluation.evaluate import evaluate_model, format_summary
+from model.evaluation.evaluate import LossMeter, evaluate_model, format_summary
 from model.nets.fcn import FCN
 from model.nets.preprocessing import Normalize, Preprocessing
 from model.training.distributed import Processes, gather
 from model.training.resume import rng_state, training_state
 from model.training.runlog import BEST, LAST, PLOT, LossWindow, RunLog, TrainingError, plot_log
 from model.training.sampling import Batches
-from model.training.solver import learning_rate_at, segmentation_loss
+from model.training.solver import learning_rate_at, sample_cells, segmentation_loss
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -35,7 +36,19 @@ class RunState:
     iteration: int = 0
     best_mean_iu: float = -1.0
     metrics: dict[str, float] | None = None
+    val_loss: float | None = None  # at the last validation, as the reference's score.py
     saved_at: int = -1
+
+
+@dataclass(frozen=True)
+class Loss:
+    """The training loss: ``mode`` (sum/mean), class ``weight`` [C] or None, the share of
+    final-layer cells ``sample`` kept (loss sampling), and ``iter_size`` batches a step."""
+
+    mode: str = "sum"
+    weight: Tensor | None = None
+    sample: float = 1.0
+    iter_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -66,13 +79,38 @@ class Run:
     say: Callable[[str], None]
     state: RunState
     record: Record
+    loss: Loss
 
-    def step(self, images: Tensor, targets: Tensor, lr: float, loss_mode: str) -> Tensor:
-        """One optimiser step on a batch at learning rate ``lr``; returns the loss."""
-        images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True).long()
+    def step(self, batches: list[tuple[Tensor, Tensor]], lr: float) -> Tensor:
+        """One optimiser step at learning rate ``lr`` on ``loss.iter_size`` batches, their
+        gradients summed; returns the step's loss (the mean of the batches')."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for k, (images, targets) in enumerate(batches):
+            # DDP: reduce the gradients once, after the last batch of the step.
+            last = k == len(batches) - 1
+            no_sync = getattr(self.model, "no_sync", None)
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                loss = self._loss(images, targets)
+                # Caffe's iter_size: each batch's loss / iter_size, so K batches of 1 take
+                # the step of one batch of K under the loss's normalisation.
+                scaled: Tensor = self.scaler.scale(loss / len(batches))
+                torch.autograd.backward(scaled)
+            total += loss.detach()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.iteration += 1
+        return total / len(batches)
+
+    def _loss(self, images: Tensor, targets: Tensor) -> Tensor:
+        """This process's loss on one batch: DDP averages the gradients over processes, so
+        with ``sum`` the step is that of one batch of every process's images (Caffe's
+        normalisation)."""
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True).long()
+        targets = sample_cells(targets, self.loss.sample)
         x = self.normalize(images)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -80,22 +118,15 @@ class Run:
             self.device.type, dtype=self.autocast, enabled=self.autocast is not None
         ):
             logits = self.model(x)
-        # This process's loss: DDP averages the gradients over processes, so with ``sum``
-        # the step is that of one batch of every process's images (Caffe's normalisation).
-        loss = segmentation_loss(logits, targets, loss_mode)
-        self.optimizer.zero_grad(set_to_none=True)
-        scaled: Tensor = self.scaler.scale(loss)
-        torch.autograd.backward(scaled)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.state.iteration += 1
-        return loss
+        return segmentation_loss(logits, targets, self.loss.mode, weight=self.loss.weight)
 
     def validate(self, loader: Batches) -> None:
-        """The four metrics over the whole validation set (each rank its share), logged."""
+        """The four metrics and the loss (unweighted, unsampled, mean over the images, as the
+        reference's score.py) over the whole validation set (each rank its share), logged."""
         # Native sizes: cuDNN benchmarking would re-tune its kernels for every image size.
         benchmark = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = False
+        meter = LossMeter(self.loss.mode, self.device)
         try:
             confusion = evaluate_model(
                 self.net,
@@ -104,23 +135,29 @@ class Run:
                 len(self.record.classes),
                 self.device,
                 autocast=self.autocast,
+                loss=meter,
             )
         finally:
             torch.backends.cudnn.benchmark = benchmark
         confusion.all_reduce()
         metrics = confusion.compute()
         self.state.metrics = metrics.summary()
+        self.state.val_loss = meter.value(all_reduce=True)
         if self.log is not None:
             self.log.write(
                 {
                     "iteration": self.state.iteration,
                     "split": "val",
+                    "loss": self.state.val_loss,
                     **metrics.summary(),
                     "class_iu": metrics.class_iu,
                 }
             )
             plot_log(self.log.read(), self.out / PLOT)
-        self.say(f"iteration {self.state.iteration}: {format_summary(metrics)}")
+        self.say(
+            f"iteration {self.state.iteration}: loss {self.state.val_loss:.4g}  "
+            f"{format_summary(metrics)}"
+        )
 
     def save(self, batch_size: int, *, best: bool = True) -> None:
         """``last.pt`` (and, if ``best``, ``best.pt`` when mean IU improved) at this step;
@@ -153,6 +190,9 @@ class Run:
                 best_mean_iu=state.best_mean_iu,
                 world_size=self.procs.world_size,
                 batch_size=batch_size,
+                iter_size=self.loss.iter_size,
+                class_weights=self.loss.weight,
+                val_loss=state.val_loss,
             ),
         )
         save_checkpoint(ckpt, self.out / LAST)
@@ -168,14 +208,14 @@ def run_loop(
     max_iter: int,
     base_lr: float,
     lr_policy: str,
-    loss: str,
     batch_size: int,
     log_every: int,
     val_every: int,
     progress: bool,
 ) -> None:
-    """Step to ``max_iter``: log every ``log_every``, validate and save every ``val_every``
-    and at the end; Ctrl-C saves the last step (on one process)."""
+    """Step to ``max_iter`` (each step ``run.loss.iter_size`` batches): log every
+    ``log_every``, validate and save every ``val_every`` and at the end; Ctrl-C saves the
+    last step (on one process)."""
     from tqdm import tqdm
 
     state, procs = run.state, run.procs
@@ -187,15 +227,16 @@ def run_loop(
         disable=True if not (procs.is_main and progress) else None,
     )
     window = LossWindow(run.device)
-    batches = iter(train_loader)
+    batches: Iterator[tuple[Tensor, Tensor]] = iter(train_loader)
     run.model.train()
     try:
         while state.iteration < max_iter:
-            images, targets = next(batches)
+            step_batches = [next(batches) for _ in range(run.loss.iter_size)]
             lr = learning_rate_at(base_lr, lr_policy, state.iteration, max_iter)
-            step_loss = run.step(images, targets, lr, loss)
+            step_loss = run.step(step_batches, lr)
             bar.update(1)
-            window.add(step_loss, images.shape[0] * procs.world_size)
+            images = sum(b[0].shape[0] for b in step_batches)
+            window.add(step_loss, images * procs.world_size)
             at_end = state.iteration == max_iter
             if state.iteration % log_every == 0 or at_end:
                 _log_training(run, window, bar, lr, base_lr)

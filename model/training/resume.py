@@ -81,9 +81,14 @@ def training_state(
     best_mean_iu: float,
     world_size: int,
     batch_size: int,
+    iter_size: int = 1,
+    class_weights: torch.Tensor | None = None,
+    val_loss: float | None = None,
 ) -> dict[str, Any]:
     """A checkpoint's ``training_state``: what ``restore_training_state`` reads back, with
-    ``rng`` the ``rng_state`` of every rank."""
+    ``rng`` the ``rng_state`` of every rank; also the class weights the loss used (a
+    resumed run takes them back rather than counting the labels again) and the loss of
+    the last validation."""
     return {
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
@@ -91,7 +96,20 @@ def training_state(
         "best_mean_iu": best_mean_iu,
         "world_size": world_size,
         "batch_size": batch_size,
+        "iter_size": iter_size,
+        "class_weights": None if class_weights is None else class_weights.detach().cpu(),
+        "val_loss": val_loss,
     }
+
+
+def resumed_class_weights(resumed: Checkpoint, source: str) -> torch.Tensor | None:
+    """The class weights ``resumed`` trained with (None: none, or an older checkpoint)."""
+    weights = (resumed.training_state or {}).get("class_weights")
+    if weights is None:
+        return None
+    if not isinstance(weights, torch.Tensor) or weights.shape != (resumed.spec.num_classes,):
+        raise CheckpointError(f"{source}: unusable class weights in its training state")
+    return weights.float()
 
 
 def resumed_config(resumed: Checkpoint, source: str) -> TrainConfig:
@@ -137,6 +155,7 @@ def restore_training_state(
     say: Callable[[str], None],
     source: str,
     batch_size: int,
+    iter_size: int = 1,
 ) -> float:
     """Optimiser moments, scaler and RNG from the checkpoint; returns its best mean IU.
     The solver's settings (lr, momentum, weight decay, lr multipliers) stay the config's.
@@ -167,10 +186,12 @@ def restore_training_state(
         if problem:
             say(f"warning: {problem}; it goes on, but will not repeat the uninterrupted run")
     saved_batch = saved.get("batch_size", batch_size)
-    if len(rng) != procs.world_size or saved_batch != batch_size:
+    saved_iter = saved.get("iter_size", 1)
+    if len(rng) != procs.world_size or (saved_batch, saved_iter) != (batch_size, iter_size):
         say(
-            f"resuming with {procs.world_size} process(es) x batch {batch_size} a run saved with "
-            f"{len(rng)} x {saved_batch}: it goes on, but will not repeat the uninterrupted run"
+            f"resuming with {procs.world_size} process(es) x batch {batch_size} x iter size "
+            f"{iter_size} a run saved with {len(rng)} x {saved_batch} x {saved_iter}: it goes "
+            "on, but will not repeat the uninterrupted run"
         )
     say(f"resumed at iteration {resumed.iteration}")
     return best_mean_iu

@@ -1,5 +1,6 @@
 """The paper's solver: two parameter groups (weights, biases), SGD or AdamW over them, the
-pixel-wise loss, and the learning-rate policy."""
+pixel-wise loss (optionally class-weighted, optionally over a sample of the final layer's
+cells), and the learning-rate policy."""
 
 from __future__ import annotations
 
@@ -45,19 +46,59 @@ def make_optimizer(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
-def segmentation_loss(logits: Tensor, target: Tensor, mode: str) -> Tensor:
+# The cells loss sampling keeps or drops: those of the stride-32 score map (section 4.3).
+SAMPLE_CELL = 32
+
+
+def segmentation_loss(
+    logits: Tensor, target: Tensor, mode: str, *, weight: Tensor | None = None
+) -> Tensor:
     """Cross-entropy over pixels, 255 ignored.
 
     ``sum`` (the reference): summed over each image's pixels and averaged over the images,
     as Caffe's SoftmaxWithLoss with ``normalize: false`` (normalisation by batch size), so
     the reference learning rates hold at any batch size. ``mean``: averaged over the
-    labelled pixels of the batch. A batch with no pixel labelled gives 0.
+    labelled pixels of the batch. A batch with no pixel labelled gives 0. ``weight`` [C]
+    scales each pixel's term by its true class's weight (``class_weights``).
     """
-    total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+    if weight is not None:
+        weight = weight.to(logits.device, torch.float32)
+    total = F.cross_entropy(
+        logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     if mode == "sum":
         return total / target.shape[0]
     labelled = (target != IGNORE_INDEX).sum().clamp(min=1)
     return total / labelled
+
+
+def sample_cells(target: Tensor, keep: float, cell: int = SAMPLE_CELL) -> Tensor:
+    """Loss sampling (section 4.3, "patchwise training is loss sampling"): ``target`` with
+    every pixel of each dropped cell set to 255 (ignored). Each cell of the final layer's
+    stride-``cell`` grid is kept with probability ``keep``: a Bernoulli mask at the coarse
+    resolution, upsampled nearest to pixels. Draws from the global torch RNG (CPU), which
+    checkpoints carry, so a resumed run draws the same masks; ``keep`` 1 draws nothing."""
+    if keep >= 1:
+        return target
+    n, height, width = target.shape
+    coarse = torch.rand(n, -(-height // cell), -(-width // cell)) < keep  # [N, h/32, w/32]
+    mask = coarse.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, :height, :width]
+    return target.masked_fill(~mask.to(target.device), IGNORE_INDEX)
+
+
+def class_frequency_weights(counts: Tensor) -> Tensor:
+    """Inverse-frequency class weights from per-class pixel ``counts`` [C] (255 excluded):
+    w_c proportional to 1 / n_c, scaled so that the average weight over the training pixels
+    is 1 (the loss keeps its scale, and so does the learning rate). A class with no pixel
+    gets 0: it never appears in a target, so its weight is never used."""
+    counts = counts.to(torch.float64)
+    present = counts > 0
+    if not bool(present.any()):
+        raise ValueError("class weights: the training labels have no labelled pixel")
+    weights = torch.zeros_like(counts)
+    # sum_c n_c w_c = total: each present class gets total / (K n_c), K present classes.
+    weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return weights.float()
 
 
 def learning_rate_at(base: float, policy: str, iteration: int, max_iter: int) -> float:

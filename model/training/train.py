@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from contract.palette import Color
 from model.checkpoint import Checkpoint
@@ -15,21 +17,22 @@ from model.data.datasets import DataError, SegmentationDataset
 from model.data.layouts import open_dataset
 from model.data.transforms import train_transforms
 from model.devices import amp_dtype
-from model.nets.fcn import ModelSpec
+from model.nets.fcn import FCN, ModelSpec
 from model.nets.preprocessing import Normalize
 from model.training.config import ConfigError, TrainConfig
 from model.training.distributed import Processes, close_processes, gather, init_processes
-from model.training.loop import Record, Run, RunState, run_loop
+from model.training.loop import Loss, Record, Run, RunState, run_loop
 from model.training.networks import initialized_model, placed
 from model.training.resume import (
     load_resumable,
     restore_training_state,
+    resumed_class_weights,
     resumed_model,
     seed_rngs,
 )
 from model.training.runlog import BEST, LAST, LOG, RunLog, output_folder, printer
 from model.training.sampling import make_loaders
-from model.training.solver import make_optimizer
+from model.training.solver import class_frequency_weights, make_optimizer
 
 
 def train(config: TrainConfig, *, resumed: Checkpoint | None = None) -> Path:
@@ -76,14 +79,26 @@ def _train(
         net, preprocessing = initialized_model(spec, config.init, classes, procs, say)
     if config.check_data:
         _check_data((train_set, val_set), procs, config.workers)
+    weight = None
+    if config.class_weights == "balanced":
+        weight = resumed_class_weights(resumed, config.resume) if resumed is not None else None
+        if weight is None:
+            weight = _balanced_weights(train_set, len(classes), procs)
+        say(f"class weights (balanced): {', '.join(f'{w:.3g}' for w in weight.tolist())}")
+    if config.score_only:
+        trained = freeze_all_but_scores(net)
+        say(f"--score-only: training {', '.join(trained)}; the rest stays as initialised")
 
     state = RunState()
     if resumed is not None:  # the step, and the metrics, the checkpoint was saved at
         state.iteration = resumed.iteration
         state.metrics = dict(resumed.metrics) or None
+        state.val_loss = (resumed.training_state or {}).get("val_loss")
     if procs.is_main:
         out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out / LOG, state.iteration if resumed else None) if procs.is_main else None
+    if log is not None and weight is not None and resumed is None:
+        log.write({"iteration": 0, "split": "setup", "class_weights": weight.tolist()})
 
     train_loader, val_loader = make_loaders(
         train_set,
@@ -95,7 +110,7 @@ def _train(
         fill=preprocessing.mean_rgb_255,
         workers=config.workers,
         seed=config.seed,
-        start=state.iteration * config.batch_size,
+        start=state.iteration * config.batch_size * config.iter_size,
         procs=procs,
         pin=device.type == "cuda",
     )
@@ -120,13 +135,17 @@ def _train(
             say=say,
             source=config.resume,
             batch_size=config.batch_size,
+            iter_size=config.iter_size,
         )
 
     say(
         f"training {config.arch} (width {config.width:g}, {len(classes)} classes) on "
         f"{train_set.describe()}, validating on {val_set.describe()}; {config.optimizer}, "
         f"{config.loss} loss, lr {config.learning_rate:g} ({config.lr_policy}), "
-        f"batch {config.batch_size} x {procs.world_size} process(es) on {device}"
+        f"batch {config.batch_size} x {procs.world_size} process(es)"
+        + (f" x iter size {config.iter_size}" if config.iter_size > 1 else "")
+        + (f", loss over {config.loss_sample:g} of the cells" if config.loss_sample < 1 else "")
+        + f" on {device}"
     )
     run = Run(
         net=net,
@@ -142,6 +161,7 @@ def _train(
         say=say,
         state=state,
         record=Record(classes, palette, preprocessing, train_set.describe(), config.to_dict()),
+        loss=Loss(config.loss, weight, config.loss_sample, config.iter_size),
     )
     run_loop(
         run,
@@ -150,7 +170,6 @@ def _train(
         max_iter=config.max_iter,
         base_lr=config.learning_rate,
         lr_policy=config.lr_policy,
-        loss=config.loss,
         batch_size=config.batch_size,
         log_every=config.log_every,
         val_every=config.val_every,
@@ -158,6 +177,37 @@ def _train(
     )
     say(f"done: {out / BEST} (best mean IU {100 * state.best_mean_iu:.2f}), {out / LAST}")
     return out / BEST
+
+
+def score_layers(net: FCN) -> list[str]:
+    """The layers ``--score-only`` trains: ``score_fr`` and the skips' score layers. The
+    paper's FCN-32s-fixed fine-tunes only the last layer; on 16s/8s the skip score layers
+    are last layers too (they start at zero and nothing else would ever move them)."""
+    return ["score_fr", *getattr(net, "skip_layers", ())]
+
+
+def freeze_all_but_scores(net: FCN) -> list[str]:
+    """Stop gradients to every parameter outside ``score_layers`` (upsampling included),
+    so the optimizer never sees them; returns the layers left trainable."""
+    trained = score_layers(net)
+    for name, param in net.named_parameters():
+        param.requires_grad_(name.split(".")[0] in trained)
+    return trained
+
+
+def _balanced_weights(dataset: SegmentationDataset, num_classes: int, procs: Processes) -> Tensor:
+    """Inverse-frequency weights from the training labels' pixel counts (255 excluded),
+    every rank counting its share."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for index in range(procs.rank, len(dataset), procs.world_size):
+        target = dataset.read_target(dataset.samples[index].target)
+        ids = target[target < num_classes].astype(np.int64)
+        counts += np.bincount(ids.ravel(), minlength=num_classes)
+    total = np.sum([np.asarray(share) for share in gather(counts.tolist(), procs)], axis=0)
+    try:
+        return class_frequency_weights(torch.from_numpy(total))
+    except ValueError as exc:
+        raise DataError(f"{dataset.root}: {exc}") from exc
 
 
 def _open_data(
