@@ -45,6 +45,9 @@ OPTIONAL_KEYS = {
     TILING_KEY: Tiling().to_json(),
     # Where published weights came from (name, url, digest...), all strings; {} when trained.
     "fcn.origin": "{}",
+    # How an int8 file was quantized (format, weights, activations, ops, calibration); {} for
+    # float files. Informational: the graph's inputs and outputs are those of any schema-1 file.
+    "fcn.quantization": "{}",
 }
 PRECISIONS = ("fp32", "fp16")
 # Labels are uint8 while every class id fits below 255 (the ignore index), else int32.
@@ -78,6 +81,8 @@ class ModelMetadata:
     tiling: Tiling = field(default_factory=Tiling)
     # Provenance of published weights, e.g. {"name": "voc-fcn8s", "url": ..., "sha1": ...}.
     origin: dict[str, str] = field(default_factory=dict)
+    # How the file was quantized, e.g. {"format": "QDQ", "calibration": {...}}; {} when float.
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -89,7 +94,9 @@ class ModelMetadata:
         return label_dtype(self.num_classes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready metadata, as the service reports it."""
+        """JSON-ready metadata, as the service reports it (``quantization`` only when the
+        file is quantized, so a float file's report is as before)."""
+        quantized = {"quantization": self.quantization} if self.quantization else {}
         return {
             "schema": self.schema,
             "arch": self.arch,
@@ -105,6 +112,7 @@ class ModelMetadata:
             "outputs": list(self.outputs),
             "tiling": self.tiling.to_dict(),
             "origin": self.origin,
+            **quantized,
             "created": self.created,
         }
 
@@ -128,6 +136,12 @@ def _color(entry: object) -> Color:
     if not all(0 <= v <= 255 for v in (r, g, b)):
         raise ValueError(f"palette entry {entry!r} has a value outside 0-255")
     return r, g, b
+
+
+def _object(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} is not a JSON object")
+    return {str(k): v for k, v in value.items()}
 
 
 def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMetadata:
@@ -163,6 +177,7 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
             preprocessing=dict(_json(props, "fcn.preprocessing", source)),
             tiling=parse_tiling(props),
             origin={str(k): str(v) for k, v in _json(props, "fcn.origin", source).items()},
+            quantization=_object(_json(props, "fcn.quantization", source), "fcn.quantization"),
         )
     except MetadataError:
         raise

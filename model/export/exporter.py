@@ -119,6 +119,9 @@ def export_net(
     card: ModelCard,
     out: str | os.PathLike[str],
     *,
+    fp16: bool = False,
+    with_scores: bool = False,
+    opset: int | None = None,
     verify: bool = True,
     subject: str = "the network",
 ) -> ExportResult:
@@ -130,7 +133,10 @@ def export_net(
     def check(tmp: Path, source: str) -> VerificationReport:
         return verify_net(tmp, lambda: net, card, source=source, subject=subject)
 
-    return write_model(out, lambda: trace_onnx(net, card), check if verify else None)
+    def build() -> onnx.ModelProto:
+        return trace_onnx(net, card, fp16=fp16, with_scores=with_scores, opset=opset)
+
+    return write_model(out, build, check if verify else None)
 
 
 def export_onnx(

@@ -40,6 +40,16 @@ def test_complete_metadata_parses_with_the_optional_keys_defaulted() -> None:
     assert meta.label_dtype == "uint8"
     assert meta.to_dict()["metrics"] == {"mean_iu": 0.885}
     assert meta.origin == {}  # weights trained here have no published origin
+    assert meta.quantization == {}
+    assert "quantization" not in meta.to_dict()
+
+
+def test_the_quantization_of_an_int8_file_is_read_and_reported() -> None:
+    scheme = {"format": "QDQ", "ops": ["Conv"], "calibration": {"images": 32}}
+    meta = parse_metadata({**PROPS, "fcn.quantization": json.dumps(scheme)}, "m.onnx")
+    assert meta.quantization == scheme
+    assert meta.to_dict()["quantization"] == scheme
+    assert meta.precision == "fp32"  # the float parts' precision; the contract is unchanged
 
 
 def test_the_origin_of_published_weights_is_read_and_reported() -> None:
@@ -70,9 +80,12 @@ def test_every_required_key_is_required(key: str) -> None:
         ("fcn.outputs", json.dumps(["scores"]), "it must list 'labels'"),
         ("fcn.origin", json.dumps(["voc-fcn8s"]), "malformed fcn.\\* metadata"),
         ("fcn.origin", "{name", "fcn.origin is not valid JSON"),
+        ("fcn.quantization", '"int8"', "fcn.quantization is not a JSON object"),
+        ("fcn.quantization", "{format", "fcn.quantization is not valid JSON"),
     ],
     ids=["schema", "short-palette", "bad-colour", "colour-range", "no-classes", "json",
-         "width", "precision", "outputs", "origin-list", "origin-json"],
+         "width", "precision", "outputs", "origin-list", "origin-json", "quantization-string",
+         "quantization-json"],
 )  # fmt: skip
 def test_malformed_metadata_is_refused_naming_the_key(key: str, value: str, words: str) -> None:
     with pytest.raises(MetadataError, match=f"^m.onnx: .*{words}"):

@@ -156,6 +156,11 @@ def _bad_triton_name(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
     return [*args, "--triton-repo", str(tmp_path), "--triton-name", "../up"], "--triton-name"
 
 
+def _bad_stitch_factor(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
+    args = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")]
+    return [*args, "--shift-and-stitch", "3"], "--shift-and-stitch 3: "
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -176,6 +181,7 @@ def _bad_triton_name(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
         _triton_repo_is_file,
         _triton_repo_unwritable,
         _bad_triton_name,
+        _bad_stitch_factor,
     ],
     ids=lambda case: case.__name__.strip("_"),
 )
@@ -188,3 +194,43 @@ def test_bad_input_is_named_and_leaves_no_file(
     assert main(["export", *args]) == 2
     assert message in capsys.readouterr().err
     assert files_under(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_shift_and_stitch_exports_the_dense_net_verified_against_it(
+    tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    import torch
+
+    from model.checkpoint import load_checkpoint
+    from model.export.graph import SegmentationGraph
+    from model.nets.shift_stitch import shift_and_stitch
+
+    out = tmp_path / "dense.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint_file), "--out", str(out),
+                 "--shift-and-stitch", "4"]) == 0  # fmt: skip
+    report = capsys.readouterr().out
+    assert "PASSED" in report
+    # The file's labels are the stitched net's, at the input's size.
+    checkpoint = load_checkpoint(checkpoint_file)
+    stitched = shift_and_stitch(checkpoint.build_model(), 4).eval()
+    graph = SegmentationGraph(stitched, checkpoint.preprocessing, num_classes=5).eval()
+    image = np.random.default_rng(0).integers(0, 256, (1, 41, 67, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = graph(torch.from_numpy(image))[0].numpy()
+    session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    (labels,) = session.run(["labels"], {"image": image})
+    assert labels.shape == (1, 41, 67)
+    assert (labels == expected).mean() > 0.999
+
+
+def test_shift_and_stitch_of_a_net_with_skips_is_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = save_checkpoint(tiny_checkpoint("fcn16s"), tmp_path / "ckpt.pt")
+    out = tmp_path / "m.onnx"
+    args = ["export", "--checkpoint", str(ckpt), "--out", str(out), "--shift-and-stitch", "2"]
+    assert main(args) == 2
+    assert "--shift-and-stitch 2: shift-and-stitch needs an FCN-32s" in capsys.readouterr().err
+    assert not out.exists()
