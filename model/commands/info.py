@@ -124,7 +124,10 @@ def describe(info: dict[str, Any]) -> str:
         f"{len(info['classes'])} classes, {info['dataset'] or 'no data set recorded'}"
     )
     if info["kind"] == "onnx":
-        return f"{head}; ONNX schema {info['schema']}, {info['precision']}, {mib(info)}"
+        quantized = info.get("quantization") or {}
+        # An int8 file's fcn.precision is its float tensors' type; its weights are int8.
+        precision = f"int8 ({quantized.get('format', '?')})" if quantized else info["precision"]
+        return f"{head}; ONNX schema {info['schema']}, {precision}, {mib(info)}"
     return f"{head}; checkpoint, {info['parameters']:,} weights, {mib(info)}"
 
 

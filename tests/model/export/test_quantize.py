@@ -216,3 +216,12 @@ def test_verify_onnx_holds_an_int8_file_to_the_int8_bar(
     assert report.logit_tolerance is None  # int8 logits are reported, not bounded
     assert not report.problems  # the checker and the contract pass as for any export
     assert "int8" in str(report)
+
+
+@pytest.mark.slow
+def test_fcn_info_names_an_int8_file_int8(
+    int8_export: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = int8_export
+    assert main(["info", str(out)]) == 0
+    assert "ONNX schema 1, int8 (QDQ)," in capsys.readouterr().out
