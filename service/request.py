@@ -37,6 +37,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing a type we cannot read (415) before reading, and refusing
     (413) as soon as the body is known to exceed ``limit`` bytes."""
     _media(request.headers.get("content-type"))
+    return await read_limited(request, limit)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(f"the body is {declared} bytes; the limit is {limit}")

@@ -29,12 +29,12 @@ from contract.schema import INPUT, LABELS
 from contract.tiling import PAD, padded_pixels
 from service.batching import Prediction, Ticket
 from service.errors import (
-    BodyTooLargeError,
     MalformedBodyError,
     RequestTimeoutError,
     ServiceError,
     classify,
 )
+from service.request import read_limited
 from service.state import Service
 
 SERVER = "fcn"
@@ -348,17 +348,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise TensorError(f"Content-Encoding {encoding!r}: send the request uncompressed")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(f"the body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLargeError(f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited(request, limit)
 
 
 def _check_one_pass(height: int, width: int, max_model_pixels: int) -> None:

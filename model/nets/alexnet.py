@@ -21,7 +21,6 @@ from model.nets.backbones import WeightsError, copy_weights, read_state_dict, ze
 from model.nets.base import FCNBase, crop, scaled
 from model.nets.preprocessing import TORCHVISION, Preprocessing
 
-FC_CHANNELS = 4096
 # conv1 pads by 100, as the reference: a 1x1 input still leaves a 6x6 pool5 for fc6.
 CONV1_PAD = 100
 # Where upscore's output lines up with the input: the centre of upscore's 63-pixel kernel
@@ -96,12 +95,7 @@ class AlexNetFCN(FCNBase):
             layer = nn.Conv2d(channels, out, conv.kernel, conv.stride, conv.pad, groups=conv.groups)
             self.add_module(name, layer)
             channels = out
-        fc = scaled(FC_CHANNELS, width)
-        self.fc6 = nn.Conv2d(channels, fc, kernel_size=6)
-        self.fc7 = nn.Conv2d(fc, fc, kernel_size=1)
-        self.drop6 = nn.Dropout(0.5)
-        self.drop7 = nn.Dropout(0.5)
-        self.score_fr = nn.Conv2d(fc, num_classes, kernel_size=1)
+        self._add_classifier(channels, kernel_size=6)
         self.upscore = self._upsampling(63, 32)
         self.norm = nn.LocalResponseNorm(LRN_SIZE, LRN_ALPHA, LRN_BETA, k=1.0)
         self._init_weights()
@@ -118,9 +112,7 @@ class AlexNetFCN(FCNBase):
         return x
 
     def score(self, pool5: Tensor) -> Tensor:
-        h = self.drop6(F.relu(self.fc6(pool5), inplace=True))
-        h = self.drop7(F.relu(self.fc7(h), inplace=True))
-        return self.score_fr(h)  # type: ignore[no-any-return]
+        return self._classify(pool5)
 
     def forward(self, x: Tensor) -> Tensor:
         return crop(self.upscore(self.score(self.trunk(x))), CROP_OFFSET, x)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contract.tiling import Tiling
@@ -28,6 +29,10 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "googlenet": ("model.nets.googlenet", "NETWORKS"),
 }
 assert tuple(REGISTRY) == names.BACKBONES
+
+
+# fc6 and fc7 of the ImageNet classifiers (VGG16, AlexNet), at width 1.0.
+FC_CHANNELS = 4096
 
 
 def scaled(channels: int, width: float) -> int:
@@ -153,6 +158,23 @@ class FCNBase(nn.Module):
         return ModelSpec(
             self.arch, self.num_classes, self.width, self.learn_upsampling, self.backbone
         )
+
+    def _add_classifier(self, channels: int, kernel_size: int) -> None:
+        """fc6 (the ImageNet classifier's first Linear as a ``kernel_size`` convolution over
+        ``channels``), fc7 (1x1), each followed by ReLU and dropout 0.5, then ``score_fr``:
+        the head that VGG16 and AlexNet share."""
+        fc = scaled(FC_CHANNELS, self.width)
+        self.fc6 = nn.Conv2d(channels, fc, kernel_size=kernel_size)
+        self.fc7 = nn.Conv2d(fc, fc, kernel_size=1)
+        self.drop6 = nn.Dropout(0.5)
+        self.drop7 = nn.Dropout(0.5)
+        self.score_fr = nn.Conv2d(fc, self.num_classes, kernel_size=1)
+
+    def _classify(self, features: Tensor) -> Tensor:
+        """The scores of ``_add_classifier``'s head on the trunk's last ``features``."""
+        h = self.drop6(F.relu(self.fc6(features), inplace=True))
+        h = self.drop7(F.relu(self.fc7(h), inplace=True))
+        return self.score_fr(h)  # type: ignore[no-any-return]
 
     def _upsampling(self, kernel_size: int, stride: int) -> nn.ConvTranspose2d:
         c = self.num_classes

@@ -36,7 +36,6 @@ VGG16_LAYERS: tuple[tuple[str, int] | None, ...] = (
     ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512), None,
     ("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512), None,
 )  # fmt: skip
-FC_CHANNELS = 4096
 # conv1_1 pads by 100 so that even a 1x1 input leaves a non-empty map after pool5 and fc6.
 CONV1_1_PAD = 100
 
@@ -61,12 +60,7 @@ class VGG16FCN(FCNBase):
             pad = CONV1_1_PAD if name == "conv1_1" else 1
             self.add_module(name, nn.Conv2d(channels, out, kernel_size=3, padding=pad))
             channels = out
-        fc = scaled(FC_CHANNELS, width)
-        self.fc6 = nn.Conv2d(channels, fc, kernel_size=7)
-        self.fc7 = nn.Conv2d(fc, fc, kernel_size=1)
-        self.drop6 = nn.Dropout(0.5)
-        self.drop7 = nn.Dropout(0.5)
-        self.score_fr = nn.Conv2d(fc, num_classes, kernel_size=1)
+        self._add_classifier(channels, kernel_size=7)
 
     def trunk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Return (pool3, pool4, pool5)."""
@@ -81,9 +75,7 @@ class VGG16FCN(FCNBase):
         return pools[2], pools[3], pools[4]
 
     def score(self, pool5: Tensor) -> Tensor:
-        h = self.drop6(F.relu(self.fc6(pool5), inplace=True))
-        h = self.drop7(F.relu(self.fc7(h), inplace=True))
-        return self.score_fr(h)  # type: ignore[no-any-return]
+        return self._classify(pool5)
 
 
 class FCN32s(VGG16FCN):
