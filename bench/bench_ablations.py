@@ -17,7 +17,7 @@ training the trunk adds, not what fine-tuning adds. ``--check-f32`` also verifie
 F = 32 shift-and-stitch on shifted inputs equals the rarefied net's dense output (1024
 passes of the net).
 
-    python bench/bench_ablations.py              # ~25 minutes on 2 busy CPU cores
+    python bench/bench_ablations.py              # ~40 minutes on 2 CPU cores (~1 s a step)
     python bench/bench_ablations.py --scale 2    # 2x every step count
     python bench/bench_ablations.py --steps32 1000 --steps-staged 500  # the demo's counts
 """
