@@ -9,7 +9,8 @@ import io
 import json
 import os
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,19 @@ async def busy(client: httpx.AsyncClient, big_image: bytes) -> asyncio.Task[http
     )
     await wait_metric(client, "fcn_batches_running", 1)
     return task
+
+
+def wait_for_server(url: str, gone: Callable[[], str | None], timeout_s: float = 60) -> None:
+    """Poll ``url``/readyz until it answers 200. ``gone`` says why the server has stopped
+    (None while it runs), and its output for the messages."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reason = gone()
+        assert reason is None, reason
+        assert time.monotonic() < deadline, f"the server did not become ready within {timeout_s} s"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from tests.service.support import (
     running,
     server_environment,
     settings,
+    wait_for_server,
 )
 
 pytestmark = pytest.mark.anyio
@@ -317,16 +317,7 @@ def test_fcn_serve_writes_json_lines_only(model_path: Path, tmp_path: Path) -> N
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, "the server did not become ready"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        wait_for_server(url, lambda: None if process.poll() is None else err.read_text())
         segment = httpx.post(
             f"{url}/segment",
             content=PNG,

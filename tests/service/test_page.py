@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -31,6 +30,7 @@ from tests.service.support import (
     png_labels,
     serve,
     server_environment,
+    wait_for_server,
 )
 
 STATIC = ROOT / "service" / "static"
@@ -147,16 +147,10 @@ def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with log.open("wb") as sink:
         process = subprocess.Popen([*command, *flags], env=env, cwd=ROOT, stdout=sink, stderr=sink)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"the server exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"the server never got ready:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        wait_for_server(
+            url,
+            lambda: None if process.poll() is None else f"the server exited:\n{log.read_text()}",
+        )
         yield url
     finally:
         process.kill()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tests.service.support import (
     running,
     serve,
     settings,
+    wait_for_server,
 )
 
 MODEL = "fcn8s-tiny"  # the file's stem (conftest.py): the name /v1/model reports too
@@ -46,16 +46,7 @@ def url(model_path: Path) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, name="uvicorn")
     thread.start()
-    deadline = time.monotonic() + 60
-    while True:
-        assert thread.is_alive(), "the server stopped"
-        assert time.monotonic() < deadline, "the server did not become ready"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+    wait_for_server(f"http://127.0.0.1:{port}", lambda: None if thread.is_alive() else "stopped")
     yield f"127.0.0.1:{port}"
     server.should_exit = True
     thread.join(30)
