@@ -19,12 +19,12 @@ from model.cli import main
 from model.data.layouts import voc_dataset
 from model.data.synthetic import SYNTH_CLASSES, write_synthetic
 from model.evaluation.evaluate import evaluate
-from model.evaluation.metrics import ConfusionMatrix
 from model.evaluation.predict import PredictError
 from model.export.exporter import export_onnx
 from model.nets.fcn import ModelSpec, build_fcn, network_tiling
-from model.nets.preprocessing import TORCHVISION, Normalize
+from model.nets.preprocessing import TORCHVISION
 from tests.model.evaluation.margins import TIE, smallest_margin
+from tests.model.evaluation.reference import reference_confusion
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -50,22 +50,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         TORCHVISION,
     )
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "model.pt")
-
-
-def reference_confusion(checkpoint: Path, data: Path) -> ConfusionMatrix:
-    """The confusion matrix computed by hand: one image at a time, at native size."""
-    from model.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    net = ckpt.build_model().eval()
-    normalize = Normalize(ckpt.preprocessing)
-    confusion = ConfusionMatrix(len(SYNTH_CLASSES))
-    dataset = voc_dataset(data, "val")
-    with torch.no_grad():
-        for i in range(len(dataset)):
-            image, target = dataset[i]
-            confusion.update(target, net(normalize(image[None])).argmax(1)[0])
-    return confusion
 
 
 def test_metrics_match_a_hand_computed_confusion(checkpoint: Path, synth: Path) -> None:

@@ -18,11 +18,11 @@ from model.cli import main
 from model.data.layouts import voc_dataset
 from model.data.synthetic import SYNTH_CLASSES, write_synthetic
 from model.evaluation.evaluate import evaluate
-from model.evaluation.metrics import ConfusionMatrix
 from model.evaluation.upper_bound import block_labels, upper_bounds
 from model.nets.fcn import ModelSpec, build_fcn
 from model.nets.preprocessing import TORCHVISION, Normalize
 from model.nets.shift_stitch import shift_and_stitch
+from tests.model.evaluation.reference import reference_confusion
 
 
 @pytest.fixture(scope="module")
@@ -82,26 +82,11 @@ def test_upper_bound_falls_with_the_factor_and_is_printed_beside_the_paper(
     assert rows[8]["mean_iu"] == pytest.approx(bounds[8])
 
 
-def stitched_confusion(checkpoint: Path, data: Path, factor: int) -> ConfusionMatrix:
-    from model.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    net = shift_and_stitch(ckpt.build_model().eval(), factor)
-    normalize = Normalize(ckpt.preprocessing)
-    confusion = ConfusionMatrix(len(SYNTH_CLASSES))
-    dataset = voc_dataset(data, "val")
-    with torch.no_grad():
-        for i in range(len(dataset)):
-            image, target = dataset[i]
-            confusion.update(target, net(normalize(image[None])).argmax(1)[0])
-    return confusion
-
-
 def test_eval_and_predict_run_the_stitched_net(
     fcn32s: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = evaluate(fcn32s, synth, workers=0, shift_and_stitch=4)
-    expected = stitched_confusion(fcn32s, synth, 4)
+    expected = reference_confusion(fcn32s, synth, 4)
     assert torch.equal(result.confusion, expected.matrix)
     # Other logits than the plain net's: the loss says so even where the argmax agrees.
     plain = evaluate(fcn32s, synth, workers=0)
