@@ -107,7 +107,8 @@ def classify(exc: Exception) -> tuple[int, str]:
     return INTERNAL
 
 
-def _message(exc: Exception) -> str:
+def message(exc: Exception) -> str:
+    """The words of an error, as the JSON error bodies say them (/segment and /v2 alike)."""
     if isinstance(exc, ServiceError):
         return exc.message
     if isinstance(exc, ImageError):
@@ -130,7 +131,7 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     # re-raises them after the response so that the server logs the traceback.
     status, code = classify(exc)
     headers = dict(getattr(exc, "headers", None) or {})
-    body = {"error": {"code": code, "message": _message(exc)}}
+    body = {"error": {"code": code, "message": message(exc)}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -33,6 +33,7 @@ from service.errors import (
     RequestTimeoutError,
     ServiceError,
     classify,
+    message,
 )
 from service.request import read_limited
 from service.state import Service
@@ -55,17 +56,6 @@ class TensorError(MalformedBodyError):
     """An inference request whose JSON, tensors or binary data break the protocol (400)."""
 
 
-def _message(exc: Exception) -> str:
-    """The words of an error, as the service's own handler says them."""
-    if isinstance(exc, ServiceError):
-        return exc.message
-    if isinstance(exc, ImageError):
-        return f"the image {exc}"  # contract.decode phrases its messages as predicates
-    if isinstance(exc, HTTPException):
-        return str(exc.detail)
-    return str(exc)
-
-
 class ProtocolRoute(APIRoute):
     """A route whose errors answer ``{"error": message}``; an unexpected exception still goes
     to the app's handler, which logs it."""
@@ -79,7 +69,7 @@ class ProtocolRoute(APIRoute):
             except (ServiceError, ImageError, HTTPException, RequestValidationError) as exc:
                 status, _ = classify(exc)
                 headers = dict(getattr(exc, "headers", None) or {})
-                return JSONResponse({"error": _message(exc)}, status_code=status, headers=headers)
+                return JSONResponse({"error": message(exc)}, status_code=status, headers=headers)
 
         return answer
 
