@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract.distribution import version
 from model.errors import FCNError
 from model.files import check_folder
 
@@ -51,19 +51,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-DISTRIBUTION = "fcn-segmentation"
-
-
 class CLIError(FCNError):
     """A bad flag, file or value; the message names it. Exit status 2."""
-
-
-def version() -> str:
-    """The installed distribution's version (``unknown`` when run from a bare checkout)."""
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def check_output_folder(path: Path, flag: str = "--out") -> Path:
