@@ -171,8 +171,9 @@ class Batcher:
         """Queue ``image`` (H x W x 3) in the place ``ticket`` holds and wait for its labels,
         at most ``timeout_s``; there is no second refusal for room.
 
-        A tiled request queues its tiles through one ticket, a batch's worth at a time, so
-        that requests arriving meanwhile are queued ahead of its next tiles.
+        A request of several images (tiles, a protocol batch) queues them through one ticket,
+        a batch's worth at a time (``service.fanout``), so that requests arriving meanwhile are
+        queued ahead of its next images.
         """
         if not ticket.active:
             raise RuntimeError("this ticket's request is over; admit() another")

@@ -1,7 +1,8 @@
-"""Every error the service reports (its own and ``contract.decode``'s), the one table mapping
-them to HTTP, and the one handler.
+"""Every error the service reports (its own, ``contract.decode``'s and the protocol codec's),
+the one table mapping them to HTTP, and the one handler.
 
-Clients always get ``{"error": {"code": ..., "message": ...}}`` with an honest status.
+Clients get ``{"error": {"code": ..., "message": ...}}`` with an honest status; the Open
+Inference Protocol's routes (/v2) word the same errors its way, ``{"error": message}``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contract.decode import (
     ImageTooLargeError,
     UnsupportedImageError,
 )
+from service.protocol.codec import TensorError
 
 
 class ServiceError(Exception):
@@ -67,6 +69,11 @@ class NotReadyError(ServiceError):
 class RequestTimeoutError(ServiceError):
     """The labels were not ready within FCN_REQUEST_TIMEOUT_S."""
 
+    @classmethod
+    def after(cls, timeout_s: float) -> RequestTimeoutError:
+        """The one answer of a request that ran out of its ``timeout_s``."""
+        return cls(f"no result within {timeout_s:g} s (FCN_REQUEST_TIMEOUT_S); retry later")
+
 
 class InferenceError(ServiceError):
     """ONNX Runtime failed on the batch this request was part of."""
@@ -80,6 +87,7 @@ class ClientGoneError(ServiceError):
 ERRORS: dict[type[Exception], tuple[int, str]] = {
     CorruptImageError: (400, "bad_image"),
     MalformedBodyError: (400, "bad_image"),
+    TensorError: (400, "bad_request"),
     BodyTooLargeError: (413, "body_too_large"),
     ImageTooLargeError: (413, "image_too_large"),
     UnsupportedMediaTypeError: (415, "unsupported_media_type"),
@@ -95,6 +103,14 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     RequestTimeoutError: (504, "timeout"),
 }
 INTERNAL = (500, "internal_error")
+# What the service reports on purpose; anything else is a bug, logged with its traceback.
+REPORTED: tuple[type[Exception], ...] = (
+    ServiceError,
+    ImageError,
+    TensorError,
+    RequestValidationError,
+    HTTPException,
+)
 
 
 def classify(exc: Exception) -> tuple[int, str]:
@@ -111,6 +127,8 @@ def message(exc: Exception) -> str:
     """The words of an error, as the JSON error bodies say them (/segment and /v2 alike)."""
     if isinstance(exc, ServiceError):
         return exc.message
+    if isinstance(exc, TensorError):
+        return str(exc)
     if isinstance(exc, ImageError):
         # contract.decode phrases its messages as predicates of the image.
         return f"the image {exc}"
@@ -125,17 +143,27 @@ def message(exc: Exception) -> str:
     return "internal error; the service logged the details"
 
 
+def _headers(exc: Exception) -> dict[str, str]:
+    return dict(getattr(exc, "headers", None) or {})
+
+
 async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     """Render any exception as the JSON error body of the contract."""
     # Unexpected exceptions reach here through Starlette's ServerErrorMiddleware, which
     # re-raises them after the response so that the server logs the traceback.
     status, code = classify(exc)
-    headers = dict(getattr(exc, "headers", None) or {})
     body = {"error": {"code": code, "message": message(exc)}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=_headers(exc))
+
+
+def protocol_error(exc: Exception) -> JSONResponse:
+    """An error as the Open Inference Protocol words it, ``{"error": message}``, with the
+    status of the one table."""
+    status, _ = classify(exc)
+    return JSONResponse({"error": message(exc)}, status_code=status, headers=_headers(exc))
 
 
 def install(app: FastAPI) -> None:
     """Route every error of ``app`` through ``handle_error``."""
-    for cls in (ServiceError, ImageError, RequestValidationError, HTTPException, Exception):
+    for cls in (*REPORTED, Exception):
         app.add_exception_handler(cls, handle_error)

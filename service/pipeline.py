@@ -39,6 +39,7 @@ from service.batching import Batcher, Disconnected, Prediction, Ticket
 from service.budget import PixelBudget
 from service.config import Format, TileMode
 from service.errors import InvalidParameterError, RequestTimeoutError
+from service.fanout import predict_batches
 from service.imaging import LabelEncoding
 from service.metrics import Metrics
 from service.runtime import ModelInfo
@@ -192,11 +193,6 @@ class Segmenter:
             )
         return encode_labels(labels, self.table, self.png_compress_level)
 
-    def _late(self) -> RequestTimeoutError:
-        return RequestTimeoutError(
-            f"no result within {self.request_timeout_s:g} s (FCN_REQUEST_TIMEOUT_S); retry later"
-        )
-
     @contextlib.asynccontextmanager
     async def _hold(
         self, budget: PixelBudget, pixels: int, deadline: float | None
@@ -206,17 +202,11 @@ class Segmenter:
             async with asyncio.timeout_at(deadline):
                 await budget.acquire(pixels)
         except TimeoutError:
-            raise self._late() from None
+            raise RequestTimeoutError.after(self.request_timeout_s) from None
         try:
             yield
         finally:
             budget.release(pixels)
-
-    def _remaining(self, deadline: float) -> float:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise self._late()
-        return remaining
 
     async def _predict(
         self,
@@ -225,12 +215,17 @@ class Segmenter:
         deadline: float,
         disconnected: Disconnected | None,
     ) -> Prediction:
-        try:
-            return await self.batcher.predict(
-                ticket, image, timeout_s=self._remaining(deadline), disconnected=disconnected
-            )
-        except RequestTimeoutError:
-            raise self._late() from None
+        """The labels of ``image`` in one pass."""
+        batches = predict_batches(
+            self.batcher,
+            ticket,
+            [image],
+            deadline=deadline,
+            timeout_s=self.request_timeout_s,
+            disconnected=disconnected,
+        )
+        (prediction,) = [p async for batch in batches for p in batch]
+        return prediction
 
     async def _predict_tiles(
         self,
@@ -242,31 +237,28 @@ class Segmenter:
     ) -> Prediction:
         """Run the tiles a batch's worth at a time and stitch their labels."""
         tiles = list(plan.tiles())
-        group = self.batcher.batch_limit(plan.tile_shape)
         out: NDArray[Any] | None = None
         queue_s = inference_s = 0.0
-        largest = 0
-        for start in range(0, len(tiles), group):
-            chunk = tiles[start : start + group]
-            runs = [
-                asyncio.ensure_future(
-                    self._predict(ticket, tile.window(image), deadline, disconnected)
-                )
-                for tile in chunk
-            ]
-            try:
-                predictions = await asyncio.gather(*runs)
-            except BaseException:
-                for run in runs:
-                    run.cancel()
-                raise
-            self.metrics.tiles.inc(len(chunk))
-            if out is None:
-                out = np.empty((plan.height, plan.width), dtype=predictions[0].labels.dtype)
-            await anyio.to_thread.run_sync(_place, chunk, predictions, out)
-            queue_s += max(p.queue_s for p in predictions)
-            inference_s += max(p.inference_s for p in predictions)
-            largest = max(largest, *(p.batch_size for p in predictions))
+        largest = done = 0
+        batches = predict_batches(
+            self.batcher,
+            ticket,
+            [tile.window(image) for tile in tiles],
+            deadline=deadline,
+            timeout_s=self.request_timeout_s,
+            disconnected=disconnected,
+        )
+        async with contextlib.aclosing(batches):
+            async for predictions in batches:
+                chunk = tiles[done : done + len(predictions)]
+                done += len(chunk)
+                self.metrics.tiles.inc(len(chunk))
+                if out is None:
+                    out = np.empty((plan.height, plan.width), dtype=predictions[0].labels.dtype)
+                await anyio.to_thread.run_sync(_place, chunk, predictions, out)
+                queue_s += max(p.queue_s for p in predictions)
+                inference_s += max(p.inference_s for p in predictions)
+                largest = max(largest, *(p.batch_size for p in predictions))
         assert out is not None
         return Prediction(out, queue_s, inference_s, largest)
 

@@ -34,14 +34,11 @@ ACCEPTED_TYPES = ("multipart/form-data", "image/*", "application/octet-stream")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing a type we cannot read (415) before reading, and refusing
-    (413) as soon as the body is known to exceed ``limit`` bytes."""
-    _media(request.headers.get("content-type"))
-    return await read_limited(request, limit)
+    """The whole body, refused (413) as soon as it is known to exceed ``limit`` bytes.
 
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The whole body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
+    The one place a request's body is read (/segment and /v2 alike); each route checks the
+    headers it cares about before calling it.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(f"the body is {declared} bytes; the limit is {limit}")
@@ -244,7 +241,8 @@ async def read_image(request: Request, limit: int) -> bytes:
     """The encoded image a request carries, its body read under ``limit`` bytes; multipart
     parsing runs off the event loop."""
     content_type = request.headers.get("content-type")
+    media, _ = _media(content_type)  # 415 before a byte is read
     body = await read_body(request, limit)
-    if _media(content_type)[0] != b"multipart/form-data":
+    if media != b"multipart/form-data":
         return body
     return await anyio.to_thread.run_sync(image_bytes, content_type, body)

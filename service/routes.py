@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import request as http
-from service import v2
+from service.dependencies import ServiceDep
+from service.protocol import routes as protocol
 from service.request import SegmentQuery, segment_options
-from service.state import Service
 
 router = APIRouter()
 # The Open Inference Protocol's model routes (its health probes are the two below).
-router.include_router(v2.router)
+router.include_router(protocol.router)
 
 IMAGE_TYPES = ["image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff", "image/gif"]
 # FastAPI cannot see a body this route streams itself; describe it for /docs.
@@ -46,15 +46,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         504: "timed out",
     }.items()
 }
-
-
-def get_service(request: Request) -> Service:
-    """The app's Service."""
-    service: Service = request.app.state.service
-    return service
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
 
 
 @router.post(

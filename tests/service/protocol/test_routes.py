@@ -296,6 +296,11 @@ SMALL = pattern(4, 5)[None]
             {"Inference-Header-Content-Length": "99999"},
             "'99999' is not a length within the",
         ),
+        (
+            json.dumps(request_body(SMALL)).encode(),
+            {"Content-Encoding": "gzip"},
+            "Content-Encoding 'gzip': send the request uncompressed",
+        ),
     ],
     ids=[
         "truncated-json",
@@ -309,6 +314,7 @@ SMALL = pattern(4, 5)[None]
         "short-binary",
         "wrong-binary-size",
         "header-beyond-body",
+        "compressed",
     ],
 )
 @pytest.mark.anyio
@@ -332,6 +338,14 @@ async def test_a_draining_model_is_not_ready_but_finishes_requests(model_path: P
     assert ready.json() == {"name": MODEL, "ready": False}
     assert ready.headers["retry-after"] == "4"
     assert answered.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_body_over_the_upload_limit_is_413(model_path: Path) -> None:
+    body = json.dumps(request_body(SMALL)).encode()
+    async with serve(model_path, max_upload_bytes=100) as client:
+        response = await client.post(INFER, content=body)
+    assert _error(response, 413) == f"the body is {len(body)} bytes; the limit is 100"
 
 
 @pytest.mark.anyio

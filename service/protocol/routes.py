@@ -1,0 +1,175 @@
+"""The Open Inference Protocol's routes (/v2): server and model metadata, model readiness, and
+inference on ``image`` through the batcher /segment uses; the wire format is ``codec``'s.
+
+Its errors take the protocol's form, ``{"error": "..."}``, with the statuses of the service's
+one table (``service.errors``). Tensors come as JSON or with the binary tensor data extension.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from contract import distribution
+from contract.schema import LABELS
+from service.dependencies import ServiceDep
+from service.errors import REPORTED, protocol_error
+from service.fanout import predict_batches
+from service.protocol import codec
+from service.protocol.codec import (
+    HEADER_LENGTH,
+    check_content_encoding,
+    check_one_pass,
+    encode_infer,
+    parse_infer,
+)
+from service.request import read_body
+from service.state import Service
+
+
+class ProtocolRoute(APIRoute):
+    """A route whose errors answer ``{"error": message}``; an unexpected exception still goes
+    to the app's handler, which logs it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except REPORTED as exc:
+                return protocol_error(exc)
+
+        return answer
+
+
+router = APIRouter(prefix="/v2", route_class=ProtocolRoute)
+
+
+def _check_model(service: Service, name: str, version: str | None = None) -> None:
+    """404 unless ``name`` (and ``version``, when given) is the model this service runs."""
+    served = service.settings.name
+    if name != served:
+        raise HTTPException(404, f"no model named {name!r}; this server runs {served!r}")
+    if version is not None and version != service.runtime.info.version:
+        known = service.runtime.info.version
+        raise HTTPException(404, f"model {name!r} has no version {version!r}; it serves {known!r}")
+
+
+def _model_metadata(service: Service) -> dict[str, Any]:
+    runtime = service.runtime
+    return codec.model_metadata(service.settings.name, runtime.info.version, runtime.label_type)
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    """The server's name, version and the protocol extensions it speaks."""
+    return codec.server_metadata(distribution.version())
+
+
+@router.get("/models/{name}")
+async def model_metadata(name: str, service: ServiceDep) -> dict[str, Any]:
+    """The model's versions, platform and tensors."""
+    _check_model(service, name)
+    return _model_metadata(service)
+
+
+@router.get("/models/{name}/versions/{version}")
+async def model_version_metadata(name: str, version: str, service: ServiceDep) -> dict[str, Any]:
+    """The model's metadata, when ``version`` is the one served."""
+    _check_model(service, name, version)
+    return _model_metadata(service)
+
+
+def _readiness(service: Service, name: str) -> JSONResponse:
+    ready = service.health.ready
+    headers = {} if ready else {"Retry-After": str(service.settings.retry_after_s)}
+    return JSONResponse(
+        {"name": name, "ready": ready}, status_code=200 if ready else 503, headers=headers
+    )
+
+
+@router.get("/models/{name}/ready")
+async def model_ready(name: str, service: ServiceDep) -> JSONResponse:
+    """200 once the model is warm and the service not draining, else 503 (as /readyz)."""
+    _check_model(service, name)
+    return _readiness(service, name)
+
+
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_version_ready(name: str, version: str, service: ServiceDep) -> JSONResponse:
+    """Readiness of the version served."""
+    _check_model(service, name, version)
+    return _readiness(service, name)
+
+
+# FastAPI cannot see a body these routes read themselves; describe it for /docs.
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The inference request as JSON; with the binary tensor data extension, "
+        f"the JSON ({HEADER_LENGTH} bytes) followed by the tensors' bytes.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("/models/{name}/infer", openapi_extra=INFER_BODY)
+async def infer(name: str, request: Request, service: ServiceDep) -> Response:
+    """Segment the images of tensor ``image`` (UINT8 [N, H, W, 3]): tensor ``labels``."""
+    return await _infer(service, request, name)
+
+
+@router.post("/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY)
+async def infer_version(name: str, version: str, request: Request, service: ServiceDep) -> Response:
+    """Inference on the version served."""
+    return await _infer(service, request, name, version)
+
+
+async def _infer(
+    service: Service, request: Request, name: str, version: str | None = None
+) -> Response:
+    _check_model(service, name, version)
+    settings = service.settings
+    service.health.check_serving(settings.retry_after_s)
+    # The place is taken before the body is read, and held until the answer is made.
+    with service.batcher.admit() as ticket:
+        check_content_encoding(request.headers.get("content-encoding"))
+        body = await read_body(request, settings.max_upload_bytes)
+        asked = await anyio.to_thread.run_sync(
+            lambda: parse_infer(
+                body,
+                request.headers.get(HEADER_LENGTH),
+                max_pixels=settings.max_pixels,
+                outputs=(LABELS,),
+            )
+        )
+        _, height, width, _ = asked.images.shape
+        check_one_pass(height, width, settings.max_model_pixels)
+        batches = predict_batches(
+            service.batcher,
+            ticket,
+            list(asked.images),
+            deadline=asyncio.get_running_loop().time() + settings.request_timeout_s,
+            timeout_s=settings.request_timeout_s,
+            disconnected=request.is_disconnected,
+        )
+        labels = np.stack([p.labels async for batch in batches for p in batch])
+    model = {"model_name": settings.name, "model_version": service.runtime.info.version}
+    content, head = await anyio.to_thread.run_sync(encode_infer, model, asked, {LABELS: labels})
+    if head is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(head)}
+    )

@@ -1,0 +1,135 @@
+"""The protocol's codec as plain functions: bytes in, images out, labels back to bytes, with
+no HTTP and no app (the routes' tests send the same bodies over HTTP)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from contract.decode import ImageTooLargeError
+from service.protocol.codec import (
+    HEADER_LENGTH,
+    TensorError,
+    check_content_encoding,
+    check_one_pass,
+    encode_infer,
+    model_metadata,
+    parse_infer,
+)
+from tests.images import pattern
+from tests.service.support import ROOT
+
+IMAGES = np.stack([pattern(3, 4, seed=1), pattern(3, 4, seed=2)])  # [2, 3, 4, 3]
+MODEL = {"model_name": "m", "model_version": "v"}
+
+
+def binary_body(images: np.ndarray, **parameters: object) -> tuple[bytes, str]:
+    """A request with the binary tensor data extension, and its header's length."""
+    tensor = {
+        "name": "image",
+        "datatype": "UINT8",
+        "shape": list(images.shape),
+        "parameters": {"binary_data_size": images.size},
+    }
+    head = json.dumps({"id": "r1", "inputs": [tensor], "parameters": parameters}).encode()
+    return head + images.tobytes(), str(len(head))
+
+
+def test_binary_images_in_and_binary_labels_out() -> None:
+    body, length = binary_body(IMAGES, binary_data_output=True)
+    asked = parse_infer(body, length, max_pixels=100, outputs=("labels",))
+    assert asked.id == "r1"
+    assert asked.outputs == (("labels", True),)
+    np.testing.assert_array_equal(asked.images, IMAGES)
+    labels = IMAGES[..., 0] // 64
+    content, head = encode_infer(MODEL, asked, {"labels": labels})
+    assert head is not None
+    answer = json.loads(content[:head])
+    assert answer == {
+        **MODEL,
+        "id": "r1",
+        "outputs": [
+            {
+                "name": "labels",
+                "datatype": "UINT8",
+                "shape": [2, 3, 4],
+                "parameters": {"binary_data_size": 24},
+            }
+        ],
+    }
+    assert content[head:] == labels.tobytes()
+
+
+def test_json_images_in_and_json_labels_out() -> None:
+    body = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [2, 3, 4, 3],
+                     "data": IMAGES.tolist()}]}
+    ).encode()  # fmt: skip
+    asked = parse_infer(body, None, max_pixels=100, outputs=("labels",))
+    assert asked.id is None
+    assert asked.outputs == (("labels", False),)
+    np.testing.assert_array_equal(asked.images, IMAGES)
+    labels = np.arange(24, dtype=np.int32).reshape(2, 3, 4)
+    content, head = encode_infer(MODEL, asked, {"labels": labels})
+    assert head is None
+    (output,) = json.loads(content)["outputs"]
+    assert (output["datatype"], output["shape"]) == ("INT32", [2, 3, 4])
+    assert output["data"] == list(range(24))
+
+
+def test_the_pixel_limits_are_the_images_own() -> None:
+    body, length = binary_body(IMAGES)
+    with pytest.raises(ImageTooLargeError, match="is 4x3 = 12 pixels; the limit is 11"):
+        parse_infer(body, length, max_pixels=11, outputs=("labels",))
+    check_one_pass(3, 4, max_model_pixels=203 * 204)
+    with pytest.raises(ImageTooLargeError, match="/v2 does not tile"):
+        check_one_pass(3, 4, max_model_pixels=203 * 204 - 1)
+
+
+def test_the_model_metadata_names_its_label_type() -> None:
+    metadata = model_metadata("m", "v", "tensor(int32)")
+    assert metadata["versions"] == ["v"]
+    assert metadata["outputs"] == [{"name": "labels", "datatype": "INT32", "shape": [-1, -1, -1]}]
+
+
+@pytest.mark.parametrize("encoding", [None, "identity", "IDENTITY"])
+def test_an_uncompressed_body_is_taken(encoding: str | None) -> None:
+    check_content_encoding(encoding)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", ""])
+def test_a_compressed_body_is_refused(encoding: str) -> None:
+    with pytest.raises(TensorError, match=f"Content-Encoding {encoding!r}: send the request"):
+        check_content_encoding(encoding)
+
+
+def test_a_header_length_beyond_the_body_is_refused() -> None:
+    body, _ = binary_body(IMAGES)
+    with pytest.raises(TensorError, match=f"{HEADER_LENGTH}: '9999' is not a length"):
+        parse_infer(body, "9999", max_pixels=100, outputs=("labels",))
+
+
+def test_the_codec_imports_without_the_web_framework_or_runtime() -> None:
+    script = (
+        "import importlib.abc, sys\n"
+        "BLOCKED = {'fastapi', 'starlette', 'onnxruntime', 'torch'}\n"
+        "class Blocker(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.partition('.')[0] in BLOCKED:\n"
+        "            raise ModuleNotFoundError(f'{name} is blocked', name=name)\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "import service.protocol.codec\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
