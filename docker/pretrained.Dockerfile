@@ -16,16 +16,18 @@ WORKDIR /app
 # that a change of the code reuses this layer. torch and torchvision come from PyTorch's CPU
 # index (a fraction of the CUDA wheels' size), at the versions pyproject.toml allows.
 COPY pyproject.toml ./
-RUN mkdir contract model service \
-    && touch README.md contract/__init__.py model/__init__.py service/__init__.py \
+RUN mkdir client contract model service \
+    && touch README.md client/__init__.py contract/__init__.py model/__init__.py \
+        service/__init__.py \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu \
         'torch>=2.6,<2.15' 'torchvision>=0.21,<0.30' \
     && /opt/venv/bin/pip install '.[train]' \
     && /opt/venv/bin/pip uninstall -y fcn-segmentation \
-    && rm -rf /root/.cache build ./*.egg-info README.md contract model service
+    && rm -rf /root/.cache build ./*.egg-info README.md client contract model service
 
 COPY README.md LICENSE ./
+COPY client/ client/
 COPY contract/ contract/
 COPY model/ model/
 COPY service/ service/

@@ -13,14 +13,16 @@ WORKDIR /app
 # Dependencies first, from pyproject.toml alone (empty packages stand in for the code), so
 # that a change of the code reuses this layer. The same onnxruntime-gpu as the GPU image.
 COPY pyproject.toml ./
-RUN mkdir contract model service \
-    && touch README.md contract/__init__.py model/__init__.py service/__init__.py \
+RUN mkdir client contract model service \
+    && touch README.md client/__init__.py contract/__init__.py model/__init__.py \
+        service/__init__.py \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install '.[serve]' 'onnxruntime-gpu~=1.31.0' \
     && /opt/venv/bin/pip uninstall -y fcn-segmentation \
-    && rm -rf /root/.cache build ./*.egg-info README.md contract model service
+    && rm -rf /root/.cache build ./*.egg-info README.md client contract model service
 
 COPY README.md LICENSE ./
+COPY client/ client/
 COPY contract/ contract/
 COPY model/ model/
 COPY service/ service/

@@ -20,14 +20,16 @@ WORKDIR /app
 # that a change of the code reuses this layer. onnxruntime-gpu is pinned to the release
 # built for the base image's CUDA major; it runs on the CPU too, when no GPU is given.
 COPY pyproject.toml ./
-RUN mkdir contract model service \
-    && touch README.md contract/__init__.py model/__init__.py service/__init__.py \
+RUN mkdir client contract model service \
+    && touch README.md client/__init__.py contract/__init__.py model/__init__.py \
+        service/__init__.py \
     && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install '.[serve]' 'onnxruntime-gpu~=1.31.0' \
     && /opt/venv/bin/pip uninstall -y fcn-segmentation \
-    && rm -rf /root/.cache build ./*.egg-info README.md contract model service
+    && rm -rf /root/.cache build ./*.egg-info README.md client contract model service
 
 COPY README.md LICENSE ./
+COPY client/ client/
 COPY contract/ contract/
 COPY model/ model/
 COPY service/ service/

@@ -16,6 +16,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
+COPY client/ client/
 COPY contract/ contract/
 COPY model/ model/
 COPY service/ service/

@@ -1,7 +1,7 @@
 """``fcn segment``: images and folders of them through a running service (``POST /segment``).
 
-Only the client runs here (``service.client``: httpx, tqdm), imported when the command runs:
-no torch, no ONNX Runtime. Exit status 1 when any image failed, 2 for bad flags.
+Only the client runs here (``client``: httpx, tqdm), imported when the command runs: no
+torch, no ONNX Runtime. Exit status 1 when any image failed, 2 for bad flags.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from contract.inputs import InputError
 from model.cli import CLIError, check_output_folder
 
 FORMATS = ("png", "overlay", "json")
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     query = check_flags(args)
     check_output_folder(args.out)
     try:
-        from service.client import ClientError, Failure, InputError, segment_folder
+        from client import ClientError, Failure, segment_folder
     except ImportError as exc:  # a training-only install
         raise CLIError(
             f"fcn segment needs the client extra ({exc.name} is missing): "

@@ -1,4 +1,4 @@
-"""``service.client`` and ``fcn segment`` against a real ``fcn-serve`` on a loopback port.
+"""``client`` and ``fcn segment`` against a real ``fcn-serve`` on a loopback port.
 
 The service's queue holds one request (FCN_MAX_QUEUE=1) while the client sends eight at once,
 so it really answers 503 with Retry-After; every image must still come back byte for byte
@@ -8,6 +8,7 @@ what a direct POST /segment gives. Retry timing is checked on a stub http.server
 from __future__ import annotations
 
 import http.server
+import shutil
 import subprocess
 import sys
 import threading
@@ -20,9 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from client import Client, ClientError, retry_after_s
 from model.cli import main as fcn
-from service.client import Client, ClientError, retry_after_s
 from tests.images import encode, pattern
+from tests.model.export.onnx_models import exported
 from tests.service.support import ROOT, free_port, metric
 from tests.service.test_server import Server, launch
 
@@ -40,6 +42,13 @@ GOOD = {
     "sub/park.tif": ("TIFF", 190, 240),
 }
 BROKEN = "broken.jpg"
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny FCN-8s of the shared exports, named so that the service calls it fcn8s-tiny."""
+    _, onnx_path = exported("fcn8s")
+    return Path(shutil.copy(onnx_path, tmp_path_factory.mktemp("model") / "fcn8s-tiny.onnx"))
 
 
 @pytest.fixture(scope="module")
@@ -235,18 +244,32 @@ def test_inputs_that_would_overwrite_each_other_are_refused_before_anything_is_s
     argv = ["segment", "--url", "http://127.0.0.1:1", str(tmp_path), "--out", str(out)]
     assert fcn(argv) == 2
     err = capsys.readouterr().err
-    assert "would both write" in err
-    assert str(out / "a.png") in err
+    # contract.inputs' one rule: the two images have one stem, so one set of outputs.
+    both = f"{tmp_path / 'a.png'} and {tmp_path / 'a.jpg'} would both write the outputs of a"
+    assert f"fcn segment: error: {both}\n" in err
     assert fcn([*argv[:3], str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "missing: no such image or folder" in capsys.readouterr().err
     assert not out.exists()
 
 
-def test_the_command_and_client_load_neither_torch_nor_the_server() -> None:
-    script = (
-        "import sys, model.cli, model.commands.segment, service.client\n"
-        "heavy = ('torch', 'onnx', 'onnxruntime', 'fastapi', 'service.main', 'service.runtime')\n"
-        "print(sorted(m for m in sys.modules if m in heavy or m.startswith('torch.')))\n"
+# Run first in a fresh process: any import of these packages fails there.
+BLOCKER = """
+import importlib.abc, sys
+BLOCKED = {"torch", "torchvision", "onnx", "onnxruntime", "fastapi", "starlette", "service"}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{name} is blocked", name=name)
+        return None
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def test_the_command_and_client_import_where_torch_and_the_server_cannot() -> None:
+    script = BLOCKER + (
+        "import client, model.cli, model.commands.segment\n"
+        "from client import Client, segment_folder\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] in BLOCKED))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],

@@ -1,7 +1,7 @@
 """A Python client of the segmentation service, and a folder of images sent through it.
 
-It needs only httpx and tqdm (the ``client`` extra) beside numpy and Pillow: never torch,
-ONNX Runtime or the server's own modules. 503s are retried as ``Retry-After`` asks.
+It needs only httpx and tqdm (the ``client`` extra) beside numpy, Pillow and ``contract``:
+never torch, ONNX Runtime or ``service``. 503s are retried as ``Retry-After`` asks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx
 from tqdm import tqdm
 
-from contract.decode import EXTENSIONS
+from contract.inputs import collect_images
 
 Format = Literal["png", "overlay", "json"]
 FORMATS: tuple[Format, ...] = ("png", "overlay", "json")
@@ -50,11 +50,6 @@ class ClientError(Exception):
     def __str__(self) -> str:
         where = self.code if self.status is None else f"{self.status} {self.code}"
         return f"{self.message} ({where})"
-
-
-class InputError(ValueError):
-    """Inputs that cannot be sent as asked: a missing path, no images, or two images that
-    would write the same output file."""
 
 
 def _error_of(response: httpx.Response) -> ClientError:
@@ -245,45 +240,6 @@ def output_suffix(format: Format, query: Mapping[str, Any] | None = None) -> str
     return ".png"
 
 
-def collect_images(
-    paths: Iterable[str | os.PathLike[str]], out_dir: Path, suffix: str
-) -> dict[Path, Path]:
-    """Input image -> output file, in order. A file named is sent whatever its ending; a
-    folder gives its image files (by ending) at any depth, hidden ones and ``out_dir``
-    left out, each written under its path relative to the folder. Raises ``InputError``
-    for a missing path, no images, or two images with one output file."""
-    outputs: dict[Path, Path] = {}
-    claimed: dict[Path, Path] = {}  # output -> the input that writes it
-    skip = out_dir.resolve()
-    for item in map(Path, paths):
-        if item.is_dir():
-            found = sorted(
-                p
-                for p in item.rglob("*")
-                if p.suffix.lower() in EXTENSIONS
-                and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                and skip not in p.resolve().parents
-            )
-            pairs = [(p, p.relative_to(item).with_suffix("")) for p in found]
-        elif item.is_file():
-            pairs = [(item, Path(item.stem))]
-        else:
-            raise InputError(f"{item}: no such image or folder")
-        for source, stem in pairs:
-            if source in outputs:
-                continue  # named twice (a file and its folder): sent once
-            target = out_dir / stem.parent / f"{stem.name}{suffix}"
-            if target in claimed:
-                raise InputError(f"{source} and {claimed[target]} would both write {target}")
-            claimed[target] = source
-            outputs[source] = target
-    if not outputs:
-        shown = ", ".join(map(str, paths))
-        raise InputError(f"no images ({', '.join(EXTENSIONS)}) in {shown}")
-    return outputs
-
-
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -320,17 +276,22 @@ def segment_folder(
     on_failure: Callable[[Failure], None] | None = None,
 ) -> SegmentResult:
     """Send every image of ``paths`` (files and folders) to the service at ``url``,
-    ``concurrency`` at a time, and write each answer under ``out_dir`` (``collect_images``
-    names them). One image's failure stops nothing: it is passed to ``on_failure`` and
-    listed in the result. Raises ``InputError`` before sending anything for bad inputs,
-    and ``ClientError`` when the service does not answer ``GET /v1/model`` (nothing written).
+    ``concurrency`` at a time, and write each answer under ``out_dir``, at its stem
+    (``contract.inputs``) plus ``output_suffix``. One image's failure stops nothing: it is
+    passed to ``on_failure`` and listed in the result. Raises ``contract.inputs.InputError``
+    before sending anything for bad inputs, and ``ClientError`` when the service does not
+    answer ``GET /v1/model`` (nothing written).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     out = Path(out_dir)
-    outputs = collect_images(paths, out, output_suffix(format, query))
+    suffix = output_suffix(format, query)
+    outputs = {
+        image: out / stem.parent / f"{stem.name}{suffix}"
+        for image, stem in collect_images(paths, out).items()
+    }
     mode = 0o666 & ~_current_umask()  # read once here: os.umask is not thread-safe
     options = dict(query or {})
 
