@@ -24,7 +24,7 @@ import onnx
 import torch
 from numpy.typing import NDArray
 
-from contract.decode import EXTENSIONS
+from contract.inputs import InputError, collect_images
 from contract.schema import MetadataError
 from model.data.datasets import DataError, read_image
 from model.data.layouts import detect_format, open_dataset
@@ -95,7 +95,8 @@ def image_set(
 ) -> ImageSet:
     """Up to ``count`` images (spread evenly) of a data set in a known layout (VOC, SBD,
     images/ + masks/), labelled, from ``split`` (default by layout, ``default_splits``);
-    or of a plain folder of images (no split, no labels)."""
+    or of a plain folder of images, as ``contract.inputs.collect_images`` finds them (at
+    any depth, hidden files left out; no split, no labels)."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder of images")
@@ -108,12 +109,12 @@ def image_set(
     if fmt is None:
         if split is not None:
             raise DataError(f"{root}: a plain folder of images has no split {split!r}")
-        found = sorted(p for p in root.iterdir() if p.suffix.lower() in EXTENSIONS)
-        if not found:
+        try:
+            found = list(collect_images([root]))
+        except InputError as exc:  # no images, or two with one stem
             raise DataError(
-                f"{root}: no images ({', '.join(EXTENSIONS)}) and not a data set "
-                "(VOC, SBD or images/ + masks/)"
-            )
+                f"{root}: {exc}, and not a data set (VOC, SBD or images/ + masks/)"
+            ) from exc
         return ImageSet(str(root), tuple(found[i] for i in _spread(len(found), count)))
     chosen = split or default_splits[fmt]
     dataset = open_dataset(root, chosen, fmt)

@@ -166,6 +166,41 @@ def test_a_folder_without_images_is_refused_by_name(
     assert code == 2
     err = capsys.readouterr().err
     assert f"--calibration {empty}: no images" in err
+    assert "and not a data set (VOC, SBD or images/ + masks/)" in err
+    assert not out.exists()
+
+
+def test_a_plain_folder_gives_its_images_at_any_depth_leaving_hidden_ones_out(
+    tmp_path: Path,
+) -> None:
+    photos = tmp_path / "photos"
+    for name in ("b.png", "a/x.jpg", "a/deeper/y.PNG", ".hidden.png", ".cache/z.png"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(b"not decoded until calibration")
+    (photos / "a" / "notes.txt").write_text("not an image")
+    images = image_set(photos)
+    assert images.images == (photos / "a/deeper/y.PNG", photos / "a/x.jpg", photos / "b.png")
+    assert images.source == str(photos)
+    assert not images.labelled
+    assert len(image_set(photos, count=2)) == 2
+
+
+def test_two_images_with_one_stem_are_refused_naming_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.png").write_bytes(b"x")
+    (photos / "cat.jpg").write_bytes(b"x")
+    out = tmp_path / "model.onnx"
+    code = main(
+        ["export", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out),
+         "--int8", "--calibration", str(photos)]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--calibration {photos}: " in err
+    assert "would both write the outputs of cat" in err
     assert not out.exists()
 
 
