@@ -4,31 +4,31 @@ int8 on calibration images, optionally in a Triton model repository."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import tempfile
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from model.cli import CLIError, check_output_folder
+from model.export.pipeline import (
+    DEFAULT_CALIBRATION_COUNT,
+    DEFAULT_VALIDATION_COUNT,
+    ArgumentError,
+    Int8Options,
+    TritonOptions,
+    export_checkpoint,
+)
 from model.export.triton import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
     DEFAULT_NAME,
     INSTANCE_KINDS,
     NAME_PATTERN,
-    TritonError,
-    write_triton_repository,
 )
 from model.names import MIN_OPSET
 
 if TYPE_CHECKING:
-    from model.checkpoint import Checkpoint
-    from model.export.exporter import ExportResult
-    from model.export.quantize import ImageSet
+    from model.export.pipeline import Step
 
-DEFAULT_CALIBRATION_COUNT = 32
-DEFAULT_VALIDATION_COUNT = 32
 INT8_FLAGS = (
     "calibration",
     "calibration_split",
@@ -203,146 +203,90 @@ def _check_int8_flags(args: argparse.Namespace) -> None:
     check_output_folder(folder, "--out")
 
 
-def _int8_images(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None]:
-    """The calibration images and those to compare on (None: no comparison), or CLIError
-    naming the flag whose folder cannot be used; before any export work."""
-    from model.data.datasets import DataError
-    from model.export.quantize import CALIBRATION_SPLITS, VALIDATION_SPLITS, image_set
+def _int8_options(args: argparse.Namespace) -> Int8Options | None:
+    """The int8 flags given, by the options' names (the same); the rest take its defaults."""
+    if not args.int8:
+        return None
+    return Int8Options(**_given({name: getattr(args, name) for name in INT8_FLAGS}))
 
-    try:
-        calibration = image_set(
-            args.calibration,
-            split=args.calibration_split,
-            count=args.calibration_count or DEFAULT_CALIBRATION_COUNT,
-            default_splits=CALIBRATION_SPLITS,
-        )
-    except DataError as exc:
-        raise CLIError(f"--calibration {exc}") from exc
-    count = DEFAULT_VALIDATION_COUNT if args.validation_count is None else args.validation_count
-    if count == 0:
-        return calibration, None
-    flag, folder = "--validation", args.validation
-    if folder is None:
-        flag, folder = "--calibration", args.calibration
-    try:
-        validation = image_set(
-            folder, split=args.validation_split, count=count, default_splits=VALIDATION_SPLITS
-        )
-    except DataError as exc:
-        if args.validation is not None:
-            raise CLIError(f"{flag} {exc}") from exc
-        # The calibration folder has no val split (or is a plain folder): its own images.
-        validation = calibration
-    return calibration, validation
+
+def _triton_options(args: argparse.Namespace) -> TritonOptions | None:
+    if args.triton_repo is None:
+        return None
+    flags = {
+        "name": args.triton_name,
+        "max_batch_size": args.max_batch_size,
+        "max_queue_delay_us": args.max_queue_delay_us,
+        "instance": args.triton_instance,
+    }
+    return TritonOptions(args.triton_repo, **_given(flags))
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.checkpoint import CheckpointError, load_checkpoint
-    from model.export.exporter import OutputPathError, VerificationError
+    from model.export.exporter import VerificationError
 
     _check_flags(args)
-    images = _int8_images(args) if args.int8 else None
-    try:
-        checkpoint = load_checkpoint(args.checkpoint)
-    except CheckpointError as exc:
-        raise CLIError(f"--checkpoint {exc}") from exc
-    with contextlib.ExitStack() as stack:
-        fp32_out = args.out
-        if images is not None:
-            # The fp32 export is the quantizer's input and the comparison's reference only.
-            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="fcn-export-"))
-            fp32_out = Path(scratch) / "fp32.onnx"
-        try:
-            result = _export(checkpoint, fp32_out, args)
-        except VerificationError as exc:
-            print(exc.report)
-            print(f"fcn export: {args.out} not written: the exported graph failed verification")
-            return 1
-        except OutputPathError as exc:
-            raise CLIError(f"--out {exc}") from exc
-
-        if result.report is not None:
-            report = result.report
-            if images is not None:  # name the file the user asked for, not the scratch one
-                report = dataclasses.replace(report, model=Path(f"{args.out} (fp32, before int8)"))
-            print(report)
-        else:
-            print(f"{args.out}: not verified (--no-verify)")
-        size_mb = result.size_bytes / 1e6
-        if images is None:
-            print(f"wrote {result.path} ({size_mb:.1f} MB) in {result.export_seconds:.1f} s")
-            written = result.path
-        else:
-            written = _quantize(result.path, args.out, *images)
-    if args.triton_repo is not None:
-        try:
-            model_dir = write_triton_repository(
-                written,
-                args.triton_repo,
-                name=args.triton_name or DEFAULT_NAME,
-                max_batch_size=(
-                    DEFAULT_MAX_BATCH_SIZE if args.max_batch_size is None else args.max_batch_size
-                ),
-                max_queue_delay_us=(
-                    DEFAULT_MAX_QUEUE_DELAY_US
-                    if args.max_queue_delay_us is None
-                    else args.max_queue_delay_us
-                ),
-                instance=args.triton_instance or "auto",
-            )
-        except TritonError as exc:
-            raise CLIError(f"--triton-repo {exc}") from exc
-        print(f"wrote Triton model {model_dir} (config.pbtxt, 1/model.onnx)")
-    return 0
-
-
-def _export(checkpoint: Checkpoint, out: Path, args: argparse.Namespace) -> ExportResult:
-    """The checkpoint's net to ``out``, under shift-and-stitch when asked (verified against
-    that wrapped net then)."""
-    from model.export.exporter import export_model, export_net
-    from model.export.graph import checkpoint_card
-    from model.nets.shift_stitch import ShiftStitchError, shift_and_stitch
-
-    factor = args.shift_and_stitch
-    if factor == 1:
-        return export_model(
-            checkpoint,
-            out,
-            fp16=args.fp16,
-            with_scores=args.with_scores,
-            opset=args.opset,
-            verify=not args.no_verify,
-        )
-    try:
-        net = shift_and_stitch(checkpoint.build_model(), factor)
-    except ShiftStitchError as exc:
-        raise CLIError(f"--shift-and-stitch {factor}: {exc}") from exc
-    return export_net(
-        net,
-        checkpoint_card(checkpoint),
-        out,
+    steps = export_checkpoint(
+        args.checkpoint,
+        args.out,
         fp16=args.fp16,
         with_scores=args.with_scores,
         opset=args.opset,
+        shift_and_stitch=args.shift_and_stitch,
         verify=not args.no_verify,
-        subject=f"the checkpoint's net under shift-and-stitch {factor}",
+        int8=_int8_options(args),
+        triton=_triton_options(args),
     )
-
-
-def _quantize(fp32: Path, out: Path, calibration: ImageSet, validation: ImageSet | None) -> Path:
-    """Quantize the verified fp32 export onto ``out`` and print how it compares."""
-    from model.export.quantize import QuantizeError, compare, quantize_file
-
+    flags = {
+        "checkpoint": "--checkpoint",
+        "out": "--out",
+        "shift_and_stitch": f"--shift-and-stitch {args.shift_and_stitch}:",
+        "calibration": "--calibration",
+        "validation": "--validation",
+        "int8": "--int8",
+        "triton": "--triton-repo",
+    }
     try:
-        result = quantize_file(fp32, out, calibration)
-    except QuantizeError as exc:
-        raise CLIError(f"--int8 {exc}") from exc
-    size_mb = result.size_bytes / 1e6
-    print(
-        f"wrote {result.path} (int8, {size_mb:.1f} MB, fp32 {fp32.stat().st_size / 1e6:.1f} MB) "
-        f"in {result.seconds:.1f} s, calibrated on {len(calibration)} images of "
-        f"{calibration.source}"
-    )
-    if validation is not None:
-        print(compare(fp32, result.path, validation))
-    return result.path
+        for step in steps:
+            print(_describe(step, args))
+    except ArgumentError as exc:
+        raise CLIError(f"{flags[exc.argument]} {exc}") from exc
+    except VerificationError as exc:
+        print(exc.report)
+        print(f"fcn export: {args.out} not written: the exported graph failed verification")
+        return 1
+    return 0
+
+
+def _describe(step: Step, args: argparse.Namespace) -> str:
+    """What one step of the export wrote, as printed."""
+    from model.export.exporter import ExportResult
+
+    if isinstance(step, ExportResult):
+        lines = []
+        if step.report is None:
+            lines.append(f"{args.out}: not verified (--no-verify)")
+        elif args.int8:  # name the file the user asked for, not the scratch one
+            lines.append(str(replace(step.report, model=Path(f"{args.out} (fp32, before int8)"))))
+        else:
+            lines.append(str(step.report))
+        if not args.int8:
+            size_mb = step.size_bytes / 1e6
+            lines.append(f"wrote {step.path} ({size_mb:.1f} MB) in {step.export_seconds:.1f} s")
+        return "\n".join(lines)
+    if isinstance(step, Path):
+        return f"wrote Triton model {step} (config.pbtxt, 1/model.onnx)"
+    from model.export.quantize import QuantizeResult  # only int8 runs get this far
+
+    if isinstance(step, QuantizeResult):
+        calibration = step.calibration
+        return (
+            f"wrote {step.path} (int8, {step.size_bytes / 1e6:.1f} MB, "
+            f"fp32 {step.source_bytes / 1e6:.1f} MB) in {step.seconds:.1f} s, calibrated on "
+            f"{len(calibration)} images of {calibration.source}"
+        )
+    return str(step)  # the int8 file compared with fp32

@@ -150,10 +150,12 @@ def _reader(images: ImageSet) -> Any:
 
 @dataclass(frozen=True)
 class QuantizeResult:
-    """A written int8 file, what it was calibrated on and how long that took."""
+    """A written int8 file, the size of its fp32 source, what it was calibrated on and how
+    long that took."""
 
     path: Path
     size_bytes: int
+    source_bytes: int
     seconds: float
     calibration: ImageSet
     scheme: dict[str, Any]
@@ -257,7 +259,9 @@ def quantize_file(
             size = tmp.stat().st_size
     except OSError as exc:
         raise QuantizeError(f"{target}: cannot write it ({exc.strerror or exc})") from exc
-    return QuantizeResult(target, size, time.perf_counter() - start, calibration, value)
+    return QuantizeResult(
+        target, size, source_path.stat().st_size, time.perf_counter() - start, calibration, value
+    )
 
 
 def _check_runs(path: Path, source: str) -> None:
