@@ -134,13 +134,13 @@ def config_from_args(args: argparse.Namespace, resumed: Checkpoint | None = None
     """Defaults (or the resumed checkpoint's config), then ``--config``, then flags;
     ``resumed`` is the ``--resume`` checkpoint if already loaded."""
     from model.checkpoint import load_checkpoint
-    from model.training.resume import resumed_config
 
     config = TrainConfig()
     overrides = flag_overrides(args)
     if overrides.get("resume"):
-        resumed = resumed or load_checkpoint(overrides["resume"])
-        config = resumed_config(resumed, overrides["resume"])
+        source = overrides["resume"]
+        resumed = resumed or load_checkpoint(source)
+        config = TrainConfig.from_dict(resumed.config, f"{source} (config)")
     if args.config is not None:
         config = config.updated(load_config_file(args.config), str(args.config))
     return config.updated(overrides, "flags")

@@ -1,6 +1,6 @@
-"""A new run's network, initialised as ``--init`` says (ImageNet, VGG16/AlexNet/GoogLeNet
-files, a previous stage's checkpoint or random), and its placement on the device (DDP
-under torchrun)."""
+"""A run's network: a resumed one's from its checkpoint, a new one initialised as ``--init``
+says (ImageNet, VGG16/AlexNet/GoogLeNet files, a previous stage's checkpoint or random);
+and its placement on the device (DDP under torchrun)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,29 @@ from model.nets.fcn import FCN, VGG16FCN, ModelSpec, build_fcn
 from model.nets.preprocessing import TORCHVISION, Preprocessing
 from model.training.config import ConfigError
 from model.training.distributed import Processes
+from model.training.resume import Weights
+
+
+def starting_model(
+    spec: ModelSpec,
+    resumed: Weights | None,
+    *,
+    init: str,
+    classes: list[str],
+    procs: Processes,
+    say: Callable[[str], None],
+) -> tuple[FCN, Preprocessing]:
+    """The network ``spec`` asks for and the preprocessing of its weights: the ``resumed``
+    one's weights, else a new network initialised as ``init`` says."""
+    if resumed is None:
+        return initialized_model(spec, init, classes, procs, say)
+    if resumed.spec != spec:
+        raise ConfigError(
+            f"resume: {resumed.source} holds {resumed.spec}, the config asks for {spec}"
+        )
+    net = build_fcn(spec)
+    net.load_state_dict(resumed.state_dict)
+    return net, resumed.preprocessing
 
 
 def initialized_model(

@@ -1,19 +1,23 @@
 """Exact resumption: the RNG states a checkpoint carries, the training state it records,
-and everything a resumed run takes back from it (config, weights, solver, RNG, best)."""
+and ``Start``, where a run starts: afresh, or resolved once from its ``--resume`` checkpoint
+(step, metrics, weights, class weights, solver and RNG states)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from contract.palette import Color
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from model.nets.fcn import FCN, ModelSpec, build_fcn
+from model.nets.fcn import ModelSpec
 from model.nets.preprocessing import Preprocessing
-from model.training.config import ConfigError, TrainConfig
+from model.training.config import ConfigError
 from model.training.distributed import Processes
 
 
@@ -85,7 +89,7 @@ def training_state(
     class_weights: torch.Tensor | None = None,
     val_loss: float | None = None,
 ) -> dict[str, Any]:
-    """A checkpoint's ``training_state``: what ``restore_training_state`` reads back, with
+    """A checkpoint's ``training_state``: what ``starting_state`` reads back, with
     ``rng`` the ``rng_state`` of every rank; also the class weights the loss used (a
     resumed run takes them back rather than counting the labels again) and the loss of
     the last validation."""
@@ -102,50 +106,113 @@ def training_state(
     }
 
 
-def resumed_class_weights(resumed: Checkpoint, source: str) -> torch.Tensor | None:
-    """The class weights ``resumed`` trained with (None: none, or an older checkpoint)."""
-    weights = (resumed.training_state or {}).get("class_weights")
-    if weights is None:
-        return None
-    if not isinstance(weights, torch.Tensor) or weights.shape != (resumed.spec.num_classes,):
-        raise CheckpointError(f"{source}: unusable class weights in its training state")
-    return weights.float()
+@dataclass(frozen=True)
+class Weights:
+    """A resumed network as its checkpoint ``source`` holds it: what it is, its weights, the
+    preprocessing they expect, and the class names and colours the run keeps."""
+
+    source: str
+    spec: ModelSpec
+    state_dict: dict[str, Tensor]
+    preprocessing: Preprocessing
+    classes: list[str]
+    palette: list[Color]
 
 
-def resumed_config(resumed: Checkpoint, source: str) -> TrainConfig:
-    """The config ``resumed`` was trained with: where a resumed run's settings start."""
-    return TrainConfig.from_dict(resumed.config, f"{source} (config)")
+@dataclass(frozen=True)
+class SolverState:
+    """What a resumed run restores last, once its optimizer is made: the optimiser, scaler
+    and every rank's RNG states of checkpoint ``source``, and the run shape they were saved
+    under."""
+
+    source: str
+    iteration: int
+    trained_with: str  # the optimizer's name
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any] | None
+    rng: list[dict[str, Any]]  # one per rank
+    batch_size: int | None  # None: not recorded (older checkpoints), taken as this run's
+    iter_size: int
 
 
-def load_resumable(
-    source: str, *, max_iter: int, loaded: Checkpoint | None = None
-) -> Checkpoint | None:
-    """The checkpoint to resume (``loaded``, else ``source`` read), if any; refused if it
-    holds no training state or is already at ``max_iter``."""
+@dataclass(frozen=True)
+class Start:
+    """Where a run starts: the defaults are a fresh run's; a resumed one takes its
+    checkpoint's step, metrics, weights, class weights and solver state."""
+
+    iteration: int = 0
+    best_mean_iu: float = -1.0
+    metrics: dict[str, float] | None = None
+    val_loss: float | None = None  # at the checkpoint's last validation
+    keep_log_until: int | None = None  # None: a new log.jsonl; else the records kept
+    weights: Weights | None = None  # None: a new network, as --init says
+    class_weights: Tensor | None = None  # None: none, or counted from the labels
+    solver: SolverState | None = None  # None: a new optimizer, the RNGs as seeded
+
+
+def starting_state(
+    source: str, loaded: Checkpoint | None, *, max_iter: int, balanced: bool
+) -> Start:
+    """A fresh ``Start``, or the one of checkpoint ``source`` (``loaded``, else read) when
+    resuming; refused if it holds no training state or is already at ``max_iter``.
+    ``balanced``: the run weights its loss by class, so the saved weights are taken back."""
     resumed = load_checkpoint(source) if source and loaded is None else loaded
     if resumed is None:
-        return None
-    if resumed.training_state is None:
+        return Start()
+    saved = resumed.training_state
+    if saved is None:
         raise CheckpointError(f"{source}: holds no training state; it cannot be resumed")
     if resumed.iteration >= max_iter:
         raise ConfigError(
             f"--max-iter {max_iter}: {source} is already at iteration "
             f"{resumed.iteration}; nothing to train (give a larger --max-iter)"
         )
-    return resumed
+    class_weights = _class_weights(saved, resumed.spec.num_classes, source) if balanced else None
+    try:
+        solver = SolverState(
+            source=source,
+            iteration=resumed.iteration,
+            trained_with=resumed.config.get("optimizer", "sgd"),
+            optimizer=saved["optimizer"],
+            scaler=saved.get("scaler"),
+            rng=saved.get("rng") or [],
+            batch_size=saved.get("batch_size"),
+            iter_size=saved.get("iter_size", 1),
+        )
+        best_mean_iu = float(saved.get("best_mean_iu", -1.0))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{source}: unusable training state ({exc})") from exc
+    return Start(
+        iteration=resumed.iteration,
+        best_mean_iu=best_mean_iu,
+        metrics=dict(resumed.metrics) or None,
+        val_loss=saved.get("val_loss"),
+        keep_log_until=resumed.iteration,  # drop what a crashed run logged after it
+        weights=Weights(
+            source,
+            resumed.spec,
+            resumed.state_dict,
+            resumed.preprocessing,
+            list(resumed.classes),
+            list(resumed.palette),
+        ),
+        class_weights=class_weights,
+        solver=solver,
+    )
 
 
-def resumed_model(resumed: Checkpoint, spec: ModelSpec, source: str) -> tuple[FCN, Preprocessing]:
-    """The network of ``resumed`` with its weights, if it is the one ``spec`` asks for."""
-    if resumed.spec != spec:
-        raise ConfigError(f"resume: {source} holds {resumed.spec}, the config asks for {spec}")
-    net = build_fcn(spec)
-    net.load_state_dict(resumed.state_dict)
-    return net, resumed.preprocessing
+def _class_weights(saved: dict[str, Any], num_classes: int, source: str) -> Tensor | None:
+    """The class weights the run trained with (None: none, or an older checkpoint)."""
+    weights = saved.get("class_weights")
+    if weights is None:
+        return None
+    if not isinstance(weights, torch.Tensor) or weights.shape != (num_classes,):
+        raise CheckpointError(f"{source}: unusable class weights in its training state")
+    return weights.float()
 
 
-def restore_training_state(
-    resumed: Checkpoint,
+def restore_solver(
+    solver: SolverState | None,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     *,
@@ -153,45 +220,43 @@ def restore_training_state(
     procs: Processes,
     device: torch.device,
     say: Callable[[str], None],
-    source: str,
     batch_size: int,
     iter_size: int = 1,
-) -> float:
-    """Optimiser moments, scaler and RNG from the checkpoint; returns its best mean IU.
+) -> None:
+    """Optimiser moments, scaler and RNG as ``solver`` saved them (None: nothing to restore).
     The solver's settings (lr, momentum, weight decay, lr multipliers) stay the config's.
 
     Called last before the loop: the RNG must not be drawn from once it is restored."""
-    trained_with = resumed.config.get("optimizer", "sgd")
-    if trained_with != optimizer_name:
+    if solver is None:
+        return
+    source = solver.source
+    if solver.trained_with != optimizer_name:
         raise ConfigError(
-            f"optimizer: {source} was trained with {trained_with}; a resumed run cannot switch "
-            f"to --optimizer {optimizer_name} (start a new run from its weights with "
+            f"optimizer: {source} was trained with {solver.trained_with}; a resumed run cannot "
+            f"switch to --optimizer {optimizer_name} (start a new run from its weights with "
             f"--init checkpoint:{source})"
         )
-    saved = resumed.training_state or {}
     settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
-        optimizer.load_state_dict(saved["optimizer"])
-        if saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        best_mean_iu = float(saved.get("best_mean_iu", -1.0))
-        rng = saved.get("rng") or []
+        optimizer.load_state_dict(solver.optimizer)
+        if solver.scaler:
+            scaler.load_state_dict(solver.scaler)
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{source}: unusable training state ({exc})") from exc
     # load_state_dict brought back the saved groups' settings; flags may have changed them.
     for group, setting in zip(optimizer.param_groups, settings, strict=True):
         group.update(setting)
+    rng = solver.rng
     if len(rng) == procs.world_size:
         problem = set_rng_state(rng[procs.rank], device)
         if problem:
             say(f"warning: {problem}; it goes on, but will not repeat the uninterrupted run")
-    saved_batch = saved.get("batch_size", batch_size)
-    saved_iter = saved.get("iter_size", 1)
+    saved_batch = batch_size if solver.batch_size is None else solver.batch_size
+    saved_iter = solver.iter_size
     if len(rng) != procs.world_size or (saved_batch, saved_iter) != (batch_size, iter_size):
         say(
             f"resuming with {procs.world_size} process(es) x batch {batch_size} x iter size "
             f"{iter_size} a run saved with {len(rng)} x {saved_batch} x {saved_iter}: it goes "
             "on, but will not repeat the uninterrupted run"
         )
-    say(f"resumed at iteration {resumed.iteration}")
-    return best_mean_iu
+    say(f"resumed at iteration {solver.iteration}")

@@ -64,6 +64,16 @@ class RunLog:
             f.write(json.dumps(json_safe(record)) + "\n")
 
 
+def open_log(out: Path, keep_until: int | None, class_weights: Tensor | None) -> RunLog:
+    """Rank 0's ``log.jsonl`` in ``out`` (made if need be): a resumed run's keeps its records
+    to ``keep_until``; a new one (None) opens with the loss's class weights, if any."""
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out / LOG, keep_until)
+    if keep_until is None and class_weights is not None:
+        log.write({"iteration": 0, "split": "setup", "class_weights": class_weights.tolist()})
+    return log
+
+
 def plot_log(records: list[dict[str, Any]], path: Path) -> Path:
     """Training loss and validation mean IU against iterations, as one PNG."""
     from matplotlib.figure import Figure

@@ -1,9 +1,11 @@
 """``train(config)``: the paper's solver on one process or many (torchrun), read top to bottom:
-data, model, optimizer, resume, loop. Writes ``last.pt``/``best.pt``, a log and a plot; a
-resumed run repeats the uninterrupted one step for step (``sampling``, ``resume``)."""
+start (fresh, or resolved once from ``--resume``), data, model, optimizer, resume, loop.
+Writes ``last.pt``/``best.pt``, a log and a plot; a resumed run repeats the uninterrupted
+one step for step (``sampling``, ``resume``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +24,9 @@ from model.nets.preprocessing import Normalize
 from model.training.config import ConfigError, TrainConfig
 from model.training.distributed import Processes, close_processes, gather, init_processes
 from model.training.loop import Loss, Record, Run, RunState, run_loop
-from model.training.networks import initialized_model, placed
-from model.training.resume import (
-    load_resumable,
-    restore_training_state,
-    resumed_class_weights,
-    resumed_model,
-    seed_rngs,
-)
-from model.training.runlog import BEST, LAST, LOG, RunLog, output_folder, printer
+from model.training.networks import placed, starting_model
+from model.training.resume import Weights, restore_solver, seed_rngs, starting_state
+from model.training.runlog import BEST, LAST, open_log, output_folder, printer
 from model.training.sampling import make_loaders
 from model.training.solver import class_frequency_weights, make_optimizer
 
@@ -50,12 +46,17 @@ def train(config: TrainConfig, *, resumed: Checkpoint | None = None) -> Path:
 
 
 def _train(
-    config: TrainConfig, procs: Processes, device: torch.device, resumed: Checkpoint | None
+    config: TrainConfig, procs: Processes, device: torch.device, loaded: Checkpoint | None
 ) -> Path:
-    """Data, model, optimizer, resume, loop: torchvision's reference order."""
+    """Start, data, model, optimizer, resume, loop: torchvision's reference order."""
     autocast = amp_dtype(config.amp, device)
     out = output_folder(Path(config.out), resuming=bool(config.resume))
-    resumed = load_resumable(config.resume, max_iter=config.max_iter, loaded=resumed)
+    start = starting_state(
+        config.resume,
+        loaded,
+        max_iter=config.max_iter,
+        balanced=config.class_weights == "balanced",
+    )
     say = printer(procs)
     # Seeded before the network is built: a random init (``none``) repeats too.
     seed_rngs(config.seed + procs.rank)
@@ -68,37 +69,23 @@ def _train(
         val_format=config.val_format,
         val_split=config.val_split,
     )
-    classes, palette = _class_names(train_set, config.classes)
+    classes, palette = _class_names(train_set, config.classes, start.weights)
+    # The data's count, not the resumed names': a resumed network must fit the data too.
     spec = ModelSpec(
-        config.arch, len(classes), config.width, config.learn_upsampling, config.backbone
+        config.arch, train_set.num_classes, config.width, config.learn_upsampling, config.backbone
     )
-    if resumed is not None:
-        net, preprocessing = resumed_model(resumed, spec, config.resume)
-        classes, palette = list(resumed.classes), list(resumed.palette)
-    else:
-        net, preprocessing = initialized_model(spec, config.init, classes, procs, say)
+    net, preprocessing = starting_model(
+        spec, start.weights, init=config.init, classes=classes, procs=procs, say=say
+    )
     if config.check_data:
         _check_data((train_set, val_set), procs, config.workers)
-    weight = None
-    if config.class_weights == "balanced":
-        weight = resumed_class_weights(resumed, config.resume) if resumed is not None else None
-        if weight is None:
-            weight = _balanced_weights(train_set, len(classes), procs)
-        say(f"class weights (balanced): {', '.join(f'{w:.3g}' for w in weight.tolist())}")
+    weight = _loss_weights(
+        config.class_weights, start.class_weights, train_set, len(classes), procs=procs, say=say
+    )
     if config.score_only:
         trained = freeze_all_but_scores(net)
         say(f"--score-only: training {', '.join(trained)}; the rest stays as initialised")
-
-    state = RunState()
-    if resumed is not None:  # the step, and the metrics, the checkpoint was saved at
-        state.iteration = resumed.iteration
-        state.metrics = dict(resumed.metrics) or None
-        state.val_loss = (resumed.training_state or {}).get("val_loss")
-    if procs.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out / LOG, state.iteration if resumed else None) if procs.is_main else None
-    if log is not None and weight is not None and resumed is None:
-        log.write({"iteration": 0, "split": "setup", "class_weights": weight.tolist()})
+    log = open_log(out, start.keep_log_until, weight) if procs.is_main else None
 
     train_loader, val_loader = make_loaders(
         train_set,
@@ -110,7 +97,7 @@ def _train(
         fill=preprocessing.mean_rgb_255,
         workers=config.workers,
         seed=config.seed,
-        start=state.iteration * config.batch_size * config.iter_size,
+        start=start.iteration * config.batch_size * config.iter_size,
         procs=procs,
         pin=device.type == "cuda",
     )
@@ -124,19 +111,17 @@ def _train(
         bias_lr_mult=config.bias_lr_mult,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    if resumed is not None:
-        state.best_mean_iu = restore_training_state(
-            resumed,
-            optimizer,
-            scaler,
-            optimizer_name=config.optimizer,
-            procs=procs,
-            device=device,
-            say=say,
-            source=config.resume,
-            batch_size=config.batch_size,
-            iter_size=config.iter_size,
-        )
+    restore_solver(
+        start.solver,
+        optimizer,
+        scaler,
+        optimizer_name=config.optimizer,
+        procs=procs,
+        device=device,
+        say=say,
+        batch_size=config.batch_size,
+        iter_size=config.iter_size,
+    )
 
     say(
         f"training {config.arch} (width {config.width:g}, {len(classes)} classes) on "
@@ -146,6 +131,12 @@ def _train(
         + (f" x iter size {config.iter_size}" if config.iter_size > 1 else "")
         + (f", loss over {config.loss_sample:g} of the cells" if config.loss_sample < 1 else "")
         + f" on {device}"
+    )
+    state = RunState(
+        iteration=start.iteration,
+        best_mean_iu=start.best_mean_iu,
+        metrics=start.metrics,
+        val_loss=start.val_loss,
     )
     run = Run(
         net=net,
@@ -195,6 +186,24 @@ def freeze_all_but_scores(net: FCN) -> list[str]:
     return trained
 
 
+def _loss_weights(
+    mode: str,
+    resumed: Tensor | None,
+    dataset: SegmentationDataset,
+    num_classes: int,
+    *,
+    procs: Processes,
+    say: Callable[[str], None],
+) -> Tensor | None:
+    """The loss's class weights: none, or ``balanced``: those a resumed run trained with,
+    else counted from ``dataset``'s labels."""
+    if mode != "balanced":
+        return None
+    weight = resumed if resumed is not None else _balanced_weights(dataset, num_classes, procs)
+    say(f"class weights (balanced): {', '.join(f'{w:.3g}' for w in weight.tolist())}")
+    return weight
+
+
 def _balanced_weights(dataset: SegmentationDataset, num_classes: int, procs: Processes) -> Tensor:
     """Inverse-frequency weights from the training labels' pixel counts (255 excluded),
     every rank counting its share."""
@@ -235,12 +244,17 @@ def _open_data(
     return train_set, val_set
 
 
-def _class_names(train_set: SegmentationDataset, names: list[str]) -> tuple[list[str], list[Color]]:
-    """The run's class names (``names``, else the data's) and colours (the data's)."""
+def _class_names(
+    train_set: SegmentationDataset, names: list[str], resumed: Weights | None
+) -> tuple[list[str], list[Color]]:
+    """The run's class names and colours: a resumed run's own, else ``names`` (else the
+    data's) and the data's colours."""
     if names and len(names) != train_set.num_classes:
         raise ConfigError(
             f"classes: {len(names)} names, but {train_set.root} has {train_set.num_classes} classes"
         )
+    if resumed is not None:
+        return list(resumed.classes), list(resumed.palette)
     return list(names or train_set.classes), list(train_set.palette)
 
 

@@ -1,6 +1,7 @@
-"""Exact resumption: RNG states round-trip, a run stopped and resumed repeats the
-uninterrupted one, solver flags apply from the first resumed step but the optimizer cannot
-change, Ctrl-C keeps the steps done, and a resume with nothing left to train is refused."""
+"""Exact resumption: RNG states round-trip, a checkpoint resolves into one starting state,
+a run stopped and resumed repeats the uninterrupted one, solver flags apply from the first
+resumed step but the optimizer cannot change, Ctrl-C keeps the steps done, and a resume
+with nothing left to train is refused."""
 
 from __future__ import annotations
 
@@ -8,16 +9,27 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from model.cli import main
 from model.devices import DeviceError, resolve_device
-from model.training.resume import rng_state, set_rng_state
+from model.nets.fcn import ModelSpec, build_fcn
+from model.nets.preprocessing import TORCHVISION
+from model.training.config import ConfigError
+from model.training.resume import (
+    Start,
+    rng_state,
+    set_rng_state,
+    starting_state,
+    training_state,
+)
 from model.training.runlog import BEST, LAST, LOG
+from model.training.solver import make_optimizer
 from model.training.train import train
 from tests.model.training.support import (
     ROOT,
@@ -51,6 +63,62 @@ def test_cuda_rng_of_the_run_device_round_trips_and_missing_devices_are_named() 
     count = torch.cuda.device_count()
     with pytest.raises(DeviceError, match=f"--device 'cuda:{count}': this machine has"):
         resolve_device(f"cuda:{count}")
+
+
+def test_a_checkpoint_resolves_into_the_state_its_run_starts_from() -> None:
+    """No ``--resume``: the defaults. A checkpoint: its step, metrics, weights and solver
+    state, its class weights for a balanced run only; refused without a training state,
+    with unusable class weights or with nothing left to train."""
+    assert starting_state("", None, max_iter=5, balanced=True) == Start()
+    spec = ModelSpec("fcn32s", 3, width=1 / 32)
+    net = build_fcn(spec)
+    optimizer = make_optimizer(net, "sgd", 0.1, momentum=0.9, weight_decay=0, bias_lr_mult=2)
+    saved = training_state(
+        optimizer,
+        torch.amp.GradScaler("cpu", enabled=False),
+        [rng_state(torch.device("cpu"))],
+        best_mean_iu=0.25,
+        world_size=1,
+        batch_size=2,
+        class_weights=torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64),
+        val_loss=1.5,
+    )
+    checkpoint = Checkpoint(
+        spec=spec,
+        state_dict=net.state_dict(),
+        classes=["a", "b", "c"],
+        palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)],
+        preprocessing=TORCHVISION,
+        metrics={"mean_iu": 0.25},
+        config={"optimizer": "sgd"},
+        iteration=3,
+        training_state=saved,
+    )
+
+    start = starting_state("last.pt", checkpoint, max_iter=5, balanced=True)
+    assert (start.iteration, start.best_mean_iu, start.metrics, start.val_loss) == (
+        3, 0.25, {"mean_iu": 0.25}, 1.5
+    )  # fmt: skip
+    assert start.keep_log_until == 3
+    assert start.weights is not None
+    assert (start.weights.spec, start.weights.classes) == (spec, ["a", "b", "c"])
+    assert start.class_weights is not None
+    assert start.class_weights.dtype == torch.float32
+    assert start.solver is not None
+    assert (start.solver.trained_with, start.solver.batch_size, len(start.solver.rng)) == (
+        "sgd", 2, 1
+    )  # fmt: skip
+    assert starting_state("last.pt", checkpoint, max_iter=5, balanced=False).class_weights is None
+
+    with pytest.raises(ConfigError, match="last.pt is already at iteration 3; nothing to train"):
+        starting_state("last.pt", checkpoint, max_iter=3, balanced=False)
+    with pytest.raises(CheckpointError, match="last.pt: holds no training state"):
+        starting_state(
+            "last.pt", replace(checkpoint, training_state=None), max_iter=5, balanced=False
+        )
+    misfit = replace(checkpoint, training_state={**saved, "class_weights": torch.ones(2)})
+    with pytest.raises(CheckpointError, match="last.pt: unusable class weights"):
+        starting_state("last.pt", misfit, max_iter=5, balanced=True)
 
 
 def test_resume_repeats_the_uninterrupted_run(synth: Path, tmp_path: Path) -> None:
