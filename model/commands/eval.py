@@ -62,17 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.upper_bound:
         return _upper_bound(args)
-    from model.evaluation.evaluate import class_table, evaluate, format_summary
+    from model.evaluation.evaluate import evaluate
+    from model.evaluation.report import class_table, format_summary
 
     if args.checkpoint is None:
         raise CLIError("--checkpoint is needed (unless --upper-bound)")
     if args.json:
         raise CLIError("--json goes with --upper-bound")
-    if args.shift_and_stitch != 1 and args.checkpoint.suffix.lower() == ".onnx":
-        raise CLIError(
-            f"--shift-and-stitch {args.shift_and_stitch}: {args.checkpoint} is an exported "
-            "graph; evaluate the checkpoint (or export it with the option)"
-        )
     if (args.predictions or args.overlays) and args.out is None:
         raise CLIError("--predictions and --overlays need --out DIR")
     if args.workers < 0:

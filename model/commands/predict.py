@@ -44,17 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.evaluation.predict import PredictError, predict
+    from model.evaluation.predict import predict
+    from model.evaluation.predictors import PredictError
 
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.legend and not args.overlay:
         raise CLIError("--legend is drawn on overlays: drop --no-overlay")
-    if args.shift_and_stitch != 1 and args.checkpoint.suffix.lower() == ".onnx":
-        raise CLIError(
-            f"--shift-and-stitch {args.shift_and_stitch}: {args.checkpoint} is an exported "
-            "graph; give the checkpoint (or export it with the option)"
-        )
     check_output_folder(args.out)
     unreadable: list[PredictError] = []
 

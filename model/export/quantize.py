@@ -267,7 +267,7 @@ def quantize_file(
 def _check_runs(path: Path, source: str) -> None:
     """The written file as the service reads it: ONNX Runtime loads it and the contract
     holds; else QuantizeError (and the file does not take ``source``'s place)."""
-    from model.evaluation.predict import OnnxPredictor, PredictError
+    from model.evaluation.predictors import OnnxPredictor, PredictError
 
     try:
         predictor = OnnxPredictor(path, device="cpu")
@@ -324,7 +324,7 @@ def compare(
 ) -> Comparison:
     """Label agreement of ``int8`` with ``fp32`` on ``images`` and, when they are labelled,
     both models' metrics (each image whole, as ``fcn eval`` runs an ONNX file)."""
-    from model.evaluation.predict import OnnxPredictor
+    from model.evaluation.predictors import OnnxPredictor
 
     reference, candidate = OnnxPredictor(Path(fp32), "cpu"), OnnxPredictor(Path(int8), "cpu")
     classes = len(reference.classes)

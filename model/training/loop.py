@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from contract.palette import Color
 from model.checkpoint import Checkpoint, save_checkpoint
-from model.evaluation.evaluate import LossMeter, evaluate_model, format_summary
+from model.evaluation.report import format_summary
+from model.evaluation.validation import LossMeter, evaluate_model
 from model.nets.fcn import FCN
 from model.nets.preprocessing import Normalize, Preprocessing
 from model.training.distributed import Processes, gather

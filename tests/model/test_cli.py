@@ -13,7 +13,7 @@ import pytest
 
 import model.evaluation.predict
 from model.cli import COMMANDS, build_parser, main
-from model.evaluation.predict import PredictError
+from model.evaluation.predictors import PredictError
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict"])

@@ -19,7 +19,7 @@ from model.cli import main
 from model.data.layouts import voc_dataset
 from model.data.synthetic import SYNTH_CLASSES, write_synthetic
 from model.evaluation.evaluate import evaluate
-from model.evaluation.predict import PredictError
+from model.evaluation.predictors import PredictError
 from model.export.exporter import export_onnx
 from model.nets.fcn import ModelSpec, build_fcn, network_tiling
 from model.nets.preprocessing import TORCHVISION

@@ -18,7 +18,9 @@ from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.cli import main
 from model.data.datasets import read_label_png
 from model.data.synthetic import write_synthetic
-from model.evaluation.predict import PredictError, TileOptions, predict
+from model.evaluation.predict import predict
+from model.evaluation.predictors import PredictError
+from model.evaluation.tiles import TileOptions
 from model.export.exporter import export_onnx
 from model.nets.fcn import ModelSpec, build_fcn, network_tiling
 from model.nets.preprocessing import CAFFE, Normalize

@@ -20,7 +20,7 @@ from torchvision.models import get_model_weights
 from contract.palette import VOC_CLASSES
 from model.caffe.convert import convert_caffemodel
 from model.cli import main
-from model.evaluation.predict import net_labels
+from model.evaluation.predictors import net_labels
 from model.export.metadata import read_metadata
 from model.nets.preprocessing import Normalize
 from model.zoo.registry import MODELS

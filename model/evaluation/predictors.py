@@ -1,0 +1,167 @@
+"""Predictors: a checkpoint's net (PyTorch) or an exported file (ONNX Runtime) that labels
+images, loaded by one function that also refuses the options a model cannot take, and run
+on one image whole or cut into tiles (``segment``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from contract import encode
+from contract.palette import Color
+from contract.schema import INPUT, LABELS, MetadataError, check_model, session_tensors
+from contract.tiling import Tiling, segment_tiled
+from model.checkpoint import load_checkpoint
+from model.devices import amp_dtype, resolve_device
+from model.errors import FCNError
+from model.evaluation.tiles import TileOptions
+from model.nets.base import FCNBase
+from model.nets.preprocessing import Normalize, Preprocessing
+
+ONNX_SUFFIX = ".onnx"
+
+
+class PredictError(FCNError, ValueError):
+    """An image or model that cannot be used; the message names the file."""
+
+
+class Predictor(Protocol):
+    """A model that labels images: RGB uint8 [H, W, 3] -> contract labels [H, W], or a
+    batch of one size, [N, H, W, 3] -> [N, H, W]; ``tiling`` says where it may be cut."""
+
+    palette: Sequence[Color]
+    classes: list[str]
+    tiling: Tiling
+
+    def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]: ...
+
+    def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]: ...
+
+
+def net_labels(
+    net: nn.Module, normalize: Normalize, images: Tensor, autocast: torch.dtype | None = None
+) -> Tensor:
+    """The argmax labels [N, H, W] of uint8 images [N, 3, H, W] on their device."""
+    with (
+        torch.inference_mode(),
+        torch.autocast(images.device.type, autocast, enabled=autocast is not None),
+    ):
+        return net(normalize(images)).argmax(1)  # type: ignore[no-any-return]
+
+
+class TorchPredictor:
+    """A checkpoint's network on ``device``, with its recorded preprocessing."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str = "auto",
+        amp: str = "none",
+        shift_and_stitch: int = 1,
+    ):
+        ckpt = load_checkpoint(checkpoint)
+        self.device = resolve_device(device)
+        self.autocast = amp_dtype(amp, self.device)
+        net = ckpt.build_model()
+        # Shift-and-stitch keeps the net's tiling: a label still depends on its context only.
+        self.tiling = net.tiling
+        self.net: nn.Module = stitched(net, shift_and_stitch, str(checkpoint))
+        self.net.to(self.device).eval()
+        self.preprocessing: Preprocessing = ckpt.preprocessing
+        self.normalize = Normalize(ckpt.preprocessing).to(self.device)
+        # The training config it recorded: its loss is the validation loss's (``fcn eval``).
+        self.config: dict[str, Any] = ckpt.config
+        self.num_classes = ckpt.spec.num_classes
+        self.palette: Sequence[Color] = ckpt.palette
+        self.classes: list[str] = list(ckpt.classes)
+
+    def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]:
+        batch = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a writable copy
+        labels = net_labels(self.net, self.normalize, batch.to(self.device), self.autocast)
+        return encode.as_labels(labels.cpu().numpy(), self.num_classes)
+
+    def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]:
+        return np.asarray(self.predict_batch(image[None])[0])
+
+
+class OnnxPredictor:
+    """An exported schema-1 file on ONNX Runtime (CUDA when asked and present, else CPU)."""
+
+    def __init__(self, path: str | Path, device: str = "auto"):
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        source = str(path)
+        if not Path(path).is_file():
+            raise PredictError(f"{source}: no such model file")
+        try:
+            self.session = ort.InferenceSession(source, providers=providers)
+        except Exception as exc:  # ORT raises its own pybind exception types
+            raise PredictError(f"{source}: ONNX Runtime cannot load it ({exc})") from exc
+        # The contract read off the session itself, as the service reads it.
+        try:
+            meta = check_model(
+                self.session.get_modelmeta().custom_metadata_map,
+                session_tensors(self.session.get_inputs()),
+                session_tensors(self.session.get_outputs()),
+                source,
+            )
+        except MetadataError as exc:
+            raise PredictError(str(exc)) from exc
+        self.palette: Sequence[Color] = meta.palette
+        self.tiling = meta.tiling
+        self.classes: list[str] = list(meta.classes)
+
+    def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]:
+        (labels,) = self.session.run([LABELS], {INPUT: np.ascontiguousarray(images)})
+        return np.asarray(labels)
+
+    def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]:
+        return np.asarray(self.predict_batch(image[None])[0])
+
+
+def stitched(net: FCNBase, factor: int, source: str) -> nn.Module:
+    """``net``, or with ``factor`` > 1 its shift-and-stitch at output stride 32 / factor
+    (``model.nets.shift_stitch``, the rarefied net); a net it cannot use names ``source``."""
+    if factor == 1:
+        return net
+    from model.nets.shift_stitch import ShiftStitchError, shift_and_stitch
+
+    try:
+        return shift_and_stitch(net, factor)
+    except ShiftStitchError as exc:
+        raise PredictError(f"--shift-and-stitch {factor}: {source}: {exc}") from exc
+
+
+def load_predictor(
+    model: str | Path, device: str = "auto", amp: str = "none", shift_and_stitch: int = 1
+) -> Predictor:
+    """A checkpoint (.pt) or an exported ONNX file (.onnx), ready to label images; the one
+    place where options a model cannot take are refused (``PredictError`` naming the flag)."""
+    if Path(model).suffix.lower() == ONNX_SUFFIX:
+        if amp != "none":
+            raise PredictError(f"--amp {amp}: an ONNX model runs at its exported precision")
+        if shift_and_stitch != 1:
+            raise PredictError(
+                f"--shift-and-stitch {shift_and_stitch}: {model} is an exported graph; give "
+                "the checkpoint (or export it with the option)"
+            )
+        return OnnxPredictor(model, device)
+    return TorchPredictor(model, device, amp, shift_and_stitch)
+
+
+def segment(predictor: Predictor, image: NDArray[np.uint8], tiles: TileOptions) -> NDArray[Any]:
+    """The labels [H, W] of one image, whole or cut into tiles (one pass each) as ``tiles``
+    says."""
+    plan = tiles.plan(image.shape[0], image.shape[1], predictor.tiling)
+    if plan is None:
+        return predictor(image)
+    return segment_tiled(image, plan, predictor.predict_batch)
