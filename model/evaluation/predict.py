@@ -1,9 +1,10 @@
 """``fcn predict``: label maps and overlays for the images a list of paths names, from a
 checkpoint or an exported ONNX file.
 
-Photos are decoded and results encoded by ``contract``, and an image too large for one pass
-is cut into tiles by ``contract.tiling``, as the service does, so a file segmented here and
-posted to ``POST /segment`` gives the same bytes.
+Images are collected by the project's one rule (``contract.inputs``), decoded and results
+encoded by ``contract``, and an image too large for one pass is cut into tiles by
+``contract.tiling``, as the service does, so a file segmented here and posted to
+``POST /segment`` gives the same bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from contract import encode
-from contract.decode import DEFAULT_MAX_PIXELS, EXTENSIONS, ImageError, decode_image, guard_bombs
+from contract.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image, guard_bombs
+from contract.inputs import InputError, collect_images
 from contract.tiling import DEFAULT_MAX_MODEL_PIXELS
 from model.evaluation.outputs import write_label_png, write_overlay
 from model.evaluation.predictors import PredictError, load_predictor, segment
@@ -24,27 +26,6 @@ from model.files import check_folder
 
 # The service's default (FCN_MAX_PIXELS), so that an image read there is read here.
 DEFAULT_MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
-
-
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (not recursively) in named folders; stems must
-    be unique since outputs are named by stem."""
-    found: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found.extend(p for p in sorted(item.iterdir()) if p.suffix.lower() in EXTENSIONS)
-        elif item.is_file():
-            found.append(item)
-        else:
-            raise PredictError(f"{item}: no such image or folder")
-    by_stem: dict[str, Path] = {}
-    for path in found:
-        if path.stem in by_stem:
-            raise PredictError(f"{path} and {by_stem[path.stem]} would both write {path.stem}.png")
-        by_stem[path.stem] = path
-    if not found:
-        raise PredictError(f"no images ({', '.join(EXTENSIONS)}) in {', '.join(map(str, inputs))}")
-    return found
 
 
 def read_photo(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> NDArray[np.uint8]:
@@ -79,6 +60,12 @@ def predict(
     the legend of its classes below, given ``legend``), with a checkpoint or an ONNX
     ``model``; returns the label map paths.
 
+    The images are those ``inputs`` name by ``contract.inputs.collect_images``: files named,
+    and the images of folders at any depth (hidden files and anything under ``out`` left
+    out). STEM is an image's path relative to its folder, without the ending, so
+    ``DIR/a/b/cat.jpg`` writes ``out/a/b/cat.png``; two images with one STEM, a missing
+    path or no images at all raise ``PredictError`` before anything is written.
+
     An image whose padded size exceeds ``max_model_pixels``, or any image when ``tile_size``
     is given, is cut into tiles sharing ``tile_overlap`` pixels (``contract.tiling``). An
     image that cannot be read, or has more than ``max_image_pixels``, raises
@@ -91,11 +78,14 @@ def predict(
     tiles = TileOptions(tile_size, tile_overlap, max_model_pixels)
     guard_bombs(max_image_pixels)
     out_dir = check_folder(out)
-    images = collect_images(inputs)
+    try:
+        images = collect_images(inputs, out_dir)
+    except InputError as exc:
+        raise PredictError(str(exc)) from exc
     predictor = load_predictor(model, device, amp, shift_and_stitch)
     tiles.check(predictor.tiling)
     written: list[Path] = []
-    for path in images:
+    for path, stem in images.items():
         try:
             image = read_photo(path, max_image_pixels)
         except PredictError as exc:
@@ -103,11 +93,12 @@ def predict(
                 raise
             on_unreadable(exc)
             continue
-        out_dir.mkdir(parents=True, exist_ok=True)
+        folder = out_dir / stem.parent
+        folder.mkdir(parents=True, exist_ok=True)
         labels = segment(predictor, image, tiles)
-        written.append(write_label_png(labels, predictor.palette, out_dir / f"{path.stem}.png"))
+        written.append(write_label_png(labels, predictor.palette, folder / f"{stem.name}.png"))
         if overlays:
-            overlay_path = out_dir / f"{path.stem}_overlay.jpg"
+            overlay_path = folder / f"{stem.name}_overlay.jpg"
             classes = predictor.classes if legend else None
             write_overlay(
                 image, labels, predictor.palette, overlay_path, alpha, legend_classes=classes

@@ -123,6 +123,35 @@ def test_label_maps_are_palette_pngs_of_class_ids(
     assert len(classes_seen) >= 2  # a real test of the colours, not one flat map
 
 
+def test_a_nested_folder_is_written_under_its_relative_paths(
+    checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # photos/a.jpg, photos/trip/day1/a.png: one name, two stems. Hidden files and the
+    # output folder (inside the input folder here) are left out.
+    day1 = photos / "trip" / "day1"
+    day1.mkdir(parents=True)
+    (photos / "b.png").rename(day1 / "a.png")
+    (photos / ".hidden").mkdir()
+    (photos / ".hidden" / "x.jpg").write_bytes((photos / "a.jpg").read_bytes())
+    out = photos / "predicted"
+    args = ["predict", "--checkpoint", str(checkpoint), str(photos), "--out", str(out)]
+    assert main(args) == 0
+    assert "wrote 3 label maps to" in capsys.readouterr().out
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == [
+        "a.png",
+        "a_overlay.jpg",
+        "c.png",
+        "c_overlay.jpg",
+        "trip/day1/a.png",
+        "trip/day1/a_overlay.jpg",
+    ]
+    with Image.open(out / "trip" / "day1" / "a.png") as label:
+        assert np.array_equal(np.asarray(label), expected_labels(checkpoint, day1 / "a.png"))
+    # Run again: the label maps now under the output folder are not taken as inputs.
+    assert main(args) == 0
+    assert "wrote 3 label maps to" in capsys.readouterr().out
+
+
 def test_command_with_a_single_image_and_no_overlay(
     checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
