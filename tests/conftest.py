@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -22,3 +23,20 @@ def anyio_backend() -> str:
     """The service runs on asyncio (uvicorn's loop), so async tests do too, even where trio
     is installed (selenium brings it)."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """The tiny FCN-8s (width 1/32, 5 classes) as ``fcn8s-tiny.onnx``: labels only; from the
+    suite's one factory (``tests.factory``), read-only."""
+    from tests.factory import exported_as
+
+    return exported_as("fcn8s-tiny")
+
+
+@pytest.fixture(scope="session")
+def model_with_scores_path() -> Path:
+    """The same network exported with its ``scores`` output too."""
+    from tests.factory import exported_as
+
+    return exported_as("fcn8s-tiny-scores", with_scores=True)

@@ -20,8 +20,8 @@ from model.cli import main
 from model.evaluation.predict import predict
 from service.errors import StartupError
 from service.main import create_app
+from tests.factory import exported
 from tests.images import odd_images
-from tests.model.export.onnx_models import exported
 from tests.service.support import running, serve, settings
 
 

@@ -8,7 +8,6 @@ what a direct POST /segment gives. Retry timing is checked on a stub http.server
 from __future__ import annotations
 
 import http.server
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,7 +23,6 @@ import pytest
 from client import Client, ClientError, retry_after_s
 from model.cli import main as fcn
 from tests.images import encode, pattern
-from tests.model.export.onnx_models import exported
 from tests.service.support import ROOT, free_port, metric
 from tests.service.test_server import Server, launch
 
@@ -42,13 +40,6 @@ GOOD = {
     "sub/park.tif": ("TIFF", 190, 240),
 }
 BROKEN = "broken.jpg"
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny FCN-8s of the shared exports, named so that the service calls it fcn8s-tiny."""
-    _, onnx_path = exported("fcn8s")
-    return Path(shutil.copy(onnx_path, tmp_path_factory.mktemp("model") / "fcn8s-tiny.onnx"))
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ def test_info_describes_an_onnx_file_and_a_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from model.checkpoint import save_checkpoint
-    from tests.model.export.onnx_models import exported
+    from tests.factory import exported
 
     checkpoint, onnx_path = exported("fcn8s")
     checkpoint_path = save_checkpoint(checkpoint, tmp_path / "model.pt")

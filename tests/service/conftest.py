@@ -1,6 +1,7 @@
-"""Tiny real ONNX models for the service tests, exported once per session.
+"""ONNX models for the service tests: hand-built graphs, and sessions on the tiny FCN the
+suite's one factory exports (``model_path``, tests/conftest.py).
 
-The export (torch) runs here, in the test process; the service code under test never imports
+The export (torch) runs in the test process; the service code under test never imports
 torch, which ``test_server.py`` checks in a fresh process.
 """
 
@@ -15,45 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from tests.service.support import NUM_CLASSES, PALETTE, WIDTH8_METADATA
-
-CLASSES = [f"class{i}" for i in range(NUM_CLASSES)]
-
-
-def _checkpoint():  # type: ignore[no-untyped-def]
-    import torch
-
-    from model.checkpoint import Checkpoint
-    from model.nets.fcn import ModelSpec, build_fcn
-    from model.nets.preprocessing import CAFFE
-
-    spec = ModelSpec("fcn8s", NUM_CLASSES, 1 / 32)
-    torch.manual_seed(0)
-    net = build_fcn(spec)
-    # Random score layers (they start at zero) so that images get several classes.
-    for name in ("score_fr", *net.skip_layers):
-        layer = getattr(net, name)
-        torch.nn.init.normal_(layer.weight)
-        torch.nn.init.normal_(layer.bias)
-    colors = [tuple(c) for c in PALETTE]
-    return Checkpoint(spec, net.state_dict(), CLASSES, colors, CAFFE, dataset="synthetic")
-
-
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """FCN-8s at width 1/32, 5 classes: labels only."""
-    from model.export.exporter import export_onnx
-
-    return export_onnx(_checkpoint(), tmp_path_factory.mktemp("onnx") / "fcn8s-tiny.onnx")
-
-
-@pytest.fixture(scope="session")
-def model_with_scores_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same network exported with its ``scores`` output too."""
-    from model.export.exporter import export_onnx
-
-    path = tmp_path_factory.mktemp("onnx") / "fcn8s-tiny-scores.onnx"
-    return export_onnx(_checkpoint(), path, with_scores=True)
+from tests.service.support import WIDTH8_METADATA
 
 
 @pytest.fixture(scope="session")

@@ -24,9 +24,9 @@ from model.evaluation.tiles import TileOptions
 from model.export.exporter import export_onnx
 from model.nets.fcn import ModelSpec, build_fcn, network_tiling
 from model.nets.preprocessing import CAFFE, Normalize
+from tests.factory import exported
 from tests.images import pattern
 from tests.model.evaluation.margins import TIE, smallest_margin
-from tests.model.export.onnx_models import exported
 
 PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200)]
 MANY = 300

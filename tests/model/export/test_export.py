@@ -18,7 +18,7 @@ from contract.schema import REQUIRED_KEYS
 from model.checkpoint import Checkpoint
 from model.export.graph import SegmentationGraph
 from model.export.metadata import read_metadata
-from tests.model.export.onnx_models import ARCHS, PREPROCESSING, exported
+from tests.factory import ARCHS, PREPROCESSING, exported
 
 REPO = Path(__file__).resolve().parents[3]
 # Thresholds of the contract: labels equal to PyTorch's on this share of pixels.

@@ -11,7 +11,7 @@ import pytest
 
 from model.checkpoint import save_checkpoint
 from model.cli import main
-from tests.model.export.onnx_models import tiny_checkpoint
+from tests.factory import tiny_checkpoint
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from model.checkpoint import save_checkpoint
 from model.export.exporter import ExportResult
 from model.export.pipeline import ArgumentError, Int8Options, TritonOptions, export_checkpoint
 from model.export.triton import TritonError
-from tests.model.export.onnx_models import tiny_checkpoint
+from tests.factory import tiny_checkpoint
 
 
 def test_the_fp32_file_then_the_triton_model_are_yielded_as_written(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from model.export.quantize import (
     quantize_file,
 )
 from model.export.verify import verify_onnx
-from tests.model.export.onnx_models import exported, tiny_checkpoint
+from tests.factory import exported, tiny_checkpoint
 from tests.service.support import png_labels, serve
 
 NUM_CLASSES = len(SYNTH_CLASSES)

@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
 from model.export.triton import TritonError, write_triton_repository
-from tests.model.export.onnx_models import exported
+from tests.factory import exported
 
 FieldType = descriptor_pb2.FieldDescriptorProto
 # Triton's DataType names for the element types the contract uses.

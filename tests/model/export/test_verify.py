@@ -11,7 +11,7 @@ import pytest
 from model.checkpoint import save_checkpoint
 from model.cli import main
 from model.export.verify import verify_onnx
-from tests.model.export.onnx_models import exported, tiny_checkpoint
+from tests.factory import exported, tiny_checkpoint
 
 
 def test_a_faithful_export_passes_on_the_contract_sizes() -> None:

@@ -1,10 +1,12 @@
-"""Tiny checkpoints and their ONNX exports, made once per test session and shared by the
-export, verification and Triton tests (each export takes seconds)."""
+"""The one factory of tiny real models for the whole suite: checkpoints, and their ONNX
+exports made once per test run into one per-run cache, shared by the export, verification,
+Triton, evaluation, service, client and halves tests (each export takes seconds)."""
 
 from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -63,3 +65,16 @@ def exported(
         checkpoint, _ROOT / f"{name}.onnx", fp16=fp16, with_scores=with_scores, verify=False
     )
     return checkpoint, path
+
+
+@functools.cache
+def exported_as(
+    name: str, arch: str = "fcn8s", *, with_scores: bool = False, num_classes: int = 5
+) -> Path:
+    """The cached export of ``exported`` under the file name ``NAME.onnx`` (the service names
+    its model after the file), linked, not exported again; read-only."""
+    _, path = exported(arch, with_scores=with_scores, num_classes=num_classes)
+    named = _ROOT / "named" / f"{name}.onnx"
+    named.parent.mkdir(exist_ok=True)
+    os.link(path, named)
+    return named
