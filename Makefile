@@ -1,6 +1,7 @@
 # Entry points for a fresh Linux machine with Python 3.11+:
 #   make serve   install the service and serve the bundled demo model on port 8000
 #   make test    install everything, then lint, type-check and run the whole test suite
+#   make test-fast  the edit loop: lint, type-check and every test not marked slow
 #   make test-lowest  the service, contract and part of the model tests at the lowest
 #                versions pyproject.toml allows, in .venv-lowest (.ci/lowest; CI runs it)
 # `make serve MODEL=voc-fcn8s` serves a published model instead (`fcn pretrained --list`):
@@ -12,7 +13,7 @@ DEMO_MODEL := models/demo/fcn8s.onnx
 MODEL ?=
 PRETRAINED_DIR := models/pretrained
 
-.PHONY: serve test test-lowest demo clean
+.PHONY: serve lint test test-fast test-lowest demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,11 +42,16 @@ serve: $(VENV)/.serve-installed $(VENV)/.pretrained-installed
 	FCN_MODEL_PATH='$(PRETRAINED_DIR)/$(MODEL).onnx' $(BIN)/fcn-serve
 endif
 
-test: $(VENV)/.dev-installed
+lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+test: lint
 	$(BIN)/pytest
+
+test-fast: lint
+	$(BIN)/pytest -m "not slow"
 
 test-lowest:
 	PYTHON=$(PYTHON) bash .ci/lowest

@@ -38,6 +38,7 @@ def test_demo_model_is_small_and_self_describing(recipe: dict[str, object]) -> N
     assert meta.metrics["mean_iu"] == pytest.approx(recipe["mean_iu"]["fcn8s"], abs=1e-6)  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_demo_model_still_scores_its_recorded_mean_iu(
     recipe: dict[str, object], tmp_path: Path
 ) -> None:

@@ -54,6 +54,7 @@ def check_plan(plan: TilePlan, max_pixels: int) -> None:
     assert (covered == 1).all()  # every label comes from exactly one tile
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("height", "width"),
     [(3000, 4000), (10_000, 10_000), (1000, 20_000), (20_000, 333), (2701, 2699), (40_000, 33)],

@@ -387,6 +387,7 @@ async def test_stop_answers_a_batch_that_is_still_forming(
     assert gate.shapes == []
 
 
+@pytest.mark.slow
 async def test_a_full_service_is_503_with_retry_after_before_the_upload(
     model_path: Path, big_image: bytes
 ) -> None:

@@ -197,6 +197,7 @@ async def test_a_request_over_the_timeout_is_504_and_the_service_goes_on(
     assert metric(text, "fcn_requests_total", status="504", format="png") == 1
 
 
+@pytest.mark.slow
 async def test_requests_of_gone_clients_are_dropped_before_the_model(
     model_path: Path, big_image: bytes
 ) -> None:
@@ -212,6 +213,7 @@ async def test_requests_of_gone_clients_are_dropped_before_the_model(
     assert metric(text, "fcn_batch_size_count") == 1
 
 
+@pytest.mark.slow
 async def test_concurrent_same_size_requests_run_as_one_batch_with_exact_labels(
     model_path: Path, big_image: bytes
 ) -> None:

@@ -20,6 +20,7 @@ from tests.service.support import (
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.slow
 async def test_probes_answer_quickly_while_the_model_is_saturated(
     model_path: Path, big_image: bytes
 ) -> None:

@@ -193,6 +193,7 @@ def rss_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
+@pytest.mark.slow
 def test_the_memory_of_a_large_image_is_given_back(model_path: Path) -> None:
     runtime = load(model_path, intra_op_threads=2)
     small = np.zeros((1, 16, 16, 3), np.uint8)

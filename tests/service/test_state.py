@@ -54,6 +54,7 @@ async def test_readiness_waits_for_the_warm_up_and_ends_with_draining(model_path
         assert (await client.get("/livez")).status_code == 200
 
 
+@pytest.mark.slow
 async def test_a_stuck_inference_fails_the_liveness_probe(
     model_path: Path, big_image: bytes
 ) -> None:

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.anyio
 DEMO = ROOT / "models" / "demo" / "fcn8s.onnx"
 
 
+@pytest.mark.slow
 async def test_a_12_megapixel_photo_is_answered_at_full_size_by_default() -> None:
     # 4000 x 3000, padded 4200 x 3200 = 13.4 M pixels: more than one pass holds (8 M).
     image = pattern(3000, 4000, seed=3)
@@ -53,6 +54,7 @@ async def test_a_12_megapixel_photo_is_answered_at_full_size_by_default() -> Non
     assert (labels == reference_labels(session, decoded)).mean() > 0.999
 
 
+@pytest.mark.slow
 async def test_tiles_at_the_exact_overlap_answer_the_same_bytes_as_one_pass(
     model_path: Path,
 ) -> None:
@@ -124,6 +126,7 @@ async def test_bad_tile_parameters_are_422(
         assert ok.status_code == 200
 
 
+@pytest.mark.slow
 async def test_tile_settings_that_cannot_work_stop_the_start(model_path: Path) -> None:
     app = create_app(settings(model_path, tile_size=3000))
     with pytest.raises(StartupError, match="FCN_TILE_SIZE=3000: a tile of 3000x3000"):

@@ -246,6 +246,7 @@ def test_bad_file_is_refused_and_nothing_written(
     assert [p.name for p in out_dir.iterdir()] == ["model.pt"]
 
 
+@pytest.mark.slow
 def test_module_entry_point_reports_an_error_not_a_traceback(tmp_path: Path) -> None:
     source = noise(tmp_path)
     result = subprocess.run(

@@ -44,6 +44,7 @@ def test_every_field_has_a_flag() -> None:
     assert {f for f in TrainConfig.__dataclass_fields__} <= flags
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -62,6 +62,7 @@ def test_metrics_match_a_hand_computed_confusion(checkpoint: Path, synth: Path) 
     assert int((result.confusion.sum(0) > 0).sum()) >= 2
 
 
+@pytest.mark.slow
 def test_command_prints_table_and_writes_files(
     checkpoint: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -149,6 +150,7 @@ def test_bad_label_is_named_before_evaluating(checkpoint: Path, tmp_path: Path) 
         evaluate(checkpoint, data, workers=0)
 
 
+@pytest.mark.slow
 def test_tiles_at_the_exact_overlap_give_the_untiled_metrics(
     checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -175,6 +177,7 @@ def test_tiles_at_the_exact_overlap_give_the_untiled_metrics(
     assert cheaper.confusion.tolist() != whole["confusion"]
 
 
+@pytest.mark.slow
 def test_an_onnx_model_is_evaluated_on_onnx_runtime_as_the_service_runs_it(
     checkpoint: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -194,6 +194,7 @@ def test_bad_inputs_are_named(
     assert "x.pt: no such checkpoint file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_past_256_classes_label_maps_are_16_bit_pngs_of_class_ids(
     many_classes: Path, photos: Path, tmp_path: Path
 ) -> None:
@@ -210,6 +211,7 @@ def test_past_256_classes_label_maps_are_16_bit_pngs_of_class_ids(
         assert overlay.size == (41, 30)
 
 
+@pytest.mark.slow
 def test_eval_writes_the_same_16_bit_predictions(many_classes: Path, tmp_path: Path) -> None:
     data = write_synthetic(tmp_path / "data", 1, 1, (24, 40), seed=1)
     (data / "classes.json").write_text(json.dumps([f"class{i}" for i in range(MANY)]))
@@ -223,6 +225,7 @@ def test_eval_writes_the_same_16_bit_predictions(many_classes: Path, tmp_path: P
     assert labels.max() > 255
 
 
+@pytest.mark.slow
 def test_an_exported_onnx_file_predicts_what_its_checkpoint_does(
     checkpoint: Path, photos: Path, tmp_path: Path
 ) -> None:
@@ -248,6 +251,7 @@ def label_map_bytes(model: Path, photo: Path, out: Path, flags: list[str]) -> by
     return (out / f"{photo.stem}.png").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pt", "onnx"])
 def test_tiles_at_the_exact_overlap_give_the_untiled_label_map(
     kind: str, tiled_models: dict[str, Path], large_photo: Path, tmp_path: Path

@@ -61,6 +61,7 @@ def test_graph_has_the_contract_inputs_outputs_and_metadata() -> None:
     assert meta["fcn.precision"] == "fp32"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_variant_matches_pytorch_on_sizes_unlike_the_export_size(
@@ -80,6 +81,7 @@ def test_every_variant_matches_pytorch_on_sizes_unlike_the_export_size(
     assert agree / total >= AGREEMENT[fp16]
 
 
+@pytest.mark.slow
 def test_scores_output_matches_pytorch_logits_within_1e_4() -> None:
     checkpoint, path = exported("fcn8s", with_scores=True)
     sess = session(path)
@@ -137,6 +139,7 @@ def test_fp16_halves_the_weights_but_keeps_uint8_image_and_labels() -> None:
     assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
 
 
+@pytest.mark.slow
 def test_256_classes_or_more_export_int32_labels() -> None:
     _, path = exported("fcn8s", num_classes=256)
     sess = session(path)

@@ -23,6 +23,7 @@ def files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+@pytest.mark.slow
 def test_export_verifies_reports_and_writes_the_triton_repository(
     tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -51,6 +52,7 @@ def test_export_verifies_reports_and_writes_the_triton_repository(
     assert not [p for p in files_under(tmp_path) if p.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_a_failed_verification_leaves_the_old_file_untouched(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,6 +14,7 @@ from model.export.triton import TritonError
 from tests.factory import tiny_checkpoint
 
 
+@pytest.mark.slow
 def test_the_fp32_file_then_the_triton_model_are_yielded_as_written(tmp_path: Path) -> None:
     ckpt = save_checkpoint(tiny_checkpoint("fcn32s"), tmp_path / "ckpt.pt")
     out = tmp_path / "model.onnx"
@@ -49,6 +50,7 @@ def test_a_refused_argument_is_named_before_any_work(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_triton_error_names_the_triton_argument_after_the_fp32_file(tmp_path: Path) -> None:
     ckpt = save_checkpoint(tiny_checkpoint("fcn32s"), tmp_path / "ckpt.pt")
     triton = TritonOptions(tmp_path / "repo", name="a/b")

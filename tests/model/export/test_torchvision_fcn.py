@@ -112,6 +112,7 @@ def test_the_export_keeps_the_contract_as_onnx_runtime_reads_it(random_export: P
     assert meta.outputs == ("labels",)
 
 
+@pytest.mark.slow
 def test_labels_equal_torchvisions_own_forward_pass(random_export: Path) -> None:
     model = random_fcn_resnet50()
     sess = session(random_export)
@@ -124,6 +125,7 @@ def test_labels_equal_torchvisions_own_forward_pass(random_export: Path) -> None
         assert np.array_equal(labels, expected)
 
 
+@pytest.mark.slow
 def test_published_weights_load_through_weights_path_without_their_aux_head(
     loaded: nn.Module, loaded_export: Path, random_export: Path
 ) -> None:
@@ -151,6 +153,7 @@ def misfits() -> Mapping[str, tuple[dict[str, Tensor], str]]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["missing", "unexpected", "reshaped"])
 def test_weights_that_do_not_fit_are_refused_naming_the_file(problem: str, tmp_path: Path) -> None:
     state, refusal = misfits()[problem]

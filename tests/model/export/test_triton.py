@@ -121,6 +121,7 @@ def test_the_parser_rejects_what_triton_would() -> None:
         text_format.Parse('input [ { name: "image" data_type: TYPE_U8 } ]', MODEL_CONFIG())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("variant", "max_batch_size"),
     [

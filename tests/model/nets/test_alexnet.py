@@ -43,6 +43,7 @@ def count(*layers: tuple[int, int, int, int]) -> int:
     return sum(out * c_in * k * k + out * bias for out, c_in, k, bias in layers)
 
 
+@pytest.mark.slow
 def test_full_width_parameter_counts_are_the_references() -> None:
     # voc-fcn-alexnet/val.prototxt: conv1 96x3x11x11, conv2 256x48x5x5 (group 2), conv3
     # 384x256x3x3, conv4 384x192x3x3 and conv5 256x192x3x3 (group 2), fc6 4096x256x6x6, fc7
@@ -98,6 +99,7 @@ def small_state_dict() -> dict[str, torch.Tensor]:
     return dict(alexnet(weights=None).state_dict())
 
 
+@pytest.mark.slow
 def test_convolutionised_classifier_gives_torchvision_fc7_at_the_centre() -> None:
     state = small_state_dict()
     classifier = alexnet(weights=None).eval()
@@ -124,6 +126,7 @@ def test_convolutionised_classifier_gives_torchvision_fc7_at_the_centre() -> Non
     assert error <= 1e-5, f"relative error {error:.1e}"
 
 
+@pytest.mark.slow
 def test_surgery_refuses_other_state_dicts(tmp_path: Path) -> None:
     state = small_state_dict()
     with pytest.raises(WeightsError, match=r"missing features\.0\.weight"):

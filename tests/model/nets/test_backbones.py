@@ -47,6 +47,7 @@ def scaled_vgg16_state_dict(width: float, seed: int = 0) -> dict[str, torch.Tens
     return state
 
 
+@pytest.mark.slow
 def test_fc6_as_convolution_equals_the_classifier_on_a_7x7_pool5() -> None:
     state = scaled_vgg16_state_dict(TINY)
     net = FCN32s(21, width=TINY)
@@ -65,6 +66,7 @@ def test_fc6_as_convolution_equals_the_classifier_on_a_7x7_pool5() -> None:
     )
 
 
+@pytest.mark.slow
 def test_surgery_reproduces_the_torchvision_features_exactly() -> None:
     state = scaled_vgg16_state_dict(TINY)
     net = FCN8s(5, width=TINY).eval()
@@ -77,6 +79,7 @@ def test_surgery_reproduces_the_torchvision_features_exactly() -> None:
     assert not net.score_pool3.weight.any()
 
 
+@pytest.mark.slow
 def test_full_width_torchvision_vgg16_maps_onto_every_network() -> None:
     state = vgg16(weights=None).state_dict()
     for arch in ("fcn32s", "fcn8s-atonce"):
@@ -87,6 +90,7 @@ def test_full_width_torchvision_vgg16_maps_onto_every_network() -> None:
         assert torch.equal(net.fc7.weight.view(4096, 4096), state["classifier.3.weight"])
 
 
+@pytest.mark.slow
 def test_a_state_dict_file_loads_and_a_bad_one_is_named(tmp_path: Path) -> None:
     state = scaled_vgg16_state_dict(TINY)
     good = tmp_path / "vgg16.pth"
@@ -102,6 +106,7 @@ def test_a_state_dict_file_loads_and_a_bad_one_is_named(tmp_path: Path) -> None:
         torchvision_vgg16_state_dict(broken)
 
 
+@pytest.mark.slow
 def test_weights_of_another_width_or_network_are_refused() -> None:
     with pytest.raises(WeightsError, match="conv1_1"):
         load_vgg16(FCN32s(21, width=TINY), scaled_vgg16_state_dict(TINY * 2))

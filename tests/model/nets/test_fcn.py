@@ -39,6 +39,7 @@ def tiny(arch: str, num_classes: int = 5) -> FCN:
     return net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_output_matches_input_size_for_every_size(arch: str) -> None:
     net = tiny(arch)

@@ -24,6 +24,7 @@ from tests.model.nets.test_backbones import scaled_vgg16_state_dict
 from tests.model.training.support import tiny_config
 
 
+@pytest.mark.slow
 def test_initialize_dispatches_on_the_scheme(tmp_path: Path) -> None:
     width = 1 / 16
     vgg_file = tmp_path / "vgg16.pt"
@@ -68,6 +69,7 @@ def test_caffe_vgg16_init_gives_caffe_preprocessing(tmp_path: Path) -> None:
         initialize(net, f"caffe-vgg16:{tmp_path / 'missing.caffemodel'}")
 
 
+@pytest.mark.slow
 def test_fine_tuning_keeps_the_names_of_the_data_or_of_classes(
     synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -158,6 +160,7 @@ def test_alexnet_inits_fit_their_backbone_only(tmp_path: Path) -> None:
         initialize(caffe, f"caffe-alexnet:{saved}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["caffe-alexnet", "alexnet"])
 def test_an_alexnet_run_trains_and_checkpoints_its_backbone(
     synth: Path, tmp_path: Path, backbone: str

@@ -121,6 +121,7 @@ def test_a_checkpoint_resolves_into_the_state_its_run_starts_from() -> None:
         starting_state("last.pt", misfit, max_iter=5, balanced=True)
 
 
+@pytest.mark.slow
 def test_resume_repeats_the_uninterrupted_run(synth: Path, tmp_path: Path) -> None:
     """Stop at 3, resume to 7 (with a worker process this time): same losses, same weights."""
     settings = {
@@ -149,6 +150,7 @@ def test_resume_repeats_the_uninterrupted_run(synth: Path, tmp_path: Path) -> No
     assert b.config["workers"] == 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_steps_done_but_no_unscored_best(synth: Path, tmp_path: Path) -> None:
     """Interrupted before any validation: last.pt resumes, best.pt is not claimed; a resume
     with nothing left to train says so instead of rewriting the run."""

@@ -40,6 +40,7 @@ def majority_mean_iu(data: Path, split: str) -> float:
     return confusion.compute().mean_iu
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_writes_everything(synth96: Path, tmp_path: Path) -> None:
     """From a random trunk: AdamW leaves the all-background solution within 200 steps."""
     out = tmp_path / "run"
@@ -80,6 +81,7 @@ def test_short_run_learns_and_writes_everything(synth96: Path, tmp_path: Path) -
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_sum_loss_steps_alike_at_any_batch_size_and_process_count(
     synth: Path, tmp_path: Path
 ) -> None:
@@ -138,6 +140,7 @@ def test_bad_data_stops_the_run_before_any_step(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_gloo(synth: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     command = [

@@ -143,6 +143,7 @@ async def test_a_full_size_reference_file_is_fetched_converted_exported_and_serv
     assert len(zoo.server.served) == served
 
 
+@pytest.mark.slow
 def test_a_second_call_keeps_the_model_or_remakes_it_from_the_cache_offline(zoo: Zoo) -> None:
     digest = zoo.publish()
     args = ("voc-fcn8s", "--out", str(zoo.out), "--sha1", digest)
@@ -169,6 +170,7 @@ def test_a_second_call_keeps_the_model_or_remakes_it_from_the_cache_offline(zoo:
     assert len(zoo.server.served) == 1
 
 
+@pytest.mark.slow
 def test_a_cut_download_fails_clearly_leaves_no_model_and_resumes(zoo: Zoo) -> None:
     digest = zoo.publish()
     size = (zoo.server.root / CAFFE_FILE).stat().st_size
@@ -205,6 +207,7 @@ def test_weights_that_are_not_the_published_file_fail_its_sha1(zoo: Zoo) -> None
     assert listing(zoo.cache) == []
 
 
+@pytest.mark.slow
 def test_offline_names_the_url_and_where_a_file_put_by_hand_is_used(zoo: Zoo) -> None:
     digest = zoo.publish()
     url = zoo.server.url(CAFFE_FILE)
@@ -223,6 +226,7 @@ def test_offline_names_the_url_and_where_a_file_put_by_hand_is_used(zoo: Zoo) ->
     assert read_metadata(zoo.out / "voc-fcn8s.onnx").origin["sha1"] == digest
 
 
+@pytest.mark.slow
 def test_weights_without_a_published_digest_that_do_not_convert_leave_the_cache(zoo: Zoo) -> None:
     """voc-fcn16s has no published digest: a file cut where the server's length agrees is
     caught by the conversion, and removed so that the next run fetches it afresh."""
@@ -296,6 +300,7 @@ def test_torchvision_entries_are_torchvisions_own_weights_and_figures(name: str)
     assert entry.size_mib == pytest.approx(weights.meta["_file_size"], abs=1)
 
 
+@pytest.mark.slow
 def test_torchvision_weights_are_checked_exported_with_their_figures_and_label_as_torchvision(
     zoo: Zoo,
 ) -> None:
@@ -327,6 +332,7 @@ def test_torchvision_weights_are_checked_exported_with_their_figures_and_label_a
     assert np.array_equal(labels, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_fcn_alexnet_is_fetched_converted_on_its_backbone_and_served(zoo: Zoo) -> None:
     """voc-fcn-alexnet: the reference's Caffe AlexNet layout (no published digest), converted

@@ -327,6 +327,7 @@ async def test_malformed_requests_are_400_naming_the_fault(
         assert (await client.get(f"/v2/models/{MODEL}/ready")).status_code == 200
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_draining_model_is_not_ready_but_finishes_requests(model_path: Path) -> None:
     app = create_app(settings(model_path, retry_after_s=4))
