@@ -1,11 +1,11 @@
 """The batcher: admission, a bounded queue of decoded images, and batches of one H x W.
 
-A request takes a ``Ticket`` (one of ``max_queue`` places) before its upload is read and
-holds it until it is answered, so a burst is refused before its bodies come in. One worker
-task forms each batch on the event loop (same H x W, at most ``max_batch_size`` images and
-``max_batch_pixels`` padded pixels, waiting at most ``max_delay_s`` and only while admitted
-requests are still on their way to the queue) and runs it on a dedicated inference thread,
-one batch at a time. Every request owns a future: it gets its slice of the batch's labels,
+A request takes a ``Ticket`` (one of ``max_queue`` places, ``service.admission``) before its
+upload is read and holds it until it is answered, so a burst is refused before its bodies come
+in. One worker task forms each batch on the event loop (same H x W, at most ``max_batch_size``
+images and ``max_batch_pixels`` padded pixels, waiting at most ``max_delay_s`` and only while
+admitted requests are still on their way to the queue) and runs it on a dedicated inference
+thread, one batch at a time. Every request owns a future: it gets its slice of the batch's labels,
 or the batch's error, and nothing else. When every request of the running batch has given
 up, the run is aborted.
 """
@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from contract.tiling import padded_pixels
-from service.errors import (
-    ClientGoneError,
-    InferenceError,
-    NotReadyError,
-    OverloadedError,
-    RequestTimeoutError,
-)
+from service.admission import Places
+from service.errors import ClientGoneError, InferenceError, NotReadyError, RequestTimeoutError
 from service.metrics import Metrics
 
 logger = logging.getLogger("fcn.service")
@@ -60,6 +55,7 @@ class Ticket:
 
     incoming: bool = True  # its image has not reached the queue yet
     active: bool = True  # inside its admit() block
+    uploading: bool = True  # its body is still coming in (Batcher.received() ends it)
 
 
 @dataclass(eq=False)
@@ -91,8 +87,8 @@ class Batcher:
         self.max_queue = max_queue
         self._predict = predict
         self._abort = abort
-        self._retry_after = str(retry_after_s)
         self._metrics = metrics
+        self.places = Places(max_queue, retry_after_s=retry_after_s, metrics=metrics)
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._held: deque[_Request] = deque()  # taken from the queue, other H x W: next batches
         self._forming: list[_Request] = []  # the batch being collected
@@ -100,7 +96,6 @@ class Batcher:
         self._started = 0.0  # time.monotonic() when the running batch started
         self._aborted = False  # the running batch was asked to stop
         self._waiting = 0  # submitted, not yet running or dropped
-        self._admitted = 0  # holding a ticket: from before the upload until the answer
         self._incoming = 0  # admitted, not yet submitted (uploading or decoding)
         self._answering = 0  # admitted, first image queued, not yet answered
         self._closed = False  # refusing new requests (draining)
@@ -116,9 +111,7 @@ class Batcher:
 
     def running_for(self) -> float:
         """Seconds the running batch has been running (0 when none runs)."""
-        if not self._running:
-            return 0.0
-        return time.monotonic() - self._started
+        return time.monotonic() - self._started if self._running else 0.0
 
     def start(self) -> None:
         """Start the worker task on the running loop."""
@@ -134,31 +127,43 @@ class Batcher:
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[Ticket]:
-        """Take one of the ``max_queue`` places (503 when all are taken) for the ``with``
+        """Take one of the ``max_queue`` places now (503 when all are taken) for the ``with``
         block: from before the upload is read until the request is answered. Until its image
         is queued, a forming batch may wait for it."""
         self._check_open()
-        if self._admitted >= self.max_queue:
-            raise OverloadedError(
-                f"{self._admitted} requests are in the service (the limit); retry later",
-                headers={"Retry-After": self._retry_after},
-            )
+        self.places.take()
+        with self._ticket() as ticket:
+            yield ticket
+
+    @contextlib.asynccontextmanager
+    async def admit_waiting(self, wait_s: float) -> AsyncIterator[Ticket]:
+        """``admit()``, waiting up to ``wait_s`` in line for a place while uploads hold some
+        (``service.admission`` says why)."""
+        self._check_open()
+        await self.places.wait(wait_s)
+        with self._ticket() as ticket:
+            yield ticket
+
+    @contextlib.contextmanager
+    def _ticket(self) -> Iterator[Ticket]:
+        """The ticket of a place just taken, given back when the block ends."""
         ticket = Ticket()
-        self._count_admitted(+1)
         self._incoming += 1
         try:
             yield ticket
         finally:
             ticket.active = False
-            self._count_admitted(-1)
+            self.places.release(uploading=ticket.uploading)
             if ticket.incoming:
                 self._incoming -= 1
             else:
                 self._answering -= 1
 
-    def _count_admitted(self, delta: int) -> None:
-        self._admitted += delta
-        self._metrics.admitted.set(self._admitted)
+    def received(self, ticket: Ticket) -> None:
+        """The body of ``ticket``'s request is in: its place is held, no longer reserved."""
+        if ticket.uploading:
+            ticket.uploading = False
+            self.places.received()
 
     async def predict(
         self,
@@ -204,6 +209,7 @@ class Batcher:
         What is left then fails with 503 and a running batch is aborted.
         """
         self._closed = True
+        self.places.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self.busy and loop.time() < deadline:

@@ -114,12 +114,28 @@ class Settings(BaseSettings):
         64,
         ge=1,
         description="Requests in the service at once, from before their upload is read until "
-        "they are answered; beyond it: 503, the upload unread.",
+        "they are answered; beyond it: 503, the upload unread (as many more wait for a place "
+        "while uploads hold some).",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Budget from body received to labels ready; beyond it: 504."
     )
     max_upload_bytes: int = Field(64 * 2**20, ge=1, description="Largest request body.")
+    upload_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a body may take to arrive once its place is taken, and longest a "
+        "request waits for a place that uploads hold; beyond it: 408, the connection closed.",
+    )
+    upload_min_rate: float = Field(
+        1024.0,
+        ge=0,
+        description="After FCN_UPLOAD_GRACE_S, a body must keep arriving at this many bytes a "
+        "second on average; below it: 408, the connection closed (0: no floor).",
+    )
+    upload_grace_s: float = Field(
+        5.0, ge=0, description="Seconds of an upload before FCN_UPLOAD_MIN_RATE applies."
+    )
     max_pixels: int = Field(
         DEFAULT_MAX_PIXELS,
         ge=1,

@@ -46,6 +46,15 @@ class BodyTooLargeError(ServiceError):
     """The body is larger than FCN_MAX_UPLOAD_BYTES."""
 
 
+class UploadTimeoutError(ServiceError):
+    """The body did not arrive within FCN_UPLOAD_TIMEOUT_S, or fell below FCN_UPLOAD_MIN_RATE;
+    the connection is closed, since the rest of the body will never be read."""
+
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message, headers={"Connection": "close"})
+        self.reason = reason  # "timeout" or "too_slow": the label of fcn_uploads_cut_off
+
+
 class UnsupportedMediaTypeError(ServiceError):
     """The content type is not one the service reads."""
 
@@ -88,6 +97,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     CorruptImageError: (400, "bad_image"),
     MalformedBodyError: (400, "bad_image"),
     TensorError: (400, "bad_request"),
+    UploadTimeoutError: (408, "upload_timeout"),
     BodyTooLargeError: (413, "body_too_large"),
     ImageTooLargeError: (413, "image_too_large"),
     UnsupportedMediaTypeError: (415, "unsupported_media_type"),

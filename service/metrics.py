@@ -72,6 +72,27 @@ class Metrics:
             "their upload is read until they are answered.",
             registry=registry,
         )
+        self.uploading = Gauge(
+            "fcn_requests_uploading",
+            "Admitted requests whose body is still coming in: their places are reserved, not "
+            "yet held.",
+            registry=registry,
+        )
+        self.awaiting_place = Gauge(
+            "fcn_requests_awaiting_place",
+            "Requests waiting for a place that uploads hold (FCN_MAX_QUEUE at most), their "
+            "bodies unread.",
+            registry=registry,
+        )
+        self.uploads_cut_off = Counter(
+            "fcn_uploads_cut_off",
+            "Requests answered 408 and closed because their body did not arrive in time: "
+            "timeout (FCN_UPLOAD_TIMEOUT_S) or too_slow (below FCN_UPLOAD_MIN_RATE).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("timeout", "too_slow"):
+            self.uploads_cut_off.labels(reason)
         self.body_bytes = Counter(
             "fcn_request_body_bytes",
             "Request body bytes the app has read; a request refused before its body adds none.",

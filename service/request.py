@@ -1,11 +1,16 @@
-"""HTTP in, plain values out: the body read under its byte limit, the image taken out of a
-multipart form or a raw body, the query checked, and the response format negotiated.
+"""HTTP in, plain values out: the body read under its limits of bytes, time and rate, the image
+taken out of a multipart form or a raw body, the query checked, and the response format
+negotiated.
 
 The pipeline gets the image's bytes and one ``SegmentOptions``; it never sees HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
@@ -22,6 +27,7 @@ from service.errors import (
     MalformedBodyError,
     NotAcceptableError,
     UnsupportedMediaTypeError,
+    UploadTimeoutError,
 )
 from service.imaging import LabelEncoding
 from service.pipeline import SegmentOptions
@@ -31,25 +37,87 @@ if TYPE_CHECKING:
 
 FIELD = "image"
 ACCEPTED_TYPES = ("multipart/form-data", "image/*", "application/octet-stream")
+# A length as HTTP writes it: ASCII digits only (str.isdigit() takes "²", which int() refuses).
+LENGTH = re.compile(r"[0-9]{1,20}")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused (413) as soon as it is known to exceed ``limit`` bytes.
+@dataclass(frozen=True)
+class Upload:
+    """How a body must arrive: ``max_bytes`` at most, whole within ``timeout_s`` of its first
+    read, and once ``grace_s`` have passed at ``min_rate`` bytes a second on average at least
+    (0: no floor), as Apache's mod_reqtimeout ``MinRate``; ``cut_off(reason)`` counts the
+    bodies cut off."""
+
+    max_bytes: int
+    timeout_s: float
+    min_rate: float = 0.0
+    grace_s: float = 0.0
+    cut_off: Callable[[str], None] = lambda reason: None
+
+    def deadline(self, started: float, received: int) -> tuple[float, str]:
+        """When a body begun at ``started`` with ``received`` bytes in is cut off, and why."""
+        if self.min_rate > 0:
+            # Each byte buys 1 / min_rate seconds beyond the grace period.
+            slow = started + self.grace_s + received / self.min_rate
+            if slow < started + self.timeout_s:
+                return slow, "too_slow"
+        return started + self.timeout_s, "timeout"
+
+    def refusal(
+        self, reason: str, elapsed: float, received: int, declared: int | None
+    ) -> UploadTimeoutError:
+        """The 408 of a body cut off for ``reason`` after ``elapsed`` s, ``received`` of its
+        ``declared`` bytes in."""
+        came = f"{received} of {declared} bytes" if declared is not None else f"{received} bytes"
+        if reason == "too_slow":
+            problem = (
+                f"{came} came in {elapsed:.1f} s, {received / max(elapsed, 1e-3):.0f} bytes/s; "
+                f"after {self.grace_s:g} s a body must come at {self.min_rate:g} bytes/s "
+                "(FCN_UPLOAD_MIN_RATE)"
+            )
+        else:
+            problem = (
+                f"the body did not arrive within {self.timeout_s:g} s (FCN_UPLOAD_TIMEOUT_S): "
+                f"{came} came"
+            )
+        return UploadTimeoutError(problem, reason=reason)
+
+
+def declared_length(request: Request) -> int | None:
+    """The Content-Length a request declares, None when it has none (chunked)."""
+    declared = request.headers.get("content-length")
+    return int(declared) if declared is not None and LENGTH.fullmatch(declared) else None
+
+
+async def read_body(request: Request, upload: Upload) -> bytes:
+    """The whole body, refused (413) as soon as it is known to exceed ``upload.max_bytes``,
+    and cut off (408, the connection closed) when it comes too late or too slowly.
 
     The one place a request's body is read (/segment and /v2 alike); each route checks the
     headers it cares about before calling it.
     """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    limit = upload.max_bytes
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
         raise BodyTooLargeError(f"the body is {declared} bytes; the limit is {limit}")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            # Stop reading here: the rest of an oversized body is never received.
-            raise BodyTooLargeError(f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    when, reason = upload.deadline(started, size)
+    try:
+        async with asyncio.timeout_at(when) as timer:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    # Stop reading here: the rest of an oversized body is never received.
+                    raise BodyTooLargeError(f"the body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+                when, reason = upload.deadline(started, size)
+                timer.reschedule(when)
+    except TimeoutError:
+        upload.cut_off(reason)
+        raise upload.refusal(reason, loop.time() - started, size, declared) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -237,12 +305,12 @@ def segment_options(query: SegmentQuery, accept: str | None, settings: Settings)
     )
 
 
-async def read_image(request: Request, limit: int) -> bytes:
-    """The encoded image a request carries, its body read under ``limit`` bytes; multipart
+async def read_image(request: Request, upload: Upload) -> bytes:
+    """The encoded image a request carries, its body read under ``upload``'s limits; multipart
     parsing runs off the event loop."""
     content_type = request.headers.get("content-type")
     media, _ = _media(content_type)  # 415 before a byte is read
-    body = await read_body(request, limit)
+    body = await read_body(request, upload)
     if media != b"multipart/form-data":
         return body
     return await anyio.to_thread.run_sync(image_bytes, content_type, body)

@@ -39,6 +39,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "undecodable image",
         406: "no acceptable response format",
+        408: "the body came too slowly (the connection is closed)",
         413: "body or image too large",
         415: "unsupported content or image type",
         422: "bad parameter",
@@ -68,9 +69,11 @@ async def segment(
     service.health.check_serving(settings.retry_after_s)
     options = segment_options(query, request.headers.get("accept"), settings)
     request.state.format = options.format
-    # The place is taken before the upload is read, and held until the answer is made.
-    with service.batcher.admit() as ticket:
-        image = await http.read_image(request, settings.max_upload_bytes)
+    # The place is taken before the upload is read (waiting for one while uploads hold them),
+    # and held from the body's arrival until the answer is made.
+    async with service.batcher.admit_waiting(settings.upload_timeout_s) as ticket:
+        image = await http.read_image(request, service.upload)
+        service.batcher.received(ticket)
         result = await service.segmenter.segment(
             image, options, ticket, disconnected=request.is_disconnected
         )
@@ -119,6 +122,9 @@ async def model(service: ServiceDep) -> dict[str, Any]:
             "multipart_field": http.FIELD,
             "image_formats": IMAGE_TYPES,
             "max_upload_bytes": settings.max_upload_bytes,
+            "upload_timeout_s": settings.upload_timeout_s,
+            "upload_min_rate": settings.upload_min_rate,
+            "upload_grace_s": settings.upload_grace_s,
             "max_pixels": settings.max_pixels,
             "max_model_pixels": settings.max_model_pixels,
             "max_side": settings.max_side,

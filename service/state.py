@@ -18,6 +18,7 @@ from service.cpus import available_cpus
 from service.errors import NotReadyError, StartupError
 from service.metrics import Metrics
 from service.pipeline import Segmenter
+from service.request import Upload
 from service.runtime import Runtime, load_runtime
 
 logger = logging.getLogger("fcn.service")
@@ -93,6 +94,14 @@ class Service:
         self.settings = settings
         self.metrics = Metrics()
         self.health = Health()
+        cut_off = self.metrics.uploads_cut_off
+        self.upload = Upload(
+            settings.max_upload_bytes,
+            settings.upload_timeout_s,
+            min_rate=settings.upload_min_rate,
+            grace_s=settings.upload_grace_s,
+            cut_off=lambda reason: cut_off.labels(reason).inc(),
+        )
         self._runtime: Runtime | None = None
         self._batcher: Batcher | None = None
         self._segmenter: Segmenter | None = None

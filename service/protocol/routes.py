@@ -143,10 +143,12 @@ async def _infer(
     _check_model(service, name, version)
     settings = service.settings
     service.health.check_serving(settings.retry_after_s)
-    # The place is taken before the body is read, and held until the answer is made.
-    with service.batcher.admit() as ticket:
+    # The place is taken before the body is read (waiting for one while uploads hold them),
+    # and held from the body's arrival until the answer is made.
+    async with service.batcher.admit_waiting(settings.upload_timeout_s) as ticket:
         check_content_encoding(request.headers.get("content-encoding"))
-        body = await read_body(request, settings.max_upload_bytes)
+        body = await read_body(request, service.upload)
+        service.batcher.received(ticket)
         asked = await anyio.to_thread.run_sync(
             lambda: parse_infer(
                 body,

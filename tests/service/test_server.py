@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,8 +214,9 @@ QUEUE = 3
 def test_a_burst_beyond_the_queue_is_refused_before_its_bodies_are_read(
     model_path: Path, tmp_path: Path
 ) -> None:
-    """FCN_MAX_QUEUE=Q: Q uploads stalled halfway hold every place, so each of 2Q more
-    complete uploads is answered 503 without one byte of its body read; the Q then finish.
+    """FCN_MAX_QUEUE=Q: Q uploads stalled halfway hold every place, so of 3Q more complete
+    uploads Q wait in line (as long as the queue) and each of the other 2Q is answered 503,
+    none with one byte of its body read; the Q then finish and the line is served.
 
     On the old code this fails: the queue was only checked, not reserved, before the body,
     and a request counted only once its body was in, so the stalled uploads held no place,
@@ -257,9 +258,11 @@ def test_a_burst_beyond_the_queue_is_refused_before_its_bodies_are_read(
             time.sleep(0.01)
         assert scrape("fcn_request_body_bytes_total") == QUEUE * half
 
-        with ThreadPoolExecutor(2 * QUEUE) as pool:
-            burst = list(pool.map(upload, range(2 * QUEUE)))
-        for response in burst:
+        pool = ThreadPoolExecutor(3 * QUEUE)
+        burst = [pool.submit(upload, i) for i in range(3 * QUEUE)]
+        finished = as_completed(burst)
+        refused = [next(finished).result() for _ in range(2 * QUEUE)]
+        for response in refused:
             assert response.status_code == 503, response.text
             assert response.headers["retry-after"] == "1"
             error = response.json()["error"]
@@ -267,6 +270,9 @@ def test_a_burst_beyond_the_queue_is_refused_before_its_bodies_are_read(
             assert (
                 error["message"] == f"{QUEUE} requests are in the service (the limit); retry later"
             )
+        while scrape("fcn_requests_awaiting_place") < QUEUE:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.01)
         # Not one byte of the burst's bodies was read; the Q still hold their places.
         assert scrape("fcn_request_body_bytes_total") == QUEUE * half
         assert scrape("fcn_requests_admitted") == QUEUE
@@ -278,7 +284,10 @@ def test_a_burst_beyond_the_queue_is_refused_before_its_bodies_are_read(
             assert status == 200, body[:300]
             assert headers["content-type"] == "image/png"
             assert png_labels(body).shape == (45, 61)
-        assert scrape("fcn_request_body_bytes_total") == QUEUE * len(PNG)
+        in_line = [f.result(30) for f in burst if f.result(30) not in refused]
+        pool.shutdown()
+        assert [r.status_code for r in in_line] == [200] * QUEUE
+        assert scrape("fcn_request_body_bytes_total") == 2 * QUEUE * len(PNG)
         assert scrape("fcn_requests_admitted") == 0
     finally:
         for sock in stalled:
