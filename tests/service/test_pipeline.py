@@ -167,6 +167,7 @@ async def test_large_images_can_be_segmented_at_a_reduced_size(
     np.testing.assert_array_equal(png_labels(full.content), reference_labels(session, image))
 
 
+@pytest.mark.slow
 async def test_a_model_with_scores_serves_the_same_labels(
     model_path: Path, model_with_scores_path: Path
 ) -> None:

@@ -109,6 +109,7 @@ def test_crop_follows_the_runtime_shape_far_from_the_export_size() -> None:
         assert (labels == expected).mean() >= 0.9999
 
 
+@pytest.mark.slow
 def test_one_session_answers_three_sizes_and_batches_of_1_and_3() -> None:
     checkpoint, path = exported("fcn16s")
     sess = session(path)
@@ -125,6 +126,7 @@ def test_one_session_answers_three_sizes_and_batches_of_1_and_3() -> None:
         assert np.array_equal(together[i], alone[0])
 
 
+@pytest.mark.slow
 def test_fp16_halves_the_weights_but_keeps_uint8_image_and_labels() -> None:
     _, fp32 = exported("fcn8s")
     _, fp16 = exported("fcn8s", fp16=True)
@@ -165,7 +167,10 @@ print(json.dumps({
 """
 
 
-@pytest.mark.parametrize(("arch", "fp16"), [("fcn8s", False), ("fcn8s-atonce", True)])
+@pytest.mark.parametrize(
+    ("arch", "fp16"),
+    [("fcn8s", False), pytest.param("fcn8s-atonce", True, marks=pytest.mark.slow)],
+)
 def test_the_contract_reads_an_export_without_torch_or_onnx(arch: str, fp16: bool) -> None:
     checkpoint, path = exported(arch, fp16=fp16)
     done = subprocess.run(

@@ -90,6 +90,7 @@ def loaded_export(loaded: nn.Module, tmp_path_factory: pytest.TempPathFactory) -
     )
 
 
+@pytest.mark.slow
 def test_the_export_keeps_the_contract_as_onnx_runtime_reads_it(random_export: Path) -> None:
     sess = session(random_export)
     meta = check_model(
@@ -112,6 +113,7 @@ def test_the_export_keeps_the_contract_as_onnx_runtime_reads_it(random_export: P
     assert meta.outputs == ("labels",)
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_labels_equal_torchvisions_own_forward_pass(random_export: Path) -> None:
     model = random_fcn_resnet50()

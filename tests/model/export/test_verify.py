@@ -34,6 +34,7 @@ def test_a_faithful_export_passes_on_the_contract_sizes() -> None:
     assert str(report).endswith("PASSED")
 
 
+@pytest.mark.slow
 def test_the_scores_output_is_compared_when_present() -> None:
     checkpoint, path = exported("fcn8s", with_scores=True)
     report = verify_onnx(path, checkpoint, cases=[(1, 1, 1), (2, 9, 301)])
@@ -42,6 +43,7 @@ def test_the_scores_output_is_compared_when_present() -> None:
     assert [c.shape for c in report.cases] == [(1, 1, 1), (2, 9, 301)]
 
 
+@pytest.mark.slow
 def test_fp16_is_held_to_its_own_threshold_and_detected_without_metadata(tmp_path: Path) -> None:
     checkpoint, path = exported("fcn8s", fp16=True)
     report = verify_onnx(path, checkpoint)

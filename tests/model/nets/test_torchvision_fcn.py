@@ -26,13 +26,8 @@ COLS = 8
 TIGHT = 8
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=[pytest.mark.slow] if name == "fcn_resnet101" else [])
-        for name in NAMES
-    ],
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
 def test_a_row_changes_labels_up_to_context_rows_away_and_no_farther(
     name: TorchvisionFCNName,
 ) -> None:
