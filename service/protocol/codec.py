@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,9 @@ SERVER = "fcn"
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORM = "onnxruntime_onnx"
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# A length in a header: ASCII digits, as many as any body can need (str.isdigit() takes "²",
+# which int() refuses, and int() refuses more than 4300 digits).
+LENGTH = re.compile(r"[0-9]{1,20}")
 # ONNX Runtime's element types and the protocol's names for them.
 DATATYPES = {"tensor(uint8)": "UINT8", "tensor(int32)": "INT32"}
 # Asking for these of an input or output needs an extension this server lacks.
@@ -131,16 +135,20 @@ def parse_infer(
     if header_length is None:
         head, binary = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not LENGTH.fullmatch(header_length) or int(header_length) > len(body):
             raise TensorError(
                 f"{HEADER_LENGTH}: {header_length!r} is not a length within the "
                 f"{len(body)}-byte body"
             )
         head, binary = body[: int(header_length)], body[int(header_length) :]
     try:
-        request = _object(json.loads(head), "the request")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        document = json.loads(head)
+    except RecursionError:
+        # Arrays or objects nested about a thousand deep (Triton's qa/L0_http sends 150000).
+        raise TensorError("the request's JSON is nested too deeply to read") from None
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of over 4300 digits
         raise TensorError(f"the request is not valid JSON ({exc})") from None
+    request = _object(document, "the request")
     parameters = _object(request.get("parameters", {}), "parameters")
     inputs = request.get("inputs")
     if not isinstance(inputs, list):

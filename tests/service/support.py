@@ -9,14 +9,17 @@ import io
 import json
 import os
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import onnxruntime as ort
+import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -235,3 +238,66 @@ def wait_for_server(url: str, gone: Callable[[], str | None], timeout_s: float =
         except httpx.TransportError:
             pass
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def loopback_server(app: FastAPI) -> Iterator[int]:
+    """uvicorn serving ``app`` on a free loopback port in a thread, ready; yields the port."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn")
+    thread.start()
+    try:
+        wait_for_server(f"http://127.0.0.1:{port}", lambda: None if thread.is_alive() else "gone")
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@dataclass
+class Reply:
+    """One HTTP/1.1 response read off a raw socket, and whether the server then closed."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    closed: bool | None  # None: not waited for
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def read_reply(sock: socket.socket, *, await_close: bool = False) -> Reply:
+    """The response on ``sock`` (it has a Content-Length); with ``await_close``, whether the
+    server then closes the connection (read on for up to the socket's timeout)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed mid-response: {data[:200]!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed mid-body"
+        body += chunk
+    closed = None
+    if await_close:
+        try:
+            closed = sock.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        except TimeoutError:
+            closed = False
+    return Reply(int(status_line.split()[1]), headers, body, closed)
+
+
+def exchange(port: int, *parts: bytes, timeout_s: float = 30, await_close: bool = False) -> Reply:
+    """Send ``parts`` on a new loopback connection, one ``sendall`` each, and read the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        for part in parts:
+            sock.sendall(part)
+        return read_reply(sock, await_close=await_close)
