@@ -132,12 +132,13 @@ def config_yaml(config: TrainConfig) -> str:
 
 def config_from_args(args: argparse.Namespace, resumed: Checkpoint | None = None) -> TrainConfig:
     """Defaults (or the resumed checkpoint's config), then ``--config``, then flags;
-    ``resumed`` is the ``--resume`` checkpoint if already loaded."""
-    from model.checkpoint import load_checkpoint
-
+    ``resumed`` is the ``--resume`` checkpoint if already loaded. Loads torch only to read
+    a checkpoint, so ``--print-config`` alone never does."""
     config = TrainConfig()
     overrides = flag_overrides(args)
     if overrides.get("resume"):
+        from model.checkpoint import load_checkpoint
+
         source = overrides["resume"]
         resumed = resumed or load_checkpoint(source)
         config = TrainConfig.from_dict(resumed.config, f"{source} (config)")

@@ -93,6 +93,21 @@ def test_help_loads_no_framework(command: str) -> None:
     assert "usage: fcn" in done.stdout
 
 
+def test_print_config_loads_no_framework() -> None:
+    """``fcn train --print-config`` writes a template at once: no torch unless --resume
+    names a checkpoint to read."""
+    probe = HELP_PROBE.replace("    main(sys.argv[1:])", "    code = main(sys.argv[1:])")
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "train", "--print-config", "--max-iter", "7"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert "max_iter: 7\n" in done.stdout
+    assert done.stdout.rstrip().endswith("HEAVY  CODE 0"), done.stdout[-300:]
+
+
 def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
