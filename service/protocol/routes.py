@@ -111,14 +111,46 @@ async def model_version_ready(name: str, version: str, service: ServiceDep) -> J
     return _readiness(service, name)
 
 
-# FastAPI cannot see a body these routes read themselves; describe it for /docs.
+# FastAPI cannot see a body these routes read themselves; describe it for /docs (and for
+# schema-driven fuzzers, which then send near-valid requests rather than any object).
+_PARAMETERS: dict[str, Any] = {"type": "object", "additionalProperties": True}
+INFER_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": _PARAMETERS,
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["image"]},
+                    "shape": {"type": "array", "items": {"type": "integer"}},
+                    "datatype": {"type": "string", "enum": ["UINT8"]},
+                    "parameters": _PARAMETERS,
+                    "data": {"type": "array"},
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": _PARAMETERS},
+            },
+        },
+    },
+}
 INFER_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "The inference request as JSON; with the binary tensor data extension, "
         f"the JSON ({HEADER_LENGTH} bytes) followed by the tensors' bytes.",
         "content": {
-            "application/json": {"schema": {"type": "object"}},
+            "application/json": {"schema": INFER_REQUEST},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
     }
