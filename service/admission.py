@@ -4,9 +4,10 @@ comes in and held once the body is in, and the short line of requests waiting fo
 Why a line, and why only while uploads hold places: an upload ends within
 FCN_UPLOAD_TIMEOUT_S (its body is in, or it is cut off with 408), so a place that an upload
 reserves is free or held by a complete request within that time. A request that finds every
-place taken while some are still uploading therefore waits for one (at most that long, and
-at most FCN_MAX_QUEUE of them), rather than being refused: slow uploads then delay the
-requests whose bodies are complete by one upload timeout at most, and never lock them out.
+place taken while some are still uploading therefore waits for one (at most that long and a
+second more, and at most FCN_MAX_QUEUE of them), rather than being refused: slow uploads then
+delay the requests whose bodies are complete by one upload timeout at most, and never lock
+them out.
 A service whose places are all held by complete requests is really full, and refuses at once
 (503), before it reads the body, as a burst should be. Places freed go to the line first, in
 order of arrival.

@@ -124,8 +124,9 @@ class Settings(BaseSettings):
     upload_timeout_s: float = Field(
         60.0,
         gt=0,
-        description="Longest a body may take to arrive once its place is taken, and longest a "
-        "request waits for a place that uploads hold; beyond it: 408, the connection closed.",
+        description="Longest a body may take to arrive once its place is taken (a request "
+        "waits in line for a place that uploads hold up to this and 1 s more); beyond it: 408, "
+        "the connection closed.",
     )
     upload_min_rate: float = Field(
         1024.0,
@@ -298,6 +299,12 @@ class Settings(BaseSettings):
     def tiled_pixels(self) -> int:
         """The image pixels tiled requests may hold together."""
         return self.max_tiled_pixels or self.max_pixels
+
+    @property
+    def line_wait_s(self) -> float:
+        """Longest a request waits in line for a place that uploads hold: one upload timeout,
+        and a second more, so that the uploads it waits for are cut off before it gives up."""
+        return self.upload_timeout_s + 1.0
 
     @property
     def stuck_s(self) -> float:

@@ -71,7 +71,7 @@ async def segment(
     request.state.format = options.format
     # The place is taken before the upload is read (waiting for one while uploads hold them),
     # and held from the body's arrival until the answer is made.
-    async with service.batcher.admit_waiting(settings.upload_timeout_s) as ticket:
+    async with service.batcher.admit_waiting(settings.line_wait_s) as ticket:
         image = await http.read_image(request, service.upload)
         service.batcher.received(ticket)
         result = await service.segmenter.segment(

@@ -177,7 +177,7 @@ async def _infer(
     service.health.check_serving(settings.retry_after_s)
     # The place is taken before the body is read (waiting for one while uploads hold them),
     # and held from the body's arrival until the answer is made.
-    async with service.batcher.admit_waiting(settings.upload_timeout_s) as ticket:
+    async with service.batcher.admit_waiting(settings.line_wait_s) as ticket:
         check_content_encoding(request.headers.get("content-encoding"))
         body = await read_body(request, service.upload)
         service.batcher.received(ticket)
