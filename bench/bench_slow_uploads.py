@@ -52,7 +52,9 @@ async def read_answer(reader: asyncio.StreamReader, started: float) -> Answer:
     seconds = time.monotonic() - started
     try:
         closed = await asyncio.wait_for(reader.read(1), 5) == b""
-    except (TimeoutError, ConnectionError):
+    except ConnectionResetError:  # closed with bytes of ours unread: the kernel resets
+        closed = True
+    except TimeoutError:
         closed = False
     return Answer(status, seconds, closed)
 
