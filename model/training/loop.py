@@ -21,6 +21,7 @@ from model.evaluation.validation import LossMeter, evaluate_model
 from model.nets.fcn import FCN
 from model.nets.preprocessing import Normalize, Preprocessing
 from model.training.distributed import Processes, gather
+from model.training.interrupt import interrupt_between_steps
 from model.training.resume import rng_state, training_state
 from model.training.runlog import BEST, LAST, PLOT, LossWindow, RunLog, TrainingError, plot_log
 from model.training.sampling import Batches
@@ -231,21 +232,23 @@ def run_loop(
     batches: Iterator[tuple[Tensor, Tensor]] = iter(train_loader)
     run.model.train()
     try:
-        while state.iteration < max_iter:
-            step_batches = [next(batches) for _ in range(run.loss.iter_size)]
-            lr = learning_rate_at(base_lr, lr_policy, state.iteration, max_iter)
-            step_loss = run.step(step_batches, lr)
-            bar.update(1)
-            images = sum(b[0].shape[0] for b in step_batches)
-            window.add(step_loss, images * procs.world_size)
-            at_end = state.iteration == max_iter
-            if state.iteration % log_every == 0 or at_end:
-                _log_training(run, window, bar, lr, base_lr)
-                window.restart()
-            if state.iteration % val_every == 0 or at_end:
-                run.validate(val_loader)
-                run.save(batch_size)
-                window.start = time.perf_counter()
+        with interrupt_between_steps(enabled=not procs.distributed) as check_interrupt:
+            while state.iteration < max_iter:
+                check_interrupt()
+                step_batches = [next(batches) for _ in range(run.loss.iter_size)]
+                lr = learning_rate_at(base_lr, lr_policy, state.iteration, max_iter)
+                step_loss = run.step(step_batches, lr)
+                bar.update(1)
+                images = sum(b[0].shape[0] for b in step_batches)
+                window.add(step_loss, images * procs.world_size)
+                at_end = state.iteration == max_iter
+                if state.iteration % log_every == 0 or at_end:
+                    _log_training(run, window, bar, lr, base_lr)
+                    window.restart()
+                if state.iteration % val_every == 0 or at_end:
+                    run.validate(val_loader)
+                    run.save(batch_size)
+                    window.start = time.perf_counter()
     except KeyboardInterrupt:
         # Keep the steps done: last.pt at a step boundary resumes exactly (one process only,
         # since the others may be anywhere).
