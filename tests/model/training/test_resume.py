@@ -161,21 +161,31 @@ def test_ctrl_c_keeps_the_steps_done_but_no_unscored_best(synth: Path, tmp_path:
         "--max-iter", "100000", "--val-every", "100000", "--log-every", "1", "--batch-size", "2",
         "--workers", "0", "--no-progress", "--out", str(out),
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not ((out / LOG).exists() and log_records(out, "train")):
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    said, err = process.communicate(timeout=120)
+    # Ctrl-C as a terminal delivers it, even where this suite was started in the background,
+    # which leaves SIGINT ignored (SIG_IGN, inherited across exec) in every process it starts.
+    # A handler is not inherited: the child starts with SIGINT's default, as from a shell.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / LOG).exists() and log_records(out, "train")):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        said, err = process.communicate(timeout=120)
+    finally:
+        process.kill()  # never left training on the suite's cores after a failure
     assert process.returncode == 130, err[-3000:]
     assert "interrupted: saved" in said
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == [LAST]
