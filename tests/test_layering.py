@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.isolation import run_without
+
 ROOT = Path(__file__).resolve().parents[1]
 # package -> the top-level modules it must never import
 FORBIDDEN = {
@@ -49,3 +51,10 @@ def test_the_scan_sees_imports_inside_functions(tmp_path: Path) -> None:
     source = tmp_path / "lazy.py"
     source.write_text("def run():\n    from service.client import Client\n    import torch.nn\n")
     assert imported(source) == {(2, "service"), (3, "torch")}
+
+
+def test_a_blocked_package_cannot_be_imported_in_the_fresh_interpreter() -> None:
+    """The import checks of the client and the codec (``tests.isolation``) can fail."""
+    result = run_without({"onnxruntime"}, "import contract.schema\nimport onnxruntime\n")
+    assert result.returncode == 1
+    assert "ModuleNotFoundError: onnxruntime is blocked" in result.stderr

@@ -23,6 +23,7 @@ import pytest
 from client import Client, ClientError, retry_after_s
 from model.cli import main as fcn
 from tests.images import encode, pattern
+from tests.isolation import run_without
 from tests.service.support import ROOT, free_port, metric
 from tests.service.test_server import Server, launch
 
@@ -243,32 +244,15 @@ def test_inputs_that_would_overwrite_each_other_are_refused_before_anything_is_s
     assert not out.exists()
 
 
-# Run first in a fresh process: any import of these packages fails there.
-BLOCKER = """
-import importlib.abc, sys
 BLOCKED = {"torch", "torchvision", "onnx", "onnxruntime", "fastapi", "starlette", "service"}
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.partition(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"{name} is blocked", name=name)
-        return None
-sys.meta_path.insert(0, Blocker())
-"""
 
 
 def test_the_command_and_client_import_where_torch_and_the_server_cannot() -> None:
-    script = BLOCKER + (
+    result = run_without(
+        BLOCKED,
         "import client, model.cli, model.commands.segment\n"
         "from client import Client, segment_folder\n"
-        "print(sorted(m for m in sys.modules if m.partition('.')[0] in BLOCKED))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] in BLOCKED))\n",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -25,7 +25,15 @@ import numpy as np
 import pytest
 
 from tests.images import encode, pattern
-from tests.service.support import PNG, ROOT, free_port, metric, png_labels, server_environment
+from tests.service.support import (
+    PNG,
+    ROOT,
+    free_port,
+    metric,
+    png_labels,
+    read_reply,
+    server_environment,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -90,23 +98,6 @@ def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     yield server
     server.stop()
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 response with a Content-Length: status, headers, body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"the connection closed mid-response: {data[:200]!r}"
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk, "the connection closed mid-body"
-        body += chunk
-    return int(status_line.split()[1]), headers, body
 
 
 def test_segments_over_the_wire_in_every_input_mode(server: Server) -> None:
@@ -280,10 +271,10 @@ def test_a_burst_beyond_the_queue_is_refused_before_its_bodies_are_read(
         for sock in stalled:
             sock.sendall(PNG[half:])
         for sock in stalled:
-            status, headers, body = read_response(sock)
-            assert status == 200, body[:300]
-            assert headers["content-type"] == "image/png"
-            assert png_labels(body).shape == (45, 61)
+            reply = read_reply(sock)
+            assert reply.status == 200, reply.body[:300]
+            assert reply.headers["content-type"] == "image/png"
+            assert png_labels(reply.body).shape == (45, 61)
         in_line = [f.result(30) for f in burst if f.result(30) not in refused]
         pool.shutdown()
         assert [r.status_code for r in in_line] == [200] * QUEUE

@@ -4,8 +4,6 @@ no HTTP and no app (the routes' tests send the same bodies over HTTP)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ from service.protocol.codec import (
     parse_infer,
 )
 from tests.images import pattern
-from tests.service.support import ROOT
+from tests.isolation import run_without
 
 IMAGES = np.stack([pattern(3, 4, seed=1), pattern(3, 4, seed=2)])  # [2, 3, 4, 3]
 MODEL = {"model_name": "m", "model_version": "v"}
@@ -114,22 +112,7 @@ def test_a_header_length_beyond_the_body_is_refused() -> None:
 
 
 def test_the_codec_imports_without_the_web_framework_or_runtime() -> None:
-    script = (
-        "import importlib.abc, sys\n"
-        "BLOCKED = {'fastapi', 'starlette', 'onnxruntime', 'torch'}\n"
-        "class Blocker(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name.partition('.')[0] in BLOCKED:\n"
-        "            raise ModuleNotFoundError(f'{name} is blocked', name=name)\n"
-        "sys.meta_path.insert(0, Blocker())\n"
-        "import service.protocol.codec\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_without(
+        {"fastapi", "starlette", "onnxruntime", "torch"}, "import service.protocol.codec\n"
     )
     assert result.returncode == 0, result.stderr
