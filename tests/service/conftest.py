@@ -16,7 +16,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from tests.service.support import WIDTH8_METADATA
+from service.metrics import Metrics
+from service.runtime import Runtime
+from tests.service.support import WIDTH8_METADATA, runtime_of
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +104,15 @@ def cuda_works(model_path: Path) -> bool:
         model_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     return bool(probe.get_providers()[0] == "CUDAExecutionProvider")
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    """A fresh set of the service's metrics, for a batcher built by hand."""
+    return Metrics()
+
+
+@pytest.fixture(scope="module")
+def runtime(model_path: Path) -> Runtime:
+    """The service's runtime on the tiny model, once per module."""
+    return runtime_of(model_path)

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Settings
 from service.main import create_app
+from service.runtime import Runtime, load_runtime
 from tests.images import encode, pattern
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -301,3 +302,19 @@ def exchange(port: int, *parts: bytes, timeout_s: float = 30, await_close: bool 
         for part in parts:
             sock.sendall(part)
         return read_reply(sock, await_close=await_close)
+
+
+def runtime_of(path: Path) -> Runtime:
+    """The service's runtime on the model at ``path``, on the CPU with two threads."""
+    return load_runtime(
+        path,
+        name=path.stem,
+        providers=["CPUExecutionProvider"],
+        require_gpu=False,
+        device_id=0,
+        gpu_mem_limit_mb=0,
+        cudnn_conv_algo_search="HEURISTIC",
+        trt_fp16=False,
+        trt_cache_dir=None,
+        intra_op_threads=2,
+    )

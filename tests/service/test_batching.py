@@ -28,7 +28,7 @@ from service.errors import (
 )
 from service.main import create_app
 from service.metrics import Metrics
-from service.runtime import Runtime, load_runtime
+from service.runtime import Runtime
 from tests.images import encode, pattern
 from tests.service.support import (
     asgi_post,
@@ -36,37 +36,13 @@ from tests.service.support import (
     busy,
     metric,
     running,
+    runtime_of,
     settings,
     wait_metric,
 )
 from tests.service.support import metrics as scrape
 
 pytestmark = pytest.mark.anyio
-
-
-def runtime_of(path: Path) -> Runtime:
-    return load_runtime(
-        path,
-        name=path.stem,
-        providers=["CPUExecutionProvider"],
-        require_gpu=False,
-        device_id=0,
-        gpu_mem_limit_mb=0,
-        cudnn_conv_algo_search="HEURISTIC",
-        trt_fp16=False,
-        trt_cache_dir=None,
-        intra_op_threads=2,
-    )
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture(scope="module")
-def runtime(model_path: Path) -> Runtime:
-    return runtime_of(model_path)
 
 
 class Gate:

@@ -4,7 +4,6 @@ worth at a time, under one deadline, and nothing left queued once the request gi
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,19 +15,9 @@ from service.metrics import Metrics
 from service.runtime import Runtime
 from tests.images import pattern
 from tests.service.support import metric
-from tests.service.test_batching import Gate, hold, runtime_of, started, submit
+from tests.service.test_batching import Gate, hold, started, submit
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture(scope="module")
-def runtime(model_path: Path) -> Runtime:
-    return runtime_of(model_path)
 
 
 async def drain(
