@@ -2,7 +2,8 @@
 
 Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``; it is
 imported only when its command runs or help is asked for, so ``fcn --help`` stays quick.
-Every user-facing error (``model.errors.FCNError``) is reported here, once, as one line.
+Every user-facing error (``model.errors.FCNError``, or a package of an extra that is not
+installed) is reported here, once, as one line.
 """
 
 from __future__ import annotations
@@ -51,6 +52,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# A package a command may import, and the extra of this project that installs it.
+EXTRAS = {
+    "torch": "train",
+    "torchvision": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "scipy": "train",
+    "matplotlib": "train",
+    "yaml": "train",
+    "onnxruntime": "serve",
+    "httpx": "client",
+    "tqdm": "client",
+}
+
+
 class CLIError(FCNError):
     """A bad flag, file or value; the message names it. Exit status 2."""
 
@@ -89,9 +105,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
-    module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.run(args))
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").partition(".")[0]
+        if package not in EXTRAS:  # not an extra's package: a bug, keep the traceback
+            raise
+        extra = EXTRAS[package]
+        install = f"pip install 'fcn-segmentation[{extra}]'"
+        checkout = f"pip install -e '.[{extra}]'"
+        return _error(
+            args.command,
+            f"needs {package}, which the '{extra}' extra installs: {install} "
+            f"(from a checkout: {checkout})",
+        )
     except FCNError as exc:
         return _error(args.command, str(exc))
     except OSError as exc:

@@ -98,14 +98,10 @@ def check_flags(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     query = check_flags(args)
     check_output_folder(args.out)
-    try:
-        from client import ClientError, Failure, segment_folder
-    except ImportError as exc:  # a training-only install
-        raise CLIError(
-            f"fcn segment needs the client extra ({exc.name} is missing): "
-            "pip install 'fcn-segmentation[client]'"
-        ) from exc
+    # Without the client extra, model.cli names it (httpx is missing).
     from tqdm import tqdm
+
+    from client import ClientError, Failure, segment_folder
 
     def report(failure: Failure) -> None:  # as it happens, above the progress bar
         tqdm.write(f"fcn segment: failed {failure}", file=sys.stderr)
