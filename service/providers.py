@@ -6,18 +6,14 @@ onnxruntime-gpu lists CUDA as available even where it cannot run; only the sessi
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
 from pathlib import Path
 
 import onnxruntime as ort
 
+from contract.providers import missing_library as contract_missing_library
+
 GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
-# The libraries onnxruntime-gpu loads for its GPU providers (Linux names).
-PROVIDER_LIBRARIES = {
-    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
-    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
-}
 
 
 def provider_options(
@@ -53,17 +49,5 @@ def provider_options(
 
 
 def missing_library(provider: str) -> str | None:
-    """Why ``provider``'s library cannot load when a shared library it needs is not found
-    (the usual CPU-only machine), else None: then ONNX Runtime's own diagnostics matter."""
-    name = PROVIDER_LIBRARIES.get(provider)
-    if name is None:
-        return None
-    path = Path(ort.__file__).parent / "capi" / name
-    if not path.is_file():
-        return None
-    try:
-        ctypes.CDLL(str(path))
-    except OSError as exc:
-        if "cannot open shared object file" in str(exc):
-            return str(exc).removeprefix(f"{path}: ")
-    return None
+    """Why ``provider``'s library cannot load here, else None (``contract.providers``)."""
+    return contract_missing_library(provider, Path(ort.__file__).parent)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from contract import encode
 from contract.palette import Color
+from contract.providers import missing_library
 from contract.schema import INPUT, LABELS, MetadataError, check_model, session_tensors
 from contract.tiling import Tiling, segment_tiled
 from model.checkpoint import load_checkpoint
@@ -97,8 +98,15 @@ class OnnxPredictor:
         import onnxruntime as ort
 
         providers = ["CPUExecutionProvider"]
-        if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        # As the service chooses: CUDA only where its libraries load, so a CPU-only machine
+        # gets no ONNX Runtime errors about them.
+        cuda = "CUDAExecutionProvider"
+        if (
+            device != "cpu"
+            and cuda in ort.get_available_providers()
+            and missing_library(cuda, Path(ort.__file__).parent) is None
+        ):
+            providers.insert(0, cuda)
         source = str(path)
         if not Path(path).is_file():
             raise PredictError(f"{source}: no such model file")

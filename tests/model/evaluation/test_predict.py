@@ -318,3 +318,22 @@ def test_images_past_pillows_bomb_limit_are_read_up_to_max_image_pixels(
         assert label.size == (41, 30)
     with pytest.raises(PredictError, match="is 41x30 = 1230 pixels; the limit is 1000"):
         predict(checkpoint, [photos / "a.jpg"], tmp_path / "out", max_image_pixels=1_000)
+
+
+def test_an_onnx_file_runs_quietly_where_cuda_cannot_load(
+    photos: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """On a machine without a GPU driver, ONNX Runtime's errors about its CUDA libraries stay
+    out of the output, as in the service: the provider is not asked for (contract.providers)."""
+    import onnxruntime as ort
+
+    from contract.providers import missing_library
+
+    if missing_library("CUDAExecutionProvider", Path(ort.__file__).parent) is None:
+        pytest.skip("ONNX Runtime's CUDA libraries load here")
+    _, onnx_path = exported("fcn8s")
+    out = str(tmp_path / "out")
+    assert main(["predict", "--checkpoint", str(onnx_path), "--out", out, str(photos)]) == 0
+    captured = capfd.readouterr()
+    assert captured.err == ""
+    assert captured.out.startswith("wrote ")
