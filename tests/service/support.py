@@ -173,6 +173,24 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return body["error"]  # type: ignore[no-any-return]
 
 
+def post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of an HTTP/1.1 POST of ``path`` with ``headers``, from a loopback client."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 5000),
+    }
+
+
 async def asgi_post(
     app: FastAPI, chunks: list[bytes], headers: list[tuple[bytes, bytes]]
 ) -> tuple[int, bytes, int]:
@@ -197,21 +215,7 @@ async def asgi_post(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/segment",
-        "raw_path": b"/segment",
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "server": ("test", 80),
-        "client": ("127.0.0.1", 5000),
-    }
-    await app(scope, receive, send)
+    await app(post_scope("/segment", headers), receive, send)
     body = b"".join(m.get("body", b"") for m in sent[1:])
     return sent[0]["status"], body, pulled
 

@@ -17,7 +17,7 @@ from service.errors import NotReadyError, OverloadedError
 from service.main import create_app
 from service.metrics import Metrics
 from service.request import Upload
-from tests.service.support import PNG, metric, metrics, running, settings
+from tests.service.support import PNG, metric, metrics, post_scope, running, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -42,27 +42,11 @@ async def asgi_call(app: Any, path: str, body: bytes, receive: Receive) -> dict[
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "server": ("test", 80),
-        "client": ("127.0.0.1", 5000),
-    }
-    await app(scope, receive, send)
-    headers = {k.decode().lower(): v.decode() for k, v in sent[0]["headers"]}
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await app(post_scope(path, headers), receive, send)
+    answered = {k.decode().lower(): v.decode() for k, v in sent[0]["headers"]}
     content = b"".join(m.get("body", b"") for m in sent[1:])
-    return {"status": sent[0]["status"], "headers": headers, "body": json.loads(content)}
+    return {"status": sent[0]["status"], "headers": answered, "body": json.loads(content)}
 
 
 def stalling(body: bytes) -> Receive:
