@@ -24,8 +24,7 @@ from client import Client, ClientError, retry_after_s
 from model.cli import main as fcn
 from tests.images import encode, pattern
 from tests.isolation import run_without
-from tests.service.support import ROOT, free_port, metric
-from tests.service.test_server import Server, launch
+from tests.service.support import ROOT, Server, free_port, launch, metric
 
 pytestmark = pytest.mark.slow
 

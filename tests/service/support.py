@@ -9,6 +9,8 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -322,3 +324,45 @@ def runtime_of(path: Path) -> Runtime:
         trt_cache_dir=None,
         intra_op_threads=2,
     )
+
+
+@dataclass
+class Server:
+    """An ``fcn-serve`` process on a loopback port, and the file its output goes to."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    port: int
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def launch(model: Path, log: Path, **settings: str) -> Server:
+    """``fcn-serve --model M --host 127.0.0.1 --port P`` (python -m service.cli) with FCN_*
+    ``settings``, once /readyz answers 200."""
+    port = free_port()
+    env = server_environment(model, port="1", **settings)  # the flag below wins
+    del env["FCN_MODEL_PATH"]
+    flags = ["--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *flags],
+            env=env,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=sink,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", port, log)
+    try:
+        wait_for_server(server.url, lambda: None if process.poll() is None else server.output())
+    except AssertionError as exc:
+        server.stop()
+        raise AssertionError(f"the server did not become ready: {exc}\n{server.output()}") from None
+    return server

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,7 +27,9 @@ from tests.images import encode, pattern
 from tests.service.support import (
     PNG,
     ROOT,
+    Server,
     free_port,
+    launch,
     metric,
     png_labels,
     read_reply,
@@ -36,51 +37,6 @@ from tests.service.support import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    port: int
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-def launch(model: Path, log: Path, **settings: str) -> Server:
-    """``fcn-serve --model M --host 127.0.0.1 --port P`` (python -m service.cli) with FCN_*
-    ``settings``, once /readyz answers 200."""
-    port = free_port()
-    env = server_environment(model, port="1", **settings)  # the flag below wins
-    del env["FCN_MODEL_PATH"]
-    flags = ["--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *flags],
-            env=env,
-            cwd=ROOT,
-            stdout=sink,
-            stderr=sink,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", port, log)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise AssertionError(f"the server did not become ready:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ ready after every case, and its resident memory ends within 50 MB of where it st
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +16,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck
 
-from tests.service.support import (
-    ROOT,
-    exchange,
-    free_port,
-    server_environment,
-    wait_for_server,
-)
+from tests.service.support import Server, exchange, launch
 from tests.service.test_hostile import CASES
 
 pytestmark = pytest.mark.slow
@@ -42,37 +34,26 @@ def rss_mb(pid: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """``fcn-serve`` on the tiny model on a free loopback port, ready: (url, pid)."""
-    port = free_port()
+def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``fcn-serve`` on the tiny model on a free loopback port, ready."""
     log = tmp_path_factory.mktemp("fuzz") / "server.log"
-    env = server_environment(
+    server = launch(
         model_path,
-        host="127.0.0.1",
-        port=str(port),
+        log,
         warmup_sizes="16x16",
         intra_op_threads="2",
         max_upload_bytes=str(2 * 2**20),
         upload_timeout_s="2",
         access_log="false",
     )
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli"], env=env, cwd=ROOT, stdout=sink, stderr=sink
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_server(url, lambda: None if process.poll() is None else log.read_text())
-        yield url, process.pid
-    finally:
-        process.kill()
-        process.wait(10)
+    yield server
+    server.stop()
 
 
 def test_no_5xx_and_ready_after_every_case_and_memory_comes_back(
-    server: tuple[str, int], tmp_path: Path
+    server: Server, tmp_path: Path
 ) -> None:
-    url, pid = server
+    url, pid = server.url, server.process.pid
     # Hypothesis caches what it learns in .hypothesis/ of the working directory: not here.
     hypothesis.configuration.set_hypothesis_home_dir(tmp_path / ".hypothesis")
     client = httpx.Client(base_url=url, timeout=30)
@@ -114,7 +95,7 @@ def test_no_5xx_and_ready_after_every_case_and_memory_comes_back(
                 assert mode is schemathesis.GenerationMode.NEGATIVE
 
     for name, (parts, _) in CASES.items():
-        reply = exchange(int(url.rsplit(":", 1)[1]), *parts)
+        reply = exchange(server.port, *parts)
         assert reply.status < 500, (name, reply.body[:300])
         check_ready(name)
     client.close()
