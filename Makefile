@@ -1,7 +1,9 @@
 # Entry points for a fresh Linux machine with Python 3.11+:
 #   make serve   install the service and serve the bundled demo model on port 8000
-#   make test    install everything, then lint, type-check and run the whole test suite
-#   make test-fast  the edit loop: lint, type-check and every test not marked slow
+#   make test    install everything, then lint, type-check, build the docs and run the whole test suite
+#   make test-fast  the edit loop: lint, type-check, build the docs and every test not marked slow
+#   make docs    build the documentation site into site/ (strict: a broken link fails)
+#   make docs-serve  serve it on http://127.0.0.1:8001, rebuilt as the pages change
 #   make test-lowest  the service, contract and part of the model tests at the lowest
 #                versions pyproject.toml allows, in .venv-lowest (.ci/lowest; CI runs it)
 # `make serve MODEL=voc-fcn8s` serves a published model instead (`fcn pretrained --list`):
@@ -13,7 +15,7 @@ DEMO_MODEL := models/demo/fcn8s.onnx
 MODEL ?=
 PRETRAINED_DIR := models/pretrained
 
-.PHONY: serve lint test test-fast test-lowest demo clean
+.PHONY: serve lint docs docs-serve test test-fast test-lowest demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,18 +49,28 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The site, strictly: a broken link or anchor, or a page missing from the nav, fails. The
+# settings and command-line references are generated from the code (docs/hooks/reference.py).
+# NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2, printed at every build otherwise.
+docs: $(VENV)/.dev-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(VENV)/.dev-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
+
+test: lint docs
 	$(BIN)/pytest
 
-test-fast: lint
+test-fast: lint docs
 	$(BIN)/pytest -m "not slow"
 
 test-lowest:
 	PYTHON=$(PYTHON) bash .ci/lowest
 
-# Rebuild the demo model from scratch (synthetic data, staged training, export): ~20 min.
+# Rebuild the demo model from scratch (synthetic data, staged training, export): ~20 min on
+# 2 CPU cores, 11.5 of them training the three stages (models/demo/recipe.json's seconds).
 demo: $(VENV)/.dev-installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" models/demo/build.sh
 
 clean:
-	rm -rf $(VENV) .venv-lowest .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-lowest .mypy_cache .ruff_cache .pytest_cache site
