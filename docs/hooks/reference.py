@@ -40,7 +40,7 @@ def type_text(annotation: Any) -> str:
         inner = args[0]
         if typing.get_origin(inner) is tuple:
             return "`HxW` sizes, comma separated"
-        return f"{type_text(inner)}s, comma separated"
+        return "names, comma separated" if inner is str else f"{type_text(inner)}s, comma separated"
     names = {bool: "`true` or `false`", int: "integer", float: "number", str: "text", Path: "path"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
