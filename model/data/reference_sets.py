@@ -204,7 +204,8 @@ def context_dataset(
 ) -> ContextDataset:
     """PASCAL-Context's 59-class task: VOC2010 photos, ``ImageSets/Main/SPLIT.txt``, labels
     from ``trainval/ID.mat`` through ``labels.txt`` (and ``59_labels.txt``, if present)."""
-    voc, context = context_dirs(Path(root))
+    given = Path(root)
+    voc, context = context_dirs(given)
     list_file = voc / "ImageSets" / "Main" / f"{split}.txt"
     if not list_file.is_file():
         found = ", ".join(context_splits(voc)) or "none"
@@ -217,7 +218,7 @@ def context_dataset(
     ]
     classes = list(CONTEXT_CLASSES)
     return ContextDataset(
-        context,
+        given,  # the folder holding both, as `fcn data check` takes it
         split,
         samples,
         classes=classes,
