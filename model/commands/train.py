@@ -47,7 +47,12 @@ FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
         None,
         None,
     ),
-    "data": ("training data folder (VOC, SBD or images/ + masks/); required", None, None),
+    "data": (
+        "training data folder (VOC, SBD, images/ + masks/, PASCAL-Context, SIFT Flow or "
+        "NYUDv2); required",
+        None,
+        None,
+    ),
     "data_format": ("layout of --data", FORMATS, None),
     "train_split": ("split list of the training images", None, None),
     "val_data": ("validation data folder (default: --data)", None, None),
