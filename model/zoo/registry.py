@@ -120,7 +120,9 @@ def _other(
     dataset: Literal["context", "nyud"],
     size_mib: int,
 ) -> Pretrained:
-    """A reference net of another data set: PASCAL-Context or NYUDv2 (``dataset``)."""
+    """A reference net of another data set: PASCAL-Context or NYUDv2 (``dataset``).
+    ``size_mib`` is its weights' float32 bytes (no size was published; the file is a little
+    larger)."""
     return Pretrained(
         name=name,
         kind="caffe",
@@ -232,7 +234,7 @@ MODELS: dict[str, Pretrained] = {
             "the reference FCN-32s on colour alone, NYUDv2 (40 classes), stride 32",
             _table(60.0, 42.2, 29.2, 43.9),
             dataset="nyud",
-            size_mib=539,
+            size_mib=538,
         ),
         _torchvision(
             "torchvision-fcn-resnet50",
