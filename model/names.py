@@ -11,7 +11,7 @@ BACKBONES = ("vgg16", "alexnet", "caffe-alexnet", "googlenet")
 # model.devices: --amp.
 AMP_MODES = ("none", "bf16", "fp16")
 # model.data.layouts: --format of a data folder.
-DATA_FORMATS = ("auto", "voc", "sbd", "folder")
+DATA_FORMATS = ("auto", "voc", "sbd", "folder", "context", "siftflow", "nyud")
 # model.training.config.
 LOSSES = ("sum", "mean")
 OPTIMIZERS = ("sgd", "adamw")

@@ -1,6 +1,7 @@
 """The reference Caffe weights on this project's networks, matched by layer name.
 
-A reference FCN ``.caffemodel`` (the VGG16 FCNs, FCN-AlexNet) becomes a checkpoint
+A reference FCN ``.caffemodel`` (the VGG16 FCNs of PASCAL VOC, PASCAL-Context and NYUDv2's
+colour net, FCN-AlexNet) becomes a checkpoint
 (``convert_caffemodel``); Caffe's ILSVRC VGG16 and BVLC AlexNet initialise an FCN's trunk for
 training (``load_caffe_vgg16``, ``load_caffe_alexnet``). Every layer and shape is checked
 before any value is read, and each tensor is read once, from the file.
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from contract.palette import VOC_CLASSES, voc_colormap
 from model.caffe.caffemodel import CaffeBlob, CaffeLayer, CaffeModelError, read_caffemodel
+from model.caffe.datasets import DATASETS, CaffeDataset, dataset_for
 from model.checkpoint import Checkpoint
 from model.names import ARCHS
 from model.nets.alexnet import TRUNK_LAYERS as ALEXNET_LAYERS
@@ -248,11 +250,13 @@ def convert_caffemodel(
     *,
     width: float | None = None,
     backbone: str | None = None,
+    dataset: str | None = None,
 ) -> Checkpoint:
-    """A checkpoint from a reference PASCAL VOC FCN ``.caffemodel``: 21 VOC classes and
-    palette, Caffe preprocessing. ``arch`` and ``backbone`` default to those the file's
-    layers name and ``width`` to conv1's channels over the backbone's (1.0 for the
-    reference files)."""
+    """A checkpoint from a reference FCN ``.caffemodel``: the classes of its data set (PASCAL
+    VOC's 21, PASCAL-Context's 60, NYUDv2's 40), their palette, and the Caffe preprocessing
+    of that set's mean. ``arch`` and ``backbone`` default to those the file's layers name,
+    ``dataset`` to the one whose class count ``score_fr`` has, and ``width`` to conv1's
+    channels over the backbone's (1.0 for the reference files)."""
     layers = weighted_layers(path)
     detected = detect_net(layers)
     if arch is None:
@@ -268,7 +272,8 @@ def convert_caffemodel(
         )
     if width is None:
         width = _stored_width(layers, backbone)
-    spec = ModelSpec(arch, len(VOC_CLASSES), width, backbone=backbone)
+    data = _dataset(path, layers, dataset)
+    spec = ModelSpec(arch, len(data.classes), width, backbone=backbone)
     _check_names(path, set(layers), net_layers(backbone, arch), net_name(backbone, arch))
     # Built on the CPU and overwritten: the tensors are the weights' only copy in memory.
     state_dict = build_fcn(spec).state_dict()
@@ -276,11 +281,29 @@ def convert_caffemodel(
     return Checkpoint(
         spec=spec,
         state_dict=state_dict,
-        classes=list(VOC_CLASSES),
-        palette=voc_colormap(len(VOC_CLASSES)),
-        preprocessing=CAFFE,
-        dataset="voc",
+        classes=list(data.classes),
+        palette=voc_colormap(len(data.classes)),
+        preprocessing=data.preprocessing,
+        dataset=data.name,
     )
+
+
+def _dataset(
+    path: str | os.PathLike[str], layers: Mapping[str, CaffeLayer], name: str | None
+) -> CaffeDataset:
+    """The named data set, else the one whose class count the file's score_fr has (PASCAL
+    VOC when it has none or an unknown count: the layer checks then say what is wrong)."""
+    if name is not None:
+        if name not in DATASETS:
+            raise CaffeModelError(
+                f"{path}: no reference RGB net was trained on {name!r}; "
+                f"known: {', '.join(DATASETS)}"
+            )
+        return DATASETS[name]
+    score = layers.get("score_fr")
+    shape = score.blobs[0].shape if score is not None and score.blobs else ()
+    found = dataset_for(shape[0]) if len(shape) == 4 else None
+    return found or DATASETS["voc"]
 
 
 def _stored_width(layers: Mapping[str, CaffeLayer], backbone: str) -> float:

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from model.names import DATA_FORMATS as FORMATS
 
+# model.data.synthetic.LAYOUTS, here so that --help never imports numpy.
+SYNTH_LAYOUTS = ("voc", "context", "siftflow", "nyud")
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """``HxW`` (or one number for a square) as (H, W)."""
@@ -24,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     text = "report missing, unreadable, mis-sized or mislabelled files"
     p = sub.add_parser("check", help=text, description=text)
     p.add_argument(
-        "root", type=Path, metavar="DIR", help="data folder (VOC, SBD or images/ + masks/)"
+        "root",
+        type=Path,
+        metavar="DIR",
+        help="data folder (VOC, SBD, images/ + masks/, PASCAL-Context, SIFT Flow or NYUDv2)",
     )
     p.add_argument("--format", default="auto", choices=FORMATS, help="layout (default: detected)")
     p.add_argument(
@@ -32,9 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, default=4, help="reading threads (default: 4)")
 
-    text = "write a synthetic data set in PASCAL VOC's layout"
+    text = "write a synthetic data set in PASCAL VOC's layout (or another's)"
     p = sub.add_parser("synth", help=text, description=text)
     p.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
+    p.add_argument(
+        "--layout",
+        default="voc",
+        choices=SYNTH_LAYOUTS,
+        help="the data set whose files to write: voc, or the reference's PASCAL-Context, "
+        "SIFT Flow or NYUDv2 (default: voc)",
+    )
     p.add_argument("--train", type=int, default=300, help="training images (default: 300)")
     p.add_argument(
         "--val", type=int, default=100, help="validation images, 1 or more (default: 100)"
@@ -97,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
                     seed=args.seed,
                     band=args.band,
                     progress=advance,
+                    layout=args.layout,
                 )
             except FileExistsError as exc:
                 raise CLIError(f"--out: {exc}") from exc
@@ -104,7 +118,12 @@ def run(args: argparse.Namespace) -> int:
                 raise CLIError(
                     f"--out {args.out}: cannot write in {args.out.parent} ({exc.strerror or exc})"
                 ) from exc
-        print(f"wrote {args.train} train + {args.val} val images ({size[0]}x{size[1]}) to {out}")
+        voc_like = args.layout in ("voc", "context")
+        first, second = ("train", "val") if voc_like else ("trainval", "test")
+        print(
+            f"wrote {args.train} {first} + {args.val} {second} images ({size[0]}x{size[1]}) "
+            f"to {out}"
+        )
         return 0
     try:
         where = download_voc(args.root) if args.dataset == "voc" else download_sbd(args.root)

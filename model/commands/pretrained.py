@@ -104,7 +104,12 @@ def report(result: Exported) -> str:
 
 def figures(entry: Pretrained) -> str:
     """The published figures in percent, as papers give them: ``mean IU 65.5``."""
-    names = {"mean_iu": "mean IU", "pixel_accuracy": "pixel accuracy"}
+    names = {
+        "mean_iu": "mean IU",
+        "pixel_accuracy": "pixel accuracy",
+        "mean_accuracy": "mean accuracy",
+        "frequency_weighted_iu": "f.w. IU",
+    }
     return ", ".join(
         f"{names.get(key, key)} {100 * value:.1f}" for key, value in entry.metrics.items()
     )

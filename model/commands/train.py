@@ -1,5 +1,6 @@
-"""``fcn train``: one flag per ``TrainConfig`` field, ``--config FILE``, and the order they
-apply in: defaults (or the ``--resume`` checkpoint's config), then the file, then flags."""
+"""``fcn train``: one flag per ``TrainConfig`` field, ``--preset NAME``, ``--config FILE``,
+and the order they apply in: defaults (or the ``--resume`` checkpoint's config), then the
+preset, then the file, then flags."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from model.names import AMP_MODES, ARCHS, BACKBONES, CLASS_WEIGHTS, LOSSES, LR_POLICIES, OPTIMIZERS
 from model.names import DATA_FORMATS as FORMATS
-from model.training.config import TrainConfig, load_config_file
+from model.training.config import (
+    PRESETS,
+    STAGED_FROM,
+    ConfigError,
+    TrainConfig,
+    load_config_file,
+    preset_config,
+)
 
 if TYPE_CHECKING:
     from model.checkpoint import Checkpoint
@@ -39,7 +47,12 @@ FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
         None,
         None,
     ),
-    "data": ("training data folder (VOC, SBD or images/ + masks/); required", None, None),
+    "data": (
+        "training data folder (VOC, SBD, images/ + masks/, PASCAL-Context, SIFT Flow or "
+        "NYUDv2); required",
+        None,
+        None,
+    ),
     "data_format": ("layout of --data", FORMATS, None),
     "train_split": ("split list of the training images", None, None),
     "val_data": ("validation data folder (default: --data)", None, None),
@@ -95,6 +108,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "commented YAML that --config reads back, and exit",
     )
     parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        metavar="NAME",
+        help="start from the reference's solver for a data set and net (applied over the "
+        f"defaults, under --config and flags): {', '.join(PRESETS)}",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         help="YAML or JSON file of settings (applied over the defaults, under the flags)",
@@ -136,6 +156,13 @@ def config_from_args(args: argparse.Namespace, resumed: Checkpoint | None = None
     a checkpoint, so ``--print-config`` alone never does."""
     config = TrainConfig()
     overrides = flag_overrides(args)
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        if overrides.get("resume"):
+            raise ConfigError(
+                "--preset: not with --resume, which continues its checkpoint's config"
+            )
+        config = preset_config(preset)
     if overrides.get("resume"):
         from model.checkpoint import load_checkpoint
 
@@ -144,7 +171,13 @@ def config_from_args(args: argparse.Namespace, resumed: Checkpoint | None = None
         config = TrainConfig.from_dict(resumed.config, f"{source} (config)")
     if args.config is not None:
         config = config.updated(load_config_file(args.config), str(args.config))
-    return config.updated(overrides, "flags")
+    config = config.updated(overrides, "flags")
+    if preset in STAGED_FROM and not config.init.startswith("checkpoint:"):
+        raise ConfigError(
+            f"--preset {preset} continues a trained {STAGED_FROM[preset]}, as the reference "
+            "stages its nets: give --init checkpoint:PATH (that run's best.pt)"
+        )
+    return config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ each named, found before training or evaluation reads it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,7 @@ import numpy as np
 from contract.palette import IGNORE_INDEX
 from model.data.datasets import DataError, Sample, SegmentationDataset, read_image
 from model.data.layouts import available_splits, detect_format, open_dataset
+from model.data.reference_sets import SIFTFlowDataset
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ def _problem(path: Path, error: DataError) -> Problem:
 
 
 def check_sample(dataset: SegmentationDataset, sample: Sample) -> list[Problem]:
-    """Everything wrong with one pair: missing or unreadable files, sizes, label values."""
+    """Everything wrong with one pair: missing or unreadable files, sizes, label values
+    (and those of its geometric labels, for SIFT Flow)."""
     problems: list[Problem] = []
     image_size: tuple[int, int] | None = None
     if not sample.image.is_file():
@@ -44,30 +46,54 @@ def check_sample(dataset: SegmentationDataset, sample: Sample) -> list[Problem]:
             image_size = read_image(sample.image).shape[:2]
         except DataError as exc:
             problems.append(_problem(sample.image, exc))
-    if not sample.target.is_file():
-        problems.append(Problem(sample.target, f"missing label file for {sample.image.name}"))
-        return problems
+    problems += _check_labels(
+        sample.target, dataset.read_target, dataset.num_classes, sample.image, image_size
+    )
+    if sample.geometry is not None and isinstance(dataset, SIFTFlowDataset):
+        problems += _check_labels(
+            sample.geometry,
+            dataset.read_geometry,
+            len(dataset.geometry_classes),
+            sample.image,
+            image_size,
+            kind="geometric ",
+        )
+    return problems
+
+
+def _check_labels(
+    path: Path,
+    read: Callable[[Path], np.ndarray],
+    num_classes: int,
+    image: Path,
+    image_size: tuple[int, int] | None,
+    *,
+    kind: str = "",
+) -> list[Problem]:
+    """A label file's problems: missing, unreadable, not the image's size, values out of range."""
+    if not path.is_file():
+        return [Problem(path, f"missing {kind}label file for {image.name}")]
     try:
-        target = dataset.read_target(sample.target)
+        target = read(path)
     except DataError as exc:
-        return [*problems, _problem(sample.target, exc)]
+        return [_problem(path, exc)]
     except Exception as exc:
-        return [*problems, Problem(sample.target, f"unreadable label file ({exc})")]
+        return [Problem(path, f"unreadable {kind}label file ({exc})")]
     if target.ndim != 2:
-        problems.append(Problem(sample.target, f"label map of shape {target.shape}, not H x W"))
-        return problems
+        return [Problem(path, f"{kind}label map of shape {target.shape}, not H x W")]
+    problems = []
     if image_size is not None and target.shape != image_size:
         (h, w), (ih, iw) = target.shape, image_size
         problems.append(
-            Problem(sample.target, f"label is {w}x{h} but image {sample.image.name} is {iw}x{ih}")
+            Problem(path, f"{kind}label is {w}x{h} but image {image.name} is {iw}x{ih}")
         )
     values = np.unique(target)
-    bad = values[((values < 0) | (values >= dataset.num_classes)) & (values != IGNORE_INDEX)]
+    bad = values[((values < 0) | (values >= num_classes)) & (values != IGNORE_INDEX)]
     if bad.size:
         problems.append(
             Problem(
-                sample.target,
-                f"label values {bad[:5].tolist()} outside [0, {dataset.num_classes}) and not "
+                path,
+                f"{kind}label values {bad[:5].tolist()} outside [0, {num_classes}) and not "
                 f"{IGNORE_INDEX}",
             )
         )

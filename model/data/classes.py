@@ -58,3 +58,34 @@ def _color(value: Any) -> Color:
     if not all(0 <= v <= 255 for v in (r, g, b)):
         raise ValueError(f"{value} is not RGB in 0..255")
     return r, g, b
+
+
+# The reference's published class lists, in model output order (fcn.berkeleyvision.org,
+# data/*/classes*.txt). PASCAL-Context's 59-class task (Mottaghi et al., CVPR 2014) plus
+# background, 0.
+CONTEXT_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor", "bag", "bed", "bench", "book", "building", "cabinet",
+    "ceiling", "clothes", "computer", "cup", "door", "fence", "floor", "flower", "food",
+    "grass", "ground", "keyboard", "light", "mountain", "mouse", "curtain", "platform", "sign",
+    "plate", "road", "rock", "shelves", "sidewalk", "sky", "snow", "bedcloth", "track", "tree",
+    "truck", "wall", "water", "window", "wood",
+)  # fmt: skip
+# NYUDv2's 40-class task (Gupta et al., CVPR 2013); the files' 0 (void) becomes 255.
+NYUD_CLASSES = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
+    "floor mat", "clothes", "ceiling", "books", "refridgerator", "television", "paper", "towel",
+    "shower curtain", "box", "whiteboard", "person", "night stand", "toilet", "sink", "lamp",
+    "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
+)  # fmt: skip
+# SIFT Flow's 33 semantic classes (the files' 0, void, becomes 255) and its 3 geometric ones
+# (the files' -1 and 0, void, become 255). Cow, desert and moon never occur in its test set.
+SIFTFLOW_CLASSES = (
+    "awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk",
+    "desert", "door", "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole",
+    "river", "road", "rock", "sand", "sea", "sidewalk", "sign", "sky", "staircase",
+    "streetlight", "sun", "tree", "window",
+)  # fmt: skip
+SIFTFLOW_GEOMETRY_CLASSES = ("sky", "horizontal", "vertical")

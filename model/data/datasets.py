@@ -33,6 +33,27 @@ class Sample:
     id: str
     image: Path
     target: Path
+    # A second label map of the same pixels (SIFT Flow's geometric classes), if the set has one.
+    geometry: Path | None = None
+
+
+def read_split_list(path: Path) -> list[str]:
+    """The IDs of a split list file, one a line; an empty or unreadable list is an error."""
+    try:
+        lines = path.read_text().split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable split list ({exc})") from exc
+    if not lines:
+        raise DataError(f"{path}: empty split list")
+    return lines
+
+
+def packaged_split(name: str) -> list[str] | None:
+    """A split list shipped with the package (model/data/splits/NAME.txt), if there is one."""
+    from importlib import resources
+
+    entry = resources.files("model.data").joinpath("splits", f"{name}.txt")
+    return entry.read_text().split() if entry.is_file() else None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -78,6 +99,19 @@ def _colors_to_ids(rgb: np.ndarray, palette: Sequence[Color], path: Path) -> np.
         ids[k] = lookup[c]
     dtype = np.uint8 if len(palette) <= 256 else np.int64
     return ids[inverse].reshape(code.shape).astype(dtype)
+
+
+def read_mat_array(path: Path, key: str) -> np.ndarray:
+    """The 2-D array ``key`` of a MATLAB (v5) file, as stored."""
+    from scipy.io import loadmat
+
+    mat = loadmat(path, variable_names=[key])
+    if key not in mat:
+        raise DataError(f"{path}: no {key!r} in this .mat file")
+    value = np.asarray(mat[key])
+    if value.ndim != 2 or value.dtype.kind not in "iuf":
+        raise DataError(f"{path}: {key!r} is {value.dtype} {value.shape}, not a 2-D label map")
+    return value
 
 
 def read_sbd_mat(path: Path) -> np.ndarray:

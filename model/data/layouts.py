@@ -1,11 +1,11 @@
-"""The folder layouts a data set comes in (PASCAL VOC, SBD, images/ + masks/): telling
-them apart, their split lists (packaged ones included) and opening one as a data set."""
+"""The folder layouts a data set comes in (PASCAL VOC, SBD, images/ + masks/, and the
+reference's PASCAL-Context, SIFT Flow and NYUDv2): telling them apart, their split lists
+(packaged ones included) and opening one as a data set."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
-from importlib import resources
+from collections.abc import Callable
 from pathlib import Path
 
 from contract.decode import EXTENSIONS
@@ -19,6 +19,21 @@ from model.data.datasets import (
     SegmentationDataset,
     Transforms,
     VOCDataset,
+    packaged_split,
+    read_split_list,
+)
+from model.data.reference_sets import (
+    MARKERS,
+    NYUD_SUBDIRS,
+    SIFTFLOW_SUBDIRS,
+    context_dataset,
+    context_dirs,
+    context_splits,
+    detect_reference,
+    find_dir,
+    nyud_dataset,
+    reference_splits,
+    siftflow_dataset,
 )
 from model.names import DATA_FORMATS
 
@@ -32,43 +47,26 @@ SBD_MARKERS = ("img", "cls")
 PACKAGED_SPLITS = ("seg11valid",)
 
 
-def _read_list(path: Path) -> list[str]:
-    try:
-        lines = path.read_text().split()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: unreadable split list ({exc})") from exc
-    if not lines:
-        raise DataError(f"{path}: empty split list")
-    return lines
-
-
-def packaged_split(name: str) -> list[str]:
-    """A split list shipped with the package, e.g. ``seg11valid`` (736 VOC2011 val IDs)."""
-    return resources.files("model.data").joinpath("splits", f"{name}.txt").read_text().split()
-
-
-def _resolve(root: Path, subdirs: Iterable[str], marker: tuple[str, ...]) -> Path | None:
-    for sub in subdirs:
-        candidate = root / sub if sub else root
-        if all((candidate / m).exists() for m in marker):
-            return candidate
-    return None
-
-
 def detect_format(root: str | os.PathLike[str]) -> str:
-    """``voc``, ``sbd`` or ``folder`` from the folders found under ``root``."""
+    """``voc``, ``sbd``, ``folder``, ``context``, ``siftflow`` or ``nyud`` from the folders
+    found under ``root``."""
     path = Path(root)
     if not path.is_dir():
         raise DataError(f"{path}: no such data folder")
-    if _resolve(path, VOC_SUBDIRS, VOC_MARKERS):
+    reference = detect_reference(path)
+    if reference is not None:
+        return reference
+    if find_dir(path, VOC_SUBDIRS, VOC_MARKERS):
         return "voc"
-    if _resolve(path, SBD_SUBDIRS, SBD_MARKERS):
+    if find_dir(path, SBD_SUBDIRS, SBD_MARKERS):
         return "sbd"
     if (path / "images").is_dir() and (path / "masks").is_dir():
         return "folder"
     raise DataError(
         f"{path}: not a known data layout: expected VOC (JPEGImages/ + SegmentationClass/), "
-        "SBD (img/ + cls/) or a folder of images/ + masks/"
+        "SBD (img/ + cls/), a folder of images/ + masks/, PASCAL-Context (VOC2010/ + "
+        "trainval/), SIFT Flow (Images/ + SemanticLabels/) or NYUDv2 (data/images/ + "
+        "segmentation/)"
     )
 
 
@@ -82,15 +80,15 @@ def voc_dataset(
     Classes come from ``classes.json`` beside JPEGImages/ if present, else VOC's 21.
     """
     given = Path(root)
-    base = _resolve(given, VOC_SUBDIRS, VOC_MARKERS)
+    base = find_dir(given, VOC_SUBDIRS, VOC_MARKERS)
     if base is None:
         raise DataError(f"{given}: no JPEGImages/ and SegmentationClass/ (nor VOCdevkit/VOC2012/)")
     list_dir = base / "ImageSets" / "Segmentation"
     list_file = list_dir / f"{split}.txt"
     if list_file.is_file():
-        ids = _read_list(list_file)
+        ids = read_split_list(list_file)
     elif split in PACKAGED_SPLITS:
-        ids = packaged_split(split)
+        ids = packaged_split(split) or []
     else:
         found = sorted(p.stem for p in list_dir.glob("*.txt")) if list_dir.is_dir() else []
         raise DataError(
@@ -114,7 +112,7 @@ def sbd_dataset(
 ) -> SBDDataset:
     """The Semantic Boundaries Dataset: ``img/ID.jpg``, ``cls/ID.mat``, ``SPLIT.txt``."""
     given = Path(root)
-    base = _resolve(given, SBD_SUBDIRS, SBD_MARKERS)
+    base = find_dir(given, SBD_SUBDIRS, SBD_MARKERS)
     if base is None:
         raise DataError(f"{given}: no img/ and cls/ folders (nor benchmark_RELEASE/dataset/)")
     list_file = base / f"{split}.txt"
@@ -123,7 +121,7 @@ def sbd_dataset(
         raise DataError(f"{list_file}: no such split list (found: {', '.join(found) or 'none'})")
     samples = [
         Sample(i, base / "img" / f"{i}.jpg", base / "cls" / f"{i}.mat")
-        for i in _read_list(list_file)
+        for i in read_split_list(list_file)
     ]
     classes, palette = list(VOC_CLASSES), voc_colormap(len(VOC_CLASSES))
     return SBDDataset(base, split, samples, classes=classes, palette=palette, transforms=transforms)
@@ -154,7 +152,7 @@ def folder_dataset(
         (p for p in (base / f"{split}.txt", base / "splits" / f"{split}.txt") if p.is_file()), None
     )
     if list_file is not None:
-        stems = _read_list(list_file)
+        stems = read_split_list(list_file)
         unknown = [s for s in stems if s not in by_stem]
         if unknown:
             raise DataError(f"{list_file}: no image in {images_dir} for {', '.join(unknown[:3])}")
@@ -174,6 +172,9 @@ BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "voc": voc_dataset,
     "sbd": sbd_dataset,
     "folder": folder_dataset,
+    "context": context_dataset,
+    "siftflow": siftflow_dataset,
+    "nyud": nyud_dataset,
 }
 
 
@@ -195,10 +196,16 @@ def available_splits(root: str | os.PathLike[str], data_format: str = "auto") ->
     fmt = detect_format(root) if data_format == "auto" else data_format
     base = Path(root)
     if fmt == "voc":
-        voc = _resolve(base, VOC_SUBDIRS, VOC_MARKERS) or base
+        voc = find_dir(base, VOC_SUBDIRS, VOC_MARKERS) or base
         return sorted(p.stem for p in (voc / "ImageSets" / "Segmentation").glob("*.txt"))
     if fmt == "sbd":
-        sbd = _resolve(base, SBD_SUBDIRS, SBD_MARKERS) or base
+        sbd = find_dir(base, SBD_SUBDIRS, SBD_MARKERS) or base
         return sorted(p.stem for p in sbd.glob("*.txt"))
+    if fmt == "context":
+        return context_splits(context_dirs(base)[0])
+    if fmt in ("siftflow", "nyud"):
+        subdirs = SIFTFLOW_SUBDIRS if fmt == "siftflow" else NYUD_SUBDIRS
+        found = find_dir(base, subdirs, MARKERS[fmt]) or base
+        return reference_splits(found, fmt)
     lists = sorted({p.stem for d in (base, base / "splits") for p in d.glob("*.txt")})
     return lists or ["all"]

@@ -27,6 +27,8 @@ SYNTH_CLASSES = ("background", "disc", "square", "triangle", "ring", "bar")
 # to blend the image's edges, coverage >= 0.5 is the label.
 SUPERSAMPLE = 4
 SPLIT_CODES = {"train": 1, "val": 2}
+# The layouts ``write_synthetic`` writes: VOC's, and the reference's other data sets'.
+LAYOUTS = ("voc", "context", "siftflow", "nyud")
 # Hue (in turns) at the centre of each class's colour family.
 FAMILY_HUES = {"disc": 0.02, "ring": 0.02, "square": 0.36, "triangle": 0.36, "bar": 0.66}
 JPEG_QUALITY = 90
@@ -251,13 +253,19 @@ def write_synthetic(
     seed: int = 0,
     band: int = 1,
     progress: Callable[[int], None] | None = None,
+    layout: str = "voc",
 ) -> Path:
-    """Write ``train`` + ``val`` images in VOC's layout under ``out`` and return it.
+    """Write ``train`` + ``val`` images in a data set's layout under ``out`` and return it.
 
-    JPEGImages/ID.jpg, SegmentationClass/ID.png (palette PNG, pixel = class id, 255 on
-    boundaries), ImageSets/Segmentation/{train,val,trainval}.txt and classes.json. The folder
-    appears complete or not at all: it is built beside ``out`` and renamed at the end.
+    ``voc``: JPEGImages/ID.jpg, SegmentationClass/ID.png (palette PNG, pixel = class id, 255
+    on boundaries), ImageSets/Segmentation/{train,val,trainval}.txt and classes.json;
+    ``context``, ``siftflow``, ``nyud``: the reference's layouts (model.data.synthetic_sets).
+    The folder appears complete or not at all: it is built beside ``out`` and renamed at the end.
     """
+    from model.data.synthetic_sets import WRITERS
+
+    if layout != "voc" and layout not in WRITERS:
+        raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     target = Path(out)
     if train < 1 or val < 1:
         # Training validates on val and `fcn eval` scores it: an empty split is refused there.
@@ -273,6 +281,9 @@ def write_synthetic(
     try:
         # mkdtemp makes a private 0700 folder; give it a plain mkdir's mode.
         tmp.chmod(0o777 & ~current_umask())
+        if layout != "voc":
+            WRITERS[layout](tmp, train, val, size, seed=seed, band=band, progress=progress)
+            return _publish(tmp, target)
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (tmp / sub).mkdir(parents=True)
         lists: dict[str, list[str]] = {}
@@ -298,10 +309,15 @@ def write_synthetic(
             },
         }
         (tmp / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
+        return _publish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _publish(tmp: Path, target: Path) -> Path:
+    """Move the finished folder into place (over an empty one)."""
+    if target.exists():
+        target.rmdir()
+    os.replace(tmp, target)
     return target

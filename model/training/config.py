@@ -37,6 +37,76 @@ class ConfigError(FCNError, ValueError):
     """A config value, key or file that cannot be used; the message names it."""
 
 
+def _solver(
+    arch: str, lr: float, rounds: tuple[int, int], splits: tuple[str, str]
+) -> dict[str, Any]:
+    """A reference solve.py: SGD at a fixed ``lr`` for the pixel-summed loss, momentum 0.99,
+    weight decay 5e-4, biases at twice the rate, one image a step; ``rounds`` (N, steps):
+    N x steps iterations, scored after each round; ``splits``: (train, val)."""
+    (count, steps), (train, val) = rounds, splits
+    return {
+        "arch": arch,
+        "loss": "sum",
+        "optimizer": "sgd",
+        "lr": lr,
+        "lr_policy": "fixed",
+        "momentum": 0.99,
+        "weight_decay": 5e-4,
+        "bias_lr_mult": 2.0,
+        "batch_size": 1,
+        "iter_size": 1,
+        "max_iter": count * steps,
+        "val_every": steps,
+        "train_split": train,
+        "val_split": val,
+    }
+
+
+def _layout(fmt: str, settings: dict[str, Any]) -> dict[str, Any]:
+    return {**settings, "data_format": fmt, "val_format": fmt}
+
+
+# The reference's solvers per data set and net (fcn.berkeleyvision.org: each */solver.prototxt
+# and solve.py); ``fcn train --preset NAME`` starts from one. VOC trains on SBD's train and
+# scores seg11valid; PASCAL-Context trains on VOC2010 train and scores its val; SIFT Flow and
+# NYUDv2 train on trainval and score test.
+PRESETS: dict[str, dict[str, Any]] = {
+    "voc-fcn32s": _solver("fcn32s", 1e-10, (25, 4000), ("train", "seg11valid")),
+    "voc-fcn16s": _solver("fcn16s", 1e-12, (25, 4000), ("train", "seg11valid")),
+    "voc-fcn8s": _solver("fcn8s", 1e-14, (25, 4000), ("train", "seg11valid")),
+    "voc-fcn8s-atonce": _solver("fcn8s-atonce", 1e-10, (75, 4000), ("train", "seg11valid")),
+    "context-fcn32s": _layout("context", _solver("fcn32s", 1e-10, (50, 8000), ("train", "val"))),
+    "context-fcn16s": _layout("context", _solver("fcn16s", 1e-12, (50, 8000), ("train", "val"))),
+    "context-fcn8s": _layout("context", _solver("fcn8s", 1e-14, (50, 8000), ("train", "val"))),
+    "siftflow-fcn32s": _layout(
+        "siftflow", _solver("fcn32s", 1e-10, (50, 2000), ("trainval", "test"))
+    ),
+    "siftflow-fcn16s": _layout(
+        "siftflow", _solver("fcn16s", 1e-12, (50, 2000), ("trainval", "test"))
+    ),
+    # Not 1e-14: the reference's siftflow-fcn8s solver keeps FCN-16s's rate.
+    "siftflow-fcn8s": _layout(
+        "siftflow", _solver("fcn8s", 1e-12, (50, 2000), ("trainval", "test"))
+    ),
+    "nyud-fcn32s-color": _layout(
+        "nyud", _solver("fcn32s", 1e-10, (50, 2000), ("trainval", "test"))
+    ),
+}
+# Staged presets start from the trained net of the stage before (--init checkpoint:PATH).
+STAGED_FROM = {
+    f"{data}-{arch}": f"{data}-{before}"
+    for data in ("voc", "context", "siftflow")
+    for arch, before in (("fcn16s", "fcn32s"), ("fcn8s", "fcn16s"))
+}
+
+
+def preset_config(name: str) -> TrainConfig:
+    """The defaults with the reference solver ``name`` applied (``PRESETS``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"--preset: {name!r} is not one of {', '.join(PRESETS)}")
+    return TrainConfig().updated(PRESETS[name], f"preset {name}")
+
+
 # AdamW's step does not scale with the loss, so one rate serves both losses.
 ADAMW_LR = 1e-4
 

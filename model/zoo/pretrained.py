@@ -169,7 +169,9 @@ def _export_caffe(entry: Pretrained, weights: Weights, target: Path, verify: boo
     from model.export.exporter import export_net
     from model.export.graph import checkpoint_card
 
-    checkpoint = _converted(weights, lambda: convert_caffemodel(weights.path, entry.arch))
+    checkpoint = _converted(
+        weights, lambda: convert_caffemodel(weights.path, entry.arch, dataset=entry.dataset)
+    )
     card = dataclasses.replace(
         checkpoint_card(checkpoint), metrics=dict(entry.metrics), origin=origin(entry, weights)
     )

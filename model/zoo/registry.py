@@ -24,6 +24,9 @@ TORCHVISION_DOCS = "https://docs.pytorch.org/vision/stable/models/fcn.html"
 # are not in SBD's training set.
 SEG11VALID = "PASCAL VOC 2011 seg11valid (736 images), published by the reference"
 COCO_VOC = "COCO val2017, VOC's 20 categories, published by torchvision"
+# The paper's figures for the other data sets (Long, Shelhamer, Darrell, CVPR 2015).
+CONTEXT_VAL = "PASCAL-Context 59-class task, VOC2010 val (5,105 images), the paper's Table 6"
+NYUD_TEST = "NYUDv2 40-class task, test (654 images), the paper's Table 4"
 
 
 class UnknownModelError(FCNError, KeyError):
@@ -55,6 +58,8 @@ class Pretrained:
     reference: str = REFERENCE
     # The trunk of a Caffe entry's net (model.names.BACKBONES), as its conversion finds it.
     backbone: str = "vgg16"
+    # The data set of a Caffe entry's classes and input mean (model.caffe.datasets).
+    dataset: str = "voc"
 
     @property
     def file_name(self) -> str:
@@ -90,6 +95,44 @@ def _caffe(
         metrics={"mean_iu": mean_iu},
         metrics_on=SEG11VALID,
         **kw,
+    )
+
+
+def _table(pixel_acc: float, mean_acc: float, mean_iu: float, fw_iu: float) -> dict[str, float]:
+    """A row of the paper's tables (pixel acc., mean acc., mean IU, f.w. IU, in percent) as
+    fractions under our metric names, mean IU first as listings show it."""
+    row = {
+        "mean_iu": mean_iu,
+        "pixel_accuracy": pixel_acc,
+        "mean_accuracy": mean_acc,
+        "frequency_weighted_iu": fw_iu,
+    }
+    return {name: round(value / 100, 4) for name, value in row.items()}
+
+
+def _other(
+    name: str,
+    arch: str,
+    file: str,
+    summary: str,
+    metrics: dict[str, float],
+    *,
+    dataset: Literal["context", "nyud"],
+    size_mib: int,
+) -> Pretrained:
+    """A reference net of another data set: PASCAL-Context or NYUDv2 (``dataset``).
+    ``size_mib`` is its weights' float32 bytes (no size was published; the file is a little
+    larger)."""
+    return Pretrained(
+        name=name,
+        kind="caffe",
+        arch=arch,
+        summary=summary,
+        url=f"{CAFFE_HOST}/{file}",
+        size_mib=size_mib,
+        metrics=metrics,
+        metrics_on=CONTEXT_VAL if dataset == "context" else NYUD_TEST,
+        dataset=dataset,
     )
 
 
@@ -156,6 +199,42 @@ MODELS: dict[str, Pretrained] = {
             "stride 32",
             size_mib=224,
             backbone="caffe-alexnet",
+        ),
+        _other(
+            "context-fcn32s",
+            "fcn32s",
+            "pascalcontext-fcn32s-heavy.caffemodel",
+            "the reference FCN-32s, PASCAL-Context (59 classes and background), stride 32",
+            _table(63.8, 42.7, 31.8, 48.3),
+            dataset="context",
+            size_mib=570,
+        ),
+        _other(
+            "context-fcn16s",
+            "fcn16s",
+            "pascalcontext-fcn16s-heavy.caffemodel",
+            "the reference FCN-16s, PASCAL-Context (59 classes and background), stride 16",
+            _table(65.7, 46.2, 34.8, 50.7),
+            dataset="context",
+            size_mib=528,
+        ),
+        _other(
+            "context-fcn8s",
+            "fcn8s",
+            "pascalcontext-fcn8s-heavy.caffemodel",
+            "the reference FCN-8s, PASCAL-Context (59 classes and background), stride 8",
+            _table(65.9, 46.5, 35.1, 51.0),
+            dataset="context",
+            size_mib=517,
+        ),
+        _other(
+            "nyud-fcn32s-color",
+            "fcn32s",
+            "nyud-fcn32s-color-heavy.caffemodel",
+            "the reference FCN-32s on colour alone, NYUDv2 (40 classes), stride 32",
+            _table(60.0, 42.2, 29.2, 43.9),
+            dataset="nyud",
+            size_mib=538,
         ),
         _torchvision(
             "torchvision-fcn-resnet50",

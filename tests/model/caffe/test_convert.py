@@ -158,7 +158,8 @@ def vgg16(tmp_path: Path) -> Path:
 
 
 def more_classes(tmp_path: Path) -> Path:
-    return write_net(tmp_path / "context.caffemodel", cw.reference_layers("fcn8s", WIDTH, 60))
+    # No reference data set has 61 classes (VOC 21, NYUDv2 40, PASCAL-Context 60).
+    return write_net(tmp_path / "other.caffemodel", cw.reference_layers("fcn8s", WIDTH, 61))
 
 
 def conv_kernel_5(tmp_path: Path) -> Path:
@@ -207,7 +208,7 @@ BAD_FILES = {
         r".*Caffe's VGG16, which initialises training",
     ),
     "fcn32s-as-fcn8s": (fcn_file, ["--arch", "fcn8s"], r"Its layers are those of fcn32s"),
-    "60-classes": (more_classes, [], r"layer 'score_fr' blob 0 .*scores for 60 classes, not 21"),
+    "61-classes": (more_classes, [], r"layer 'score_fr' blob 0 .*scores for 61 classes, not 21"),
     "wrong-kernel": (
         conv_kernel_5,
         [],
