@@ -81,7 +81,10 @@ def test_json_images_in_and_json_labels_out() -> None:
 
 def test_the_pixel_limits_are_the_images_own() -> None:
     body, length = binary_body(IMAGES)
-    with pytest.raises(ImageTooLargeError, match="is 4x3 = 12 pixels; the limit is 11"):
+    with pytest.raises(
+        ImageTooLargeError,
+        match="is 4x3 = 12 pixels; the limit is 11 pixels, set by FCN_MAX_PIXELS$",
+    ):
         parse_infer(body, length, max_pixels=11, outputs=("labels",))
     check_one_pass(3, 4, max_model_pixels=203 * 204)
     with pytest.raises(ImageTooLargeError, match="/v2 does not tile"):
