@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Fully Convolutional Networks on ONNX Runtime: POST an image, get its labels.",
         version="1",
         lifespan=lifespan,
-        # Swagger UI and ReDoc load from a CDN: page.install serves an offline /docs instead.
+        # FastAPI's Swagger UI and ReDoc load from a CDN: page.install serves Swagger UI offline.
         docs_url=None,
         redoc_url=None,
     )
