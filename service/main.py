@@ -85,6 +85,12 @@ class App(FastAPI):
     """FastAPI with the request context (service.middleware.RequestContext) outermost, so
     that Starlette's own 500 answers and the tracebacks of bugs carry the request id too."""
 
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document, as true as the routes declare it (errors.drop_default_422)."""
+        if self.openapi_schema is None:
+            self.openapi_schema = errors.drop_default_422(super().openapi())
+        return self.openapi_schema
+
     def build_middleware_stack(self) -> ASGIApp:
         settings: Settings = self.state.service.settings
         return RequestContext(

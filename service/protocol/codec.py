@@ -92,6 +92,9 @@ def _shape(tensor: Mapping[str, Any], max_pixels: int) -> tuple[int, int, int, i
     if datatype != "UINT8":
         raise TensorError(f"input {INPUT!r} has datatype {datatype!r}; the model takes UINT8")
     shape = tensor.get("shape")
+    if isinstance(shape, list):
+        # JSON has one number type: 2.0 is an integer to JSON Schema (the OpenAPI document).
+        shape = [int(d) if type(d) is float and d.is_integer() else d for d in shape]
     if (
         not isinstance(shape, list)
         or len(shape) != 4
