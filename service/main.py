@@ -24,6 +24,15 @@ from service.middleware import QuietStartupFailure, RequestContext, RequestMetri
 from service.state import Service
 
 logger = logging.getLogger("fcn.service")
+# What /docs shows above the routes (plain words: Swagger UI renders it as Markdown).
+DESCRIPTION = (
+    "Try POST /segment here: Try it out, choose an image, Execute. GET /v1/model says what "
+    "the model knows, including its note: read it before trusting the labels.\n\n"
+    'Every error is JSON, {"error": {"code": ..., "message": ...}}, with an honest status '
+    '(the Open Inference Protocol routes under /v2 answer {"error": message}); each route '
+    "lists the statuses it answers. The service's limits are FCN_* settings, and a refusal "
+    "names the one at fault."
+)
 
 
 def _chain_signals(on_signal: Callable[[], None], delay_s: float) -> Callable[[], None]:
@@ -110,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = App(
         title="FCN semantic segmentation",
         summary="Fully Convolutional Networks on ONNX Runtime: POST an image, get its labels.",
+        description=DESCRIPTION,
         version="1",
         lifespan=lifespan,
         # FastAPI's Swagger UI and ReDoc load from a CDN: page.install serves Swagger UI offline.

@@ -113,6 +113,9 @@ def test_try_it_out_segments_an_upload_in_swagger_ui_offline(
     assert all(u.startswith(f"{server}/") or u.startswith("blob:") for u in loaded), loaded
     assert f"{server}/openapi.json" in loaded
     assert console_errors(browser) == []
+    screenshot = tmp_path / "docs.png"
+    assert browser.save_screenshot(str(screenshot))
+    print(f"screenshot: {screenshot}")
 
 
 @pytest.mark.slow
