@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +30,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # The most pixels (width x height) either half decodes unless told: a 10,000 x 10,000 raster.
 DEFAULT_MAX_PIXELS = 100_000_000
+# What sets that limit, as a refusal names it: the service's setting, unless a caller (the
+# CLI) names its own flag.
+MAX_PIXELS_SETTING = "FCN_MAX_PIXELS"
+# Pillow's words for a bomb: "Image size (N pixels) exceeds limit of L pixels, ...".
+BOMB_SIZE = re.compile(r"\((\d+) pixels\)")
+# The process's limit as guard_bombs set it, for bombs Pillow finds after the header check.
+GUARD: dict[str, Any] = {"max_pixels": None, "setting": MAX_PIXELS_SETTING}
 # Pillow's names of the formats we read, and their media types.
 FORMATS = {
     "JPEG": "image/jpeg",
@@ -73,6 +82,35 @@ class ImageTooLargeError(ImageError):
     """More pixels than allowed, or a decompression bomb."""
 
 
+def too_many_pixels(
+    pixels: int, max_pixels: int, setting: str = MAX_PIXELS_SETTING, size: str = ""
+) -> ImageTooLargeError:
+    """The one refusal of an image over the pixel limit: its size, the limit in force and the
+    setting (or flag) that sets it; ``size`` is "WxH = " where the header gave it."""
+    return ImageTooLargeError(
+        f"is {size}{pixels} pixels; the limit is {max_pixels} pixels, set by {setting}"
+    )
+
+
+def _bomb(exc: Exception, max_pixels: int | None, setting: str) -> ImageTooLargeError:
+    """Pillow's decompression-bomb refusal in the project's words: the limit in force and what
+    sets it (``max_pixels`` and ``setting``; Pillow's own threshold when no limit is given)."""
+    found = BOMB_SIZE.search(str(exc))
+    pixels = int(found[1]) if found else None
+    if max_pixels is not None and (pixels is None or pixels > max_pixels):
+        if pixels is None:
+            return ImageTooLargeError(
+                f"has more pixels than the limit of {max_pixels}, set by {setting}"
+            )
+        return too_many_pixels(pixels, max_pixels, setting)
+    # No limit of ours was passed, or Pillow's threshold is the tighter one.
+    threshold = Image.MAX_IMAGE_PIXELS
+    return ImageTooLargeError(
+        f"is {pixels if pixels is not None else 'too many'} pixels, over Pillow's "
+        f"decompression-bomb limit of {threshold} (PIL.Image.MAX_IMAGE_PIXELS)"
+    )
+
+
 def sniff(head: bytes) -> str | None:
     """The Pillow format name from the first bytes of a file, or None if we do not read it."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
@@ -83,13 +121,15 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def guard_bombs(max_pixels: int | None = None) -> None:
+def guard_bombs(max_pixels: int | None = None, setting: str = MAX_PIXELS_SETTING) -> None:
     """Make Pillow's decompression-bomb warning an error everywhere, so it is refused, and
     raise its threshold (a process-wide setting) to ``max_pixels`` when that is higher, so
-    that the limit the process chose is the one that holds."""
+    that the limit the process chose is the one that holds; a bomb found while decoding is
+    then refused in the words of that limit and ``setting``."""
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     if max_pixels is not None and max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
         Image.MAX_IMAGE_PIXELS = max_pixels
+    GUARD.update(max_pixels=max_pixels, setting=setting)
 
 
 def _head(source: Source) -> bytes:
@@ -103,9 +143,12 @@ def _head(source: Source) -> bytes:
         raise CorruptImageError("is a folder, not an image") from None
 
 
-def open_image(source: Source, max_pixels: int | None = None) -> Image.Image:
+def open_image(
+    source: Source, max_pixels: int | None = None, setting: str = MAX_PIXELS_SETTING
+) -> Image.Image:
     """Open ``source`` (bytes or a path) lazily and check its size from the header, before
-    any pixel is decoded; refuses more than ``max_pixels`` (None: Pillow's bomb limit only).
+    any pixel is decoded; refuses more than ``max_pixels`` (None: Pillow's bomb limit only),
+    naming ``setting`` (what sets the limit: FCN_MAX_PIXELS, or a CLI flag).
 
     A missing or unreadable path raises ``OSError``; everything else is an ``ImageError``.
     """
@@ -121,7 +164,7 @@ def open_image(source: Source, max_pixels: int | None = None) -> Image.Image:
     try:
         picture = Image.open(opened, formats=[kind])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"is refused as a decompression bomb: {exc}") from exc
+        raise _bomb(exc, max_pixels, setting) from exc
     except UnidentifiedImageError as exc:
         raise CorruptImageError(f"starts like a {kind} file but is not a readable one") from exc
     except DECODE_ERRORS as exc:
@@ -129,9 +172,7 @@ def open_image(source: Source, max_pixels: int | None = None) -> Image.Image:
     width, height = picture.size
     if max_pixels is not None and width * height > max_pixels:
         picture.close()
-        raise ImageTooLargeError(
-            f"is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-        )
+        raise too_many_pixels(width * height, max_pixels, setting, f"{width}x{height} = ")
     return picture
 
 
@@ -169,13 +210,16 @@ def decode_picture(picture: Image.Image) -> NDArray[np.uint8]:
         ImageOps.exif_transpose(picture, in_place=True)
         return np.asarray(to_rgb(picture), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"is refused as a decompression bomb: {exc}") from exc
+        raise _bomb(exc, GUARD["max_pixels"], GUARD["setting"]) from exc
     except DECODE_ERRORS as exc:
         raise CorruptImageError(f"cannot be decoded as {kind}: {exc}") from exc
     finally:
         picture.close()
 
 
-def decode_image(source: Source, max_pixels: int | None = None) -> NDArray[np.uint8]:
-    """Image bytes or an image file -> H x W x 3 uint8 RGB, by the rules above."""
-    return decode_picture(open_image(source, max_pixels))
+def decode_image(
+    source: Source, max_pixels: int | None = None, setting: str = MAX_PIXELS_SETTING
+) -> NDArray[np.uint8]:
+    """Image bytes or an image file -> H x W x 3 uint8 RGB, by the rules above; more than
+    ``max_pixels`` is refused naming ``setting``."""
+    return decode_picture(open_image(source, max_pixels, setting))

@@ -24,8 +24,11 @@ JPEG_QUALITY = 90
 PNG_COMPRESS_LEVEL = 1
 # Rows of an overlay blended at once.
 STRIP_ROWS = 256
-# The legend's text height: a 60th of the overlay's width, within these bounds.
-LEGEND_TEXT_PX = (12, 32)
+# The legend's text height: a 30th of the overlay's shorter side, so that the legend keeps
+# its share of the picture at any size (a screen scales a 4000x3000 overlay down as much as
+# its legend), and never under 12 pixels, the least a small overlay stays legible at.
+LEGEND_TEXT_SHARE = 30
+LEGEND_TEXT_MIN_PX = 12
 LEGEND_BACKGROUND = (255, 255, 255)
 LEGEND_INK = (0, 0, 0)
 
@@ -95,8 +98,9 @@ def legend(
 ) -> Image.Image:
     """A strip ``width`` wide naming the classes present in ``labels``, most first: a swatch
     of each class colour, its name and its share of the pixels, wrapped onto more rows as
-    needed."""
-    size = min(max(width // 60, LEGEND_TEXT_PX[0]), LEGEND_TEXT_PX[1])
+    needed; its text scales with the overlay's shorter side."""
+    shorter = min(labels.shape[0], width)
+    size = max(round(shorter / LEGEND_TEXT_SHARE), LEGEND_TEXT_MIN_PX)
     font = _font(size)
     pad = size // 2
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))

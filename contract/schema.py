@@ -36,6 +36,12 @@ REQUIRED_KEYS = (
     "fcn.metrics",
     "fcn.created",
 )
+# One line for users from whoever exported the file (plain text, not JSON), e.g. the demo's
+# "synthetic shapes only; for photos serve voc-fcn8s"; shown by /v1/model, the page and
+# `fcn info`.
+NOTE_KEY = "fcn.note"
+# A note is a caveat, not a manual: one line, this long at most.
+MAX_NOTE_CHARS = 200
 # Keys a reader may find, with the value it assumes when they are absent.
 OPTIONAL_KEYS = {
     "fcn.precision": "fp32",
@@ -48,6 +54,7 @@ OPTIONAL_KEYS = {
     # How an int8 file was quantized (format, weights, activations, ops, calibration); {} for
     # float files. Informational: the graph's inputs and outputs are those of any schema-1 file.
     "fcn.quantization": "{}",
+    NOTE_KEY: "",
 }
 PRECISIONS = ("fp32", "fp16")
 # Labels are uint8 while every class id fits below 255 (the ignore index), else int32.
@@ -83,6 +90,8 @@ class ModelMetadata:
     origin: dict[str, str] = field(default_factory=dict)
     # How the file was quantized, e.g. {"format": "QDQ", "calibration": {...}}; {} when float.
     quantization: dict[str, Any] = field(default_factory=dict)
+    # The exporter's one-line caveat for users (``fcn.note``); "" when it has none.
+    note: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -112,6 +121,7 @@ class ModelMetadata:
             "outputs": list(self.outputs),
             "tiling": self.tiling.to_dict(),
             "origin": self.origin,
+            "note": self.note,
             **quantized,
             "created": self.created,
         }
@@ -120,6 +130,15 @@ class ModelMetadata:
 def label_dtype(num_classes: int) -> str:
     """The element type of ``labels`` for ``num_classes`` classes."""
     return "uint8" if num_classes <= MAX_UINT8_CLASSES else "int32"
+
+
+def note_problem(note: str) -> str | None:
+    """Why ``note`` cannot be a model's note (one line of at most MAX_NOTE_CHARS), or None."""
+    if "\n" in note or "\r" in note:
+        return "must be one line"
+    if len(note) > MAX_NOTE_CHARS:
+        return f"is {len(note)} characters; a note is one line of at most {MAX_NOTE_CHARS}"
+    return None
 
 
 def _json(props: Mapping[str, str], key: str, source: str) -> Any:
@@ -178,6 +197,7 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
             tiling=parse_tiling(props),
             origin={str(k): str(v) for k, v in _json(props, "fcn.origin", source).items()},
             quantization=_object(_json(props, "fcn.quantization", source), "fcn.quantization"),
+            note=props.get(NOTE_KEY, ""),
         )
     except MetadataError:
         raise
@@ -187,6 +207,9 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
         raise MetadataError(
             f"{source}: fcn.palette has {len(palette)} colours for {len(meta.classes)} classes"
         )
+    problem = note_problem(meta.note)
+    if problem:
+        raise MetadataError(f"{source}: {NOTE_KEY} {problem}")
     if meta.precision not in PRECISIONS:
         raise MetadataError(
             f"{source}: fcn.precision is {meta.precision!r}, not one of {', '.join(PRECISIONS)}"

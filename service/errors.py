@@ -2,16 +2,19 @@
 the one table mapping them to HTTP, and the one handler.
 
 Clients get ``{"error": {"code": ..., "message": ...}}`` with an honest status; the Open
-Inference Protocol's routes (/v2) word the same errors its way, ``{"error": message}``.
+Inference Protocol's routes (/v2) word the same errors its way, ``{"error": message}``. Both
+bodies, and what each status means, are declared to OpenAPI here too (``responses``).
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -171,6 +174,86 @@ def protocol_error(exc: Exception) -> JSONResponse:
     status of the one table."""
     status, _ = classify(exc)
     return JSONResponse({"error": message(exc)}, status_code=status, headers=_headers(exc))
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    code: str = Field(
+        description="For programs: bad_image, image_too_large, invalid_parameter, ... (one per "
+        "kind of error; the same status may have several).",
+        examples=["image_too_large"],
+    )
+    message: str = Field(
+        description="For people: what is wrong and what to change.",
+        examples=[
+            "the image is 12000x12000 = 144000000 pixels; the limit is 100000000 pixels, "
+            "set by FCN_MAX_PIXELS"
+        ],
+    )
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the service answers outside /v2."""
+
+    error: ErrorDetail
+
+
+class ProtocolErrorBody(BaseModel):
+    """An error as the Open Inference Protocol words it (/v2)."""
+
+    error: str = Field(description="What is wrong and what to change.")
+
+
+# What each error status means, wherever a route answers it (the codes: the table above).
+MEANINGS: dict[int, str] = {
+    400: "The image cannot be decoded, or the request breaks the protocol.",
+    404: "No model of that name, or no such version of it, on this server.",
+    406: "The Accept header names no format the service answers with.",
+    408: "The body came too late or too slowly (FCN_UPLOAD_TIMEOUT_S, FCN_UPLOAD_MIN_RATE); "
+    "the connection is closed.",
+    413: "The body or the image is too large (FCN_MAX_UPLOAD_BYTES, FCN_MAX_PIXELS, or "
+    "FCN_MAX_MODEL_PIXELS where the image cannot be tiled).",
+    415: "Not a content type or image format the service reads.",
+    422: "A parameter is wrong; the message names it.",
+    500: "The model failed on the batch this request was part of; the service goes on.",
+    503: "Not ready (loading, warming up or draining) or overloaded: retry after Retry-After "
+    "seconds.",
+    504: "No result within FCN_REQUEST_TIMEOUT_S.",
+}
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again (FCN_RETRY_AFTER_S).",
+        "schema": {"type": "integer"},
+    }
+}
+
+
+def responses(*statuses: int, protocol: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI declaration of the errors a route answers: each status, its meaning and
+    the error body (the protocol's, given ``protocol``)."""
+    body = ProtocolErrorBody if protocol else ErrorBody
+    declared: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        declared[status] = {"model": body, "description": MEANINGS[status]}
+        if status == 503:
+            declared[status]["headers"] = RETRY_AFTER
+    return declared
+
+
+def drop_default_422(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` without the 422 FastAPI declares on every route with parameters: its body
+    (``HTTPValidationError``) is never sent, since ``install`` answers validation errors with
+    the service's own; the routes that can fail validation declare their 422 themselves."""
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            answers = operation.get("responses", {})
+            if "HTTPValidationError" in str(answers.get("422", "")):
+                del answers["422"]
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return document
 
 
 def install(app: FastAPI) -> None:

@@ -24,6 +24,15 @@ from service.middleware import QuietStartupFailure, RequestContext, RequestMetri
 from service.state import Service
 
 logger = logging.getLogger("fcn.service")
+# What /docs shows above the routes (plain words: Swagger UI renders it as Markdown).
+DESCRIPTION = (
+    "Try POST /segment here: Try it out, choose an image, Execute. GET /v1/model says what "
+    "the model knows, including its note: read it before trusting the labels.\n\n"
+    'Every error is JSON, {"error": {"code": ..., "message": ...}}, with an honest status '
+    '(the Open Inference Protocol routes under /v2 answer {"error": message}); each route '
+    "lists the statuses it answers. The service's limits are FCN_* settings, and a refusal "
+    "names the one at fault."
+)
 
 
 def _chain_signals(on_signal: Callable[[], None], delay_s: float) -> Callable[[], None]:
@@ -85,6 +94,12 @@ class App(FastAPI):
     """FastAPI with the request context (service.middleware.RequestContext) outermost, so
     that Starlette's own 500 answers and the tracebacks of bugs carry the request id too."""
 
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document, as true as the routes declare it (errors.drop_default_422)."""
+        if self.openapi_schema is None:
+            self.openapi_schema = errors.drop_default_422(super().openapi())
+        return self.openapi_schema
+
     def build_middleware_stack(self) -> ASGIApp:
         settings: Settings = self.state.service.settings
         return RequestContext(
@@ -104,9 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = App(
         title="FCN semantic segmentation",
         summary="Fully Convolutional Networks on ONNX Runtime: POST an image, get its labels.",
+        description=DESCRIPTION,
         version="1",
         lifespan=lifespan,
-        # Swagger UI and ReDoc load from a CDN: page.install serves an offline /docs instead.
+        # FastAPI's Swagger UI and ReDoc load from a CDN: page.install serves Swagger UI offline.
         docs_url=None,
         redoc_url=None,
     )

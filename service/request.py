@@ -217,30 +217,71 @@ ACCEPTS: dict[str, tuple[Format, ImageFormat]] = {
 
 
 class SegmentQuery(BaseModel):
-    """The query parameters of POST /segment."""
+    """The query parameters of POST /segment; each description is what /docs shows.
+
+    Options of one format (alpha, image_format and legend for overlays, label_encoding for
+    JSON) are ignored by the others, so no combination of valid values is refused for being a
+    combination; only the tile parameters depend on each other and on the model (422).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     format: Format | None = Field(
-        None, description="png (label map), overlay or json; default from Accept, then png."
+        None,
+        description="What to answer: png, the label map as a palette PNG whose pixel values "
+        "are class ids; overlay, the image blended with the class colours; json, the "
+        "classes found, their pixel counts and the label map. Default: from the Accept "
+        "header, else FCN_DEFAULT_FORMAT (png).",
     )
-    alpha: float | None = Field(None, ge=0, le=1, description="Overlay: weight of the colours.")
-    image_format: ImageFormat | None = Field(None, description="Overlay: png or jpeg.")
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Overlays: the weight of the class colours, 0 (the image alone) to 1 "
+        "(colours alone). Default: FCN_OVERLAY_ALPHA.",
+    )
+    image_format: ImageFormat | None = Field(
+        None,
+        description="Overlays: png or jpeg. Default: from the Accept header, else png.",
+    )
     legend: bool = Field(
-        False, description="Overlay: add a strip below naming the classes present, in colour."
+        False,
+        description="Overlays: add a strip below the picture naming the classes present, "
+        "in their colours, with their share of the pixels. Other formats ignore it (the "
+        "JSON answer lists the classes itself).",
     )
-    label_encoding: LabelEncoding = Field("rle", description="JSON: label map as rle or png.")
+    label_encoding: LabelEncoding = Field(
+        "rle",
+        description="JSON: the label map as rle (per-class run lengths) or png (a base64 "
+        "palette PNG).",
+    )
     max_side: int | None = Field(
-        None, ge=1, description="Segment at this longest side at most; labels scaled back."
+        None,
+        ge=1,
+        description="Segment the image scaled down to this longest side at most (faster, "
+        "coarser); the labels are scaled back to the image's own size. FCN_MAX_SIDE, when "
+        "smaller, wins.",
     )
     tile: TileMode | None = Field(
-        None, description="auto (tile what one pass cannot hold), always or never."
+        None,
+        description="auto: cut into tiles only an image too large for one pass at the "
+        "model (FCN_MAX_MODEL_PIXELS); always: tiles even for small images; never: refuse "
+        "(413) what one pass cannot hold. Default: FCN_TILING.",
     )
     tile_size: int | None = Field(
-        None, ge=1, description="Longest tile side; default FCN_TILE_SIZE or the largest."
+        None,
+        ge=1,
+        description="The longest tile side. It must fit one pass (padded by 100 pixels on "
+        "every side, at most FCN_MAX_MODEL_PIXELS) and exceed tile_overlap by twice the "
+        "model's grid (fcn.tiling align, in /v1/model); else 422. Default: FCN_TILE_SIZE, "
+        "else the largest that fits.",
     )
     tile_overlap: int | None = Field(
-        None, ge=0, description="Pixels shared by neighbouring tiles; default FCN_TILE_OVERLAP."
+        None,
+        ge=0,
+        description="Pixels shared by neighbouring tiles, so that each label sees its "
+        "context; must leave tiles of tile_size room (see tile_size). Default: "
+        "FCN_TILE_OVERLAP.",
     )
 
 
@@ -287,10 +328,6 @@ def segment_options(query: SegmentQuery, accept: str | None, settings: Settings)
     """A request's options: its query, its Accept header where the query is silent, and the
     settings' defaults; of ?max_side= and FCN_MAX_SIDE the smaller wins."""
     fmt, image_format = negotiate(query, accept, settings.default_format)
-    if query.legend and fmt != "overlay":
-        raise InvalidParameterError(
-            f"?legend=true: a legend is drawn on overlays only, and this answer is {fmt}"
-        )
     sides = [s for s in (settings.max_side, query.max_side or 0) if s > 0]
     return SegmentOptions(
         format=fmt,

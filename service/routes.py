@@ -1,13 +1,19 @@
-"""HTTP routes: thin adapters from requests to the pipeline; errors go to the one handler."""
+"""HTTP routes: thin adapters from requests to the pipeline; errors go to the one handler.
+
+What each route answers is declared beside it (errors.responses for the errors), so that the
+OpenAPI document, and /docs, are true.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
 
+from service import errors
 from service import request as http
 from service.dependencies import ServiceDep
 from service.protocol import routes as protocol
@@ -22,31 +28,39 @@ IMAGE_TYPES = ["image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff
 SEGMENT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
+        "description": "The image: a form field named image (multipart/form-data), or the "
+        "whole body with its image type. JPEG, PNG, WebP, BMP, TIFF or GIF (the first frame).",
         "content": {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "properties": {"image": {"type": "string", "format": "binary"}},
                     "required": ["image"],
-                }
+                },
+                "encoding": {"image": {"contentType": ", ".join(IMAGE_TYPES)}},
             },
             **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
         },
     }
 }
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"description": text}
-    for code, text in {
-        400: "undecodable image",
-        406: "no acceptable response format",
-        408: "the body came too slowly (the connection is closed)",
-        413: "body or image too large",
-        415: "unsupported content or image type",
-        422: "bad parameter",
-        503: "not ready or overloaded (Retry-After)",
-        504: "timed out",
-    }.items()
-}
+BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
+
+
+class Health(BaseModel):
+    """A probe's answer."""
+
+    status: str = Field(
+        description="loading, warming_up, ready, draining or failed; stuck (liveness only)."
+    )
+    reason: str = Field(description="Why the probe answers as it does, in words.")
+
+
+def _probe(meaning: str) -> dict[int | str, dict[str, Any]]:
+    """The two answers of a health probe: 200, or 503 and when to ask again."""
+    return {
+        200: {"model": Health, "description": "Yes."},
+        503: {"model": Health, "description": meaning, "headers": errors.RETRY_AFTER},
+    }
 
 
 @router.post(
@@ -54,17 +68,24 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_class=Response,
     responses={
         200: {
-            "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}},
-            "description": "label map PNG, overlay or JSON",
+            "content": {"image/png": BINARY, "image/jpeg": BINARY, "application/json": {}},
+            "description": "The label map (png), the overlay (png or jpeg) or the JSON "
+            "answer, at the image's own width and height. Headers X-Model-Version and "
+            "X-Decode-Time-Ms, X-Queue-Time-Ms, X-Inference-Time-Ms, X-Encode-Time-Ms, "
+            "X-Batch-Size, X-Tiles say what the request took.",
         },
-        **ERROR_RESPONSES,
+        **errors.responses(400, 406, 408, 413, 415, 422, 500, 503, 504),
     },
     openapi_extra=SEGMENT_BODY,
 )
 async def segment(
     request: Request, query: Annotated[SegmentQuery, Query()], service: ServiceDep
 ) -> Response:
-    """Segment one image: the labels at the image's own width and height."""
+    """Segment one image: the class of every pixel, at the image's own width and height.
+
+    Try it here: choose a file for image, then Execute. Large images are cut into tiles as
+    the model needs (see tile); the answer is the same as one pass would give.
+    """
     settings = service.settings
     service.health.check_serving(settings.retry_after_s)
     options = segment_options(query, request.headers.get("accept"), settings)
@@ -86,26 +107,29 @@ def _health(ok: bool, state: str, reason: str, retry_after_s: int) -> JSONRespon
     return JSONResponse({"status": state, "reason": reason}, status_code=status, headers=headers)
 
 
-@router.get("/livez")
-@router.get("/v2/health/live")
+@router.get("/livez", responses=_probe("A failed warm-up or a stuck inference: restart."))
+@router.get("/v2/health/live", responses=_probe("A failed warm-up or a stuck inference: restart."))
 async def livez(service: ServiceDep) -> JSONResponse:
-    """200 while the process can serve (even before the model is warm); 503 after a failed
-    warm-up or while an inference is stuck: restart the process."""
+    """Liveness: 200 while the process can serve (even before the model is warm); 503 after
+    a failed warm-up or while an inference is stuck, when the process should be restarted."""
     alive, state, reason = service.liveness()
     return _health(alive, state, reason, service.settings.retry_after_s)
 
 
-@router.get("/readyz")
-@router.get("/v2/health/ready")
+@router.get("/readyz", responses=_probe("Loading, warming up or draining: send no requests."))
+@router.get(
+    "/v2/health/ready", responses=_probe("Loading, warming up or draining: send no requests.")
+)
 async def readyz(service: ServiceDep) -> JSONResponse:
-    """200 once the model is loaded and warm and the service is not draining."""
+    """Readiness: 200 once the model is loaded and warm and the service is not draining."""
     health = service.health
     return _health(health.ready, health.state, health.reason, service.settings.retry_after_s)
 
 
 @router.get("/v1/model")
 async def model(service: ServiceDep) -> dict[str, Any]:
-    """The model's metadata, where it runs, its input contract and the batching settings."""
+    """The model: its file's metadata (classes, palette, metrics, note), where it runs, what
+    it accepts, how images are tiled and batched."""
     runtime, settings = service.runtime, service.settings
     return {
         **runtime.info.to_dict(),
@@ -149,7 +173,11 @@ async def model(service: ServiceDep) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "The Prometheus text exposition format."}},
+)
 async def metrics(service: ServiceDep) -> Response:
-    """Prometheus text exposition."""
+    """Metrics for Prometheus: requests, stages, batches, queue, tiles, runtime."""
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

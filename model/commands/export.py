@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "by filter rarefaction: about F^2 times the work of one pass (default 1: off)",
     )
     parser.add_argument(
+        "--note",
+        default="",
+        metavar="TEXT",
+        help="one line users see with the model (/v1/model, the page, fcn info), e.g. what "
+        "it cannot do: 'synthetic shapes only; for photos serve voc-fcn8s'",
+    )
+    parser.add_argument(
         "--no-verify",
         action="store_true",
         help="skip the check against PyTorch (it runs by default and guards --out)",
@@ -147,6 +154,11 @@ def _check_flags(args: argparse.Namespace) -> None:
     if args.opset is not None and not MIN_OPSET <= args.opset <= newest:
         raise CLIError(f"--opset {args.opset}: use {MIN_OPSET} to {newest}")
     _check_int8_flags(args)
+    from contract.schema import note_problem
+
+    problem = note_problem(args.note)
+    if problem:
+        raise CLIError(f"--note {problem}")
     from model.nets.shift_stitch import ShiftStitchError, check_factor
 
     try:
@@ -240,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         int8=_int8_options(args),
         triton=_triton_options(args),
+        note=args.note,
     )
     flags = {
         "checkpoint": "--checkpoint",

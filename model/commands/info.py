@@ -90,6 +90,8 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
 def text(info: dict[str, Any]) -> str:
     """The same as ``--json``, for a reader: one line per field, lists shortened."""
     lines = [f"{info['file']}: {describe(info)}"]
+    if info.get("note"):
+        lines.append(f"note: {info['note']}")
     classes = info["classes"]
     lines.append(f"classes ({len(classes)}): {', '.join(classes)}")
     pre = info.get("preprocessing") or {}

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from contract.decode import DEFAULT_MAX_PIXELS
 from contract.encode import DEFAULT_ALPHA
 from contract.tiling import DEFAULT_MAX_MODEL_PIXELS
 from contract.tiling import DEFAULT_OVERLAP as DEFAULT_TILE_OVERLAP
@@ -38,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="draw a strip below each overlay naming its classes, in their colours",
     )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="refuse images of more than N pixels, width x height (default: %(default)s, "
+        "the service's FCN_MAX_PIXELS)",
+    )
     add_device_arguments(parser)
     add_tiling_arguments(parser, DEFAULT_MAX_MODEL_PIXELS)
     add_shift_and_stitch_argument(parser)
@@ -49,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.max_image_pixels < 1:
+        raise CLIError(f"--max-image-pixels must be 1 or more, got {args.max_image_pixels}")
     if args.legend and not args.overlay:
         raise CLIError("--legend is drawn on overlays: drop --no-overlay")
     check_output_folder(args.out)
@@ -70,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         tile_size=args.tile_size,
         tile_overlap=DEFAULT_TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap,
         max_model_pixels=args.max_model_pixels,
+        max_image_pixels=args.max_image_pixels,
         on_unreadable=skip,
         shift_and_stitch=args.shift_and_stitch,
     )

@@ -26,13 +26,15 @@ from model.files import check_folder
 
 # The service's default (FCN_MAX_PIXELS), so that an image read there is read here.
 DEFAULT_MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+# What a refusal names as the setter of that limit: `fcn predict`'s flag.
+MAX_IMAGE_PIXELS_FLAG = "--max-image-pixels"
 
 
 def read_photo(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> NDArray[np.uint8]:
     """A user's image as RGB uint8 [H, W, 3], by the contract's decoding rules; at most
     ``max_pixels`` (width x height), and within Pillow's bomb threshold (``guard_bombs``)."""
     try:
-        return decode_image(path, max_pixels)
+        return decode_image(path, max_pixels, MAX_IMAGE_PIXELS_FLAG)
     except ImageError as exc:
         raise PredictError(f"{path} {exc}") from exc
     except OSError as exc:
@@ -76,7 +78,7 @@ def predict(
     ``max_image_pixels`` and makes its bomb warning an error.
     """
     tiles = TileOptions(tile_size, tile_overlap, max_model_pixels)
-    guard_bombs(max_image_pixels)
+    guard_bombs(max_image_pixels, MAX_IMAGE_PIXELS_FLAG)
     out_dir = check_folder(out)
     try:
         images = collect_images(inputs, out_dir)

@@ -60,11 +60,13 @@ def export_model(
     opset: int | None = None,
     verify: bool = True,
     cases: Sequence[tuple[int, int, int]] | None = None,
+    note: str = "",
 ) -> ExportResult:
     """Export to a temporary file beside ``out``, verify it, then rename it onto ``out``.
 
     Raises ``ExportError`` (``VerificationError`` when verification fails) and then leaves
-    ``out`` as it was. ``cases`` are the (N, H, W) batches verification compares.
+    ``out`` as it was. ``cases`` are the (N, H, W) batches verification compares;
+    ``note`` is the file's ``fcn.note``.
     """
 
     def check(tmp: Path, source: str) -> VerificationReport:
@@ -72,7 +74,7 @@ def export_model(
 
     return write_model(
         out,
-        lambda: build_onnx(checkpoint, fp16=fp16, with_scores=with_scores, opset=opset),
+        lambda: build_onnx(checkpoint, fp16=fp16, with_scores=with_scores, opset=opset, note=note),
         check if verify else None,
     )
 

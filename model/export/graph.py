@@ -15,14 +15,14 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx
 import torch
 from torch import Tensor, nn
 
 from contract.palette import IGNORE_INDEX, Color
-from contract.schema import DIMS, INPUT, LABELS, SCHEMA, SCORES, label_dtype
+from contract.schema import DIMS, INPUT, LABELS, NOTE_KEY, SCHEMA, SCORES, label_dtype
 from contract.tiling import KEY as TILING_KEY
 from contract.tiling import Tiling
 from model import names
@@ -96,6 +96,8 @@ class ModelCard:
     ignore_index: int = IGNORE_INDEX
     # Where published weights came from (``fcn.origin``); empty for weights trained here.
     origin: Mapping[str, str] = field(default_factory=dict)
+    # What users must know before trusting the labels (``fcn.note``); empty: nothing.
+    note: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -136,6 +138,8 @@ def metadata(card: ModelCard, *, fp16: bool, with_scores: bool) -> dict[str, str
         "fcn.outputs": json.dumps([LABELS, SCORES] if with_scores else [LABELS]),
         TILING_KEY: card.tiling.to_json(),
         "fcn.origin": json.dumps(dict(card.origin)),
+        # Only when there is something to say: a file without a note is as before.
+        **({NOTE_KEY: card.note} if card.note else {}),
         "fcn.created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     }
 
@@ -185,11 +189,13 @@ def build_onnx(
     fp16: bool = False,
     with_scores: bool = False,
     opset: int | None = None,
+    note: str = "",
 ) -> onnx.ModelProto:
-    """Trace the checkpoint's network into an in-memory ONNX model of the contract."""
+    """Trace the checkpoint's network into an in-memory ONNX model of the contract (with
+    ``note`` as its ``fcn.note``)."""
     return trace_onnx(
         checkpoint.build_model(),
-        checkpoint_card(checkpoint),
+        replace(checkpoint_card(checkpoint), note=note),
         fp16=fp16,
         with_scores=with_scores,
         opset=opset,

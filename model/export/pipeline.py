@@ -8,7 +8,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -80,6 +80,7 @@ def export_checkpoint(
     verify: bool = True,
     int8: Int8Options | None = None,
     triton: TritonOptions | None = None,
+    note: str = "",
 ) -> Iterator[Step]:
     """Export ``checkpoint`` to ``out``, yielding each result as it is written (``Step``).
 
@@ -88,7 +89,7 @@ def export_checkpoint(
     file, the quantizer's input and the comparison's reference only, and the int8 file
     takes ``out``. Each file takes its place only once whole and checked, so an error leaves
     it as it was. Raises ``VerificationError`` (nothing written), ``ArgumentError`` naming
-    the argument at fault, or any other ``FCNError``.
+    the argument at fault, or any other ``FCNError``. ``note`` is the file's ``fcn.note``.
     """
     images = None if int8 is None else _int8_images(int8)
     loaded = _load(checkpoint)
@@ -106,6 +107,7 @@ def export_checkpoint(
             opset=opset,
             shift_and_stitch=shift_and_stitch,
             verify=verify,
+            note=note,
         )
         yield fp32
         if images is not None:
@@ -183,6 +185,7 @@ def _export(
     opset: int | None,
     shift_and_stitch: int,
     verify: bool,
+    note: str = "",
 ) -> ExportResult:
     """The checkpoint's net to ``out``, under shift-and-stitch when asked (verified against
     that wrapped net then)."""
@@ -195,7 +198,13 @@ def _export(
     try:
         if factor == 1:
             return export_model(
-                checkpoint, out, fp16=fp16, with_scores=with_scores, opset=opset, verify=verify
+                checkpoint,
+                out,
+                fp16=fp16,
+                with_scores=with_scores,
+                opset=opset,
+                verify=verify,
+                note=note,
             )
         try:
             net = stitched(checkpoint.build_model(), factor)
@@ -203,7 +212,7 @@ def _export(
             raise ArgumentError("shift_and_stitch", exc) from exc
         return export_net(
             net,
-            checkpoint_card(checkpoint),
+            replace(checkpoint_card(checkpoint), note=note),
             out,
             fp16=fp16,
             with_scores=with_scores,

@@ -35,7 +35,9 @@ for name in fcn32s fcn16s fcn8s fcn32s-2000; do
         --out "$WORK/eval-$name" | tee "$WORK/eval-$name.txt"
 done
 
-$FCN export --checkpoint "$WORK/fcn8s/last.pt" --out "$OUT/fcn8s.onnx"
+# The card's caveat travels in the file (fcn.note): /v1/model, the page and `fcn info` show it.
+$FCN export --checkpoint "$WORK/fcn8s/last.pt" --out "$OUT/fcn8s.onnx" \
+    --note "synthetic shapes only; for photos serve voc-fcn8s (make serve MODEL=voc-fcn8s)"
 
 # What the card reports and the score test checks: the data recipe, every stage's metrics.
 python3 - "$WORK" "$OUT/recipe.json" <<'PY'

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from contract.decode import ImageTooLargeError
+from contract.decode import ImageTooLargeError, too_many_pixels
 from contract.schema import INPUT, LABELS
 from contract.tiling import PAD, padded_pixels
 
@@ -92,6 +92,9 @@ def _shape(tensor: Mapping[str, Any], max_pixels: int) -> tuple[int, int, int, i
     if datatype != "UINT8":
         raise TensorError(f"input {INPUT!r} has datatype {datatype!r}; the model takes UINT8")
     shape = tensor.get("shape")
+    if isinstance(shape, list):
+        # JSON has one number type: 2.0 is an integer to JSON Schema (the OpenAPI document).
+        shape = [int(d) if type(d) is float and d.is_integer() else d for d in shape]
     if (
         not isinstance(shape, list)
         or len(shape) != 4
@@ -104,9 +107,7 @@ def _shape(tensor: Mapping[str, Any], max_pixels: int) -> tuple[int, int, int, i
         )
     count, height, width, _ = shape
     if height * width > max_pixels:
-        raise ImageTooLargeError(
-            f"is {width}x{height} = {height * width} pixels; the limit is {max_pixels}"
-        )
+        raise too_many_pixels(height * width, max_pixels, size=f"{width}x{height} = ")
     return count, height, width, 3
 
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from contract import distribution
-from contract.schema import LABELS
+from contract.schema import INPUT, LABELS
+from service import errors
 from service.dependencies import ServiceDep
 from service.errors import REPORTED, protocol_error
 from service.fanout import predict_batches
@@ -52,6 +54,39 @@ class ProtocolRoute(APIRoute):
 
 
 router = APIRouter(prefix="/v2", route_class=ProtocolRoute)
+# The path parameters of the model routes.
+Name = Annotated[
+    str,
+    Path(
+        description="The model's name: this server runs one, named by FCN_MODEL_NAME or "
+        "after its file (GET /v1/model says which); any other name is 404."
+    ),
+]
+Version = Annotated[
+    str,
+    Path(
+        description="The model's version: the one it serves is listed by "
+        "GET /v2/models/{name}; any other version is 404."
+    ),
+]
+
+
+class Readiness(BaseModel):
+    """A model's readiness."""
+
+    name: str = Field(description="The model's name.")
+    ready: bool = Field(description="Whether it takes inference requests now.")
+
+
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "Ready."},
+    **errors.responses(404, protocol=True),
+    503: {
+        "model": Readiness,
+        "description": "Loading, warming up or draining.",
+        "headers": errors.RETRY_AFTER,
+    },
+}
 
 
 def _check_model(service: Service, name: str, version: str | None = None) -> None:
@@ -75,16 +110,18 @@ async def server_metadata() -> dict[str, Any]:
     return codec.server_metadata(distribution.version())
 
 
-@router.get("/models/{name}")
-async def model_metadata(name: str, service: ServiceDep) -> dict[str, Any]:
+@router.get("/models/{name}", responses=errors.responses(404, protocol=True))
+async def model_metadata(name: Name, service: ServiceDep) -> dict[str, Any]:
     """The model's versions, platform and tensors."""
     _check_model(service, name)
     return _model_metadata(service)
 
 
-@router.get("/models/{name}/versions/{version}")
-async def model_version_metadata(name: str, version: str, service: ServiceDep) -> dict[str, Any]:
-    """The model's metadata, when ``version`` is the one served."""
+@router.get("/models/{name}/versions/{version}", responses=errors.responses(404, protocol=True))
+async def model_version_metadata(
+    name: Name, version: Version, service: ServiceDep
+) -> dict[str, Any]:
+    """The model's versions, platform and tensors, when the version is the one served."""
     _check_model(service, name, version)
     return _model_metadata(service)
 
@@ -97,49 +134,87 @@ def _readiness(service: Service, name: str) -> JSONResponse:
     )
 
 
-@router.get("/models/{name}/ready")
-async def model_ready(name: str, service: ServiceDep) -> JSONResponse:
+@router.get("/models/{name}/ready", responses=READY_RESPONSES)
+async def model_ready(name: Name, service: ServiceDep) -> JSONResponse:
     """200 once the model is warm and the service not draining, else 503 (as /readyz)."""
     _check_model(service, name)
     return _readiness(service, name)
 
 
-@router.get("/models/{name}/versions/{version}/ready")
-async def model_version_ready(name: str, version: str, service: ServiceDep) -> JSONResponse:
-    """Readiness of the version served."""
+@router.get("/models/{name}/versions/{version}/ready", responses=READY_RESPONSES)
+async def model_version_ready(name: Name, version: Version, service: ServiceDep) -> JSONResponse:
+    """200 once the model is warm and the service not draining, else 503, when the version is
+    the one served."""
     _check_model(service, name, version)
     return _readiness(service, name)
 
 
 # FastAPI cannot see a body these routes read themselves; describe it for /docs (and for
-# schema-driven fuzzers, which then send near-valid requests rather than any object).
-_PARAMETERS: dict[str, Any] = {"type": "object", "additionalProperties": True}
+# schema-driven fuzzers): what the codec accepts, as far as JSON Schema can say it. It cannot
+# say that data holds N x H x W x 3 values; the description does.
+_UNSUPPORTED = {"propertyNames": {"not": {"enum": list(codec.UNSUPPORTED)}}}
+_SIDE = {"type": "integer", "minimum": 1}
 INFER_REQUEST: dict[str, Any] = {
     "type": "object",
     "required": ["inputs"],
     "properties": {
-        "id": {"type": "string"},
-        "parameters": _PARAMETERS,
+        "id": {"type": "string", "description": "Echoed in the response."},
+        "parameters": {
+            "type": "object",
+            "properties": {"binary_data_output": {"type": "boolean"}},
+        },
         "inputs": {
             "type": "array",
+            "minItems": 1,
+            "maxItems": 1,
             "items": {
                 "type": "object",
                 "required": ["name", "shape", "datatype"],
+                # The pixels come as data, or as binary data of binary_data_size bytes.
+                "anyOf": [
+                    {"required": ["data"]},
+                    {
+                        "required": ["parameters"],
+                        "properties": {"parameters": {"required": ["binary_data_size"]}},
+                    },
+                ],
                 "properties": {
-                    "name": {"type": "string", "enum": ["image"]},
-                    "shape": {"type": "array", "items": {"type": "integer"}},
+                    "name": {"type": "string", "enum": [INPUT]},
+                    "shape": {
+                        "type": "array",
+                        "description": "[N, H, W, 3]: N images of H x W RGB pixels.",
+                        "prefixItems": [_SIDE, _SIDE, _SIDE, {"type": "integer", "const": 3}],
+                        "minItems": 4,
+                        "maxItems": 4,
+                    },
                     "datatype": {"type": "string", "enum": ["UINT8"]},
-                    "parameters": _PARAMETERS,
-                    "data": {"type": "array"},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+                        **_UNSUPPORTED,
+                    },
+                    "data": {
+                        "type": "array",
+                        "description": "N x H x W x 3 integers 0-255, row-major, flat or "
+                        "nested; absent when binary_data_size is given.",
+                    },
                 },
             },
         },
         "outputs": {
             "type": "array",
+            "maxItems": 1,
             "items": {
                 "type": "object",
                 "required": ["name"],
-                "properties": {"name": {"type": "string"}, "parameters": _PARAMETERS},
+                "properties": {
+                    "name": {"type": "string", "enum": [LABELS]},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data": {"type": "boolean"}},
+                        **_UNSUPPORTED,
+                    },
+                },
             },
         },
     },
@@ -147,25 +222,39 @@ INFER_REQUEST: dict[str, Any] = {
 INFER_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "The inference request as JSON; with the binary tensor data extension, "
-        f"the JSON ({HEADER_LENGTH} bytes) followed by the tensors' bytes.",
-        "content": {
-            "application/json": {"schema": INFER_REQUEST},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
+        "description": "The inference request as JSON. With the binary tensor data extension "
+        f"the body is that JSON followed by the tensor's bytes, and the {HEADER_LENGTH} "
+        "header gives the JSON's length (as Triton's clients send it).",
+        "content": {"application/json": {"schema": INFER_REQUEST}},
     }
+}
+BINARY_ANSWER: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Tensor labels, UINT8 [N, H, W] (INT32 above 255 classes): JSON, or "
+        f"with binary_data the JSON ({HEADER_LENGTH} bytes) followed by the tensor's bytes.",
+        "content": {"application/json": {}, "application/octet-stream": BINARY_ANSWER},
+    },
+    **errors.responses(400, 404, 408, 413, 500, 503, 504, protocol=True),
 }
 
 
-@router.post("/models/{name}/infer", openapi_extra=INFER_BODY)
-async def infer(name: str, request: Request, service: ServiceDep) -> Response:
-    """Segment the images of tensor ``image`` (UINT8 [N, H, W, 3]): tensor ``labels``."""
+@router.post("/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
+async def infer(name: Name, request: Request, service: ServiceDep) -> Response:
+    """Segment the images of tensor image (UINT8 [N, H, W, 3]) into tensor labels; the images
+    of one request share their size, and none is tiled (413 past FCN_MAX_MODEL_PIXELS)."""
     return await _infer(service, request, name)
 
 
-@router.post("/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY)
-async def infer_version(name: str, version: str, request: Request, service: ServiceDep) -> Response:
-    """Inference on the version served."""
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    openapi_extra=INFER_BODY,
+    responses=INFER_RESPONSES,
+)
+async def infer_version(
+    name: Name, version: Version, request: Request, service: ServiceDep
+) -> Response:
+    """Inference, as POST /v2/models/{name}/infer, when the version is the one served."""
     return await _infer(service, request, name, version)
 
 

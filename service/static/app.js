@@ -34,6 +34,11 @@ async function loadModel() {
   $("model-arch").textContent = `${info.arch}, ${info.precision}`;
   $("model-provider").textContent = info.runtime.provider;
   $("model-classes").textContent = `${info.classes.length}: ${info.classes.join(", ")}`;
+  // The exporter's caveat (fcn.note), e.g. what the model was never trained to see.
+  if (info.note) {
+    $("model-note").textContent = `Note: ${info.note}`;
+    $("model-note").hidden = false;
+  }
   return info;
 }
 

@@ -175,17 +175,47 @@ def test_corrupt_or_truncated_images_are_bad(data: bytes) -> None:
     assert "BytesIO" not in str(caught.value)
 
 
-def test_pixel_limit_is_checked_from_the_header() -> None:
-    with pytest.raises(ImageTooLargeError, match="30x40|40x30"):
-        decode_image(encode(RGB, "PNG"), 30 * 40 - 1)
+def test_pixel_limit_is_checked_from_the_header_and_names_what_sets_it() -> None:
+    limit = 30 * 40 - 1
+    with pytest.raises(ImageTooLargeError) as caught:
+        decode_image(encode(RGB, "PNG"), limit)
+    assert str(caught.value) == (
+        f"is 40x30 = 1200 pixels; the limit is {limit} pixels, set by FCN_MAX_PIXELS"
+    )
+    with pytest.raises(ImageTooLargeError, match=f"the limit is {limit} pixels, set by --flag$"):
+        decode_image(encode(RGB, "PNG"), limit, "--flag")
     assert decode_image(encode(RGB, "PNG"), 30 * 40).shape == RGB.shape
+
+
+@pytest.mark.parametrize(
+    "side", [40, 100], ids=["pillow-warning-as-error", "pillow-error-at-twice"]
+)
+def test_pillows_bomb_refusals_speak_of_the_limit_in_force(
+    side: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's check runs before ours, in its own words ("exceeds limit of 2000 pixels,
+    could be decompression bomb DOS attack" where the limit is 1000): ours replace them."""
+    import warnings
+
+    from contract import decode
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    monkeypatch.setitem(decode.GUARD, "max_pixels", None)
+    with warnings.catch_warnings():
+        guard_bombs(1_000, "FCN_MAX_PIXELS")  # raises Pillow's threshold to ours
+        assert Image.MAX_IMAGE_PIXELS == 1_000
+        with pytest.raises(ImageTooLargeError) as caught:
+            decode_image(png_header_only(side, side), 1_000)
+    message = str(caught.value)
+    assert message == f"is {side * side} pixels; the limit is 1000 pixels, set by FCN_MAX_PIXELS"
+    assert "DOS" not in message
 
 
 @pytest.mark.parametrize("side", [10_000, 15_000], ids=["bomb-warning", "bomb-error"])
 def test_decompression_bombs_are_too_large_even_above_our_limit(side: int) -> None:
     # Above Image.MAX_IMAGE_PIXELS Pillow warns, above twice that it raises: both are 413.
     assert side * side > Image.MAX_IMAGE_PIXELS
-    with pytest.raises(ImageTooLargeError, match="decompression bomb"):
+    with pytest.raises(ImageTooLargeError, match="over Pillow's decompression-bomb limit of"):
         decode_image(png_header_only(side, side), 10**9)
 
 

@@ -79,6 +79,27 @@ def test_a_legend_names_the_classes_present_most_first_under_the_overlay() -> No
         assert (tuple(colour) in strip) == (class_id in (0, 1, 3)), classes[class_id]
 
 
+def test_a_legend_keeps_its_share_of_the_overlay_at_any_size() -> None:
+    """Under a 4000x3000 overlay the legend is as large a part of the picture as under a
+    500x375 one, so it stays legible once a screen scales the picture down."""
+    classes = ["background", "aeroplane", "person"]
+    table = color_table(PALETTE[: len(classes)])
+    shares = []
+    for height, width in ((375, 500), (3000, 4000)):
+        labels = np.zeros((height, width), np.uint8)
+        labels[: height // 2, : width // 3] = 1
+        labels[height // 2 :, width // 2 :] = 2
+        strip = encode.legend(labels, table, classes, width)
+        assert strip.width == width
+        shares.append(strip.height / height)
+    small, large = shares
+    assert small > 0.04  # a real strip, not a sliver
+    assert abs(large - small) / small < 0.1, shares
+    # The floor: a tiny overlay's text stays 12 pixels tall.
+    tiny = encode.legend(np.zeros((20, 30), np.uint8), table, classes, 30)
+    assert tiny.height >= encode.LEGEND_TEXT_MIN_PX
+
+
 def test_a_legend_wraps_onto_more_rows_when_the_image_is_narrow() -> None:
     classes = [f"class number {i}" for i in range(12)]
     table = color_table([[20 * i, 255 - 20 * i, 7 * i] for i in range(12)])

@@ -52,6 +52,18 @@ def test_the_quantization_of_an_int8_file_is_read_and_reported() -> None:
     assert meta.precision == "fp32"  # the float parts' precision; the contract is unchanged
 
 
+def test_the_exporters_note_is_read_and_reported_and_kept_to_one_line() -> None:
+    assert parse_metadata(PROPS, "m.onnx").to_dict()["note"] == ""  # none: an empty note
+    note = "synthetic shapes only; for photos serve voc-fcn8s"
+    meta = parse_metadata({**PROPS, "fcn.note": note}, "m.onnx")
+    assert meta.note == note
+    assert meta.to_dict()["note"] == note
+    with pytest.raises(MetadataError, match=r"^m.onnx: fcn.note must be one line$"):
+        parse_metadata({**PROPS, "fcn.note": "one\ntwo"}, "m.onnx")
+    with pytest.raises(MetadataError, match="fcn.note is 201 characters"):
+        parse_metadata({**PROPS, "fcn.note": "x" * 201}, "m.onnx")
+
+
 def test_the_origin_of_published_weights_is_read_and_reported() -> None:
     origin = {"name": "voc-fcn8s", "url": "http://127.0.0.1/fcn8s.caffemodel", "sha1": "ab" * 20}
     meta = parse_metadata({**PROPS, "fcn.origin": json.dumps(origin)}, "m.onnx")

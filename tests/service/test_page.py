@@ -1,4 +1,4 @@
-"""The page at ``/`` and the offline ``/docs``: their files as they ship, and the page in a
+"""The page at ``/``: its files as they ship, and the page in a
 real headless Chromium (Debian's chromium and chromium-driver) against a real uvicorn.
 
 The browser tests skip when chromium or chromedriver is not installed; CI installs both.
@@ -108,28 +108,6 @@ async def test_the_page_and_its_assets_answer_with_their_types(model_path: Path)
     assert style.headers["content-type"].startswith("text/css")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
-
-
-@pytest.mark.anyio
-async def test_docs_describes_every_route_with_no_external_asset(model_path: Path) -> None:
-    async with serve(model_path) as client:
-        docs = await client.get("/docs")
-        openapi = await client.get("/openapi.json")
-        redoc = await client.get("/redoc")
-    assert docs.status_code == 200
-    assert docs.headers["content-type"].startswith("text/html")
-    assert not EXTERNAL.findall(docs.text)
-    assert "/openapi.json" in references(docs.text)
-    assert all(u.startswith("/") and not u.startswith("//") for u in references(docs.text))
-    paths = openapi.json()["paths"]
-    assert {"/segment", "/v1/model", "/readyz", "/livez", "/metrics"} <= set(paths)
-    for path, item in paths.items():
-        for method in item:
-            assert f"{method.upper()} {path}" in docs.text
-    assert "label_encoding" in docs.text  # the query parameters are listed
-    # The page and the reference are not API routes themselves; ReDoc (CDN-only) is off.
-    assert not {"/", "/docs"} & set(paths)
-    assert redoc.status_code == 404
 
 
 # --- in the browser -------------------------------------------------------------------------
@@ -317,23 +295,6 @@ def test_the_page_shows_the_services_error(server: str, browser: Any, tmp_path: 
     assert not browser.find_element(By.ID, "result").is_displayed()
     # The browser reports the refused request itself; nothing else went wrong.
     assert [m for m in console_errors(browser) if "status of 400" not in m] == []
-
-
-@pytest.mark.slow
-@needs_browser
-def test_docs_renders_in_a_browser_from_the_service_alone(server: str, browser: Any) -> None:
-    from selenium.webdriver.common.by import By
-
-    console_errors(browser)  # forget the previous page's
-    browser.get(f"{server}/docs")
-    headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
-    assert "POST /segment" in headings
-    assert "GET /v1/model" in headings
-    loaded = browser.execute_script(
-        "return performance.getEntriesByType('resource').map(e => e.name)"
-    )
-    assert loaded == [f"{server}/static/app.css"]
-    assert console_errors(browser) == []
 
 
 @pytest.mark.slow

@@ -56,7 +56,8 @@ async def test_model_endpoint_and_metrics(model_path: Path) -> None:
     assert list(info) == [
         "name", "version", "sha256", "schema", "arch", "backbone", "width", "classes",
         "palette", "ignore_index", "dataset", "metrics", "preprocessing", "precision",
-        "outputs", "tiling", "origin", "created", "state", "runtime", "input", "batching",
+        "outputs", "tiling", "origin", "note", "created", "state", "runtime", "input",
+        "batching",
     ]  # fmt: skip
     # The default cut: tiles as large as one pass holds, the default overlap.
     assert info["tiling"] == {
@@ -105,3 +106,23 @@ async def test_the_provider_fallback_is_published(model_path: Path, cuda_works: 
     assert metric(text, "fcn_provider_info", provider=provider) == 1
     # FCN_MAX_BATCH_SIZE=0 (the default): batches on a GPU, single images on CPU.
     assert info["batching"]["max_batch_size"] == (8 if cuda_works else 1)
+
+
+def noted_copy(model: Path, folder: Path, note: str) -> Path:
+    """``model`` with ``note`` as its fcn.note, as `fcn export --note` writes it."""
+    import onnx
+
+    proto = onnx.load(model)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "fcn.note", note
+    path = folder / model.name
+    onnx.save(proto, path)
+    return path
+
+
+async def test_the_models_note_is_published(model_path: Path, tmp_path: Path) -> None:
+    note = "synthetic shapes only; for photos serve voc-fcn8s"
+    async with serve(noted_copy(model_path, tmp_path, note)) as client:
+        assert (await client.get("/v1/model")).json()["note"] == note
+    async with serve(model_path) as client:
+        assert (await client.get("/v1/model")).json()["note"] == ""

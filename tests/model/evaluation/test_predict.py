@@ -316,8 +316,20 @@ def test_images_past_pillows_bomb_limit_are_read_up_to_max_image_pixels(
     (written,) = predict(checkpoint, [photos / "a.jpg"], tmp_path / "out", max_image_pixels=2_000)
     with Image.open(written) as label:
         assert label.size == (41, 30)
-    with pytest.raises(PredictError, match="is 41x30 = 1230 pixels; the limit is 1000"):
+    with pytest.raises(PredictError) as caught:
         predict(checkpoint, [photos / "a.jpg"], tmp_path / "out", max_image_pixels=1_000)
+    refusal = "a.jpg is 41x30 = 1230 pixels; the limit is 1000 pixels, set by --max-image-pixels"
+    assert str(caught.value).endswith(refusal)
+
+
+def test_the_cli_names_its_pixel_limit_flag(
+    checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]
+    assert main([*args, "--max-image-pixels", "1000", str(photos / "a.jpg")]) == 1
+    assert "the limit is 1000 pixels, set by --max-image-pixels" in capsys.readouterr().err
+    assert main([*args, "--max-image-pixels", "0", str(photos / "a.jpg")]) == 2
+    assert "--max-image-pixels must be 1 or more, got 0" in capsys.readouterr().err
 
 
 def test_an_onnx_file_runs_quietly_where_cuda_cannot_load(

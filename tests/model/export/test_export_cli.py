@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,9 @@ from tests.factory import tiny_checkpoint
 @pytest.fixture
 def checkpoint_file(tmp_path: Path) -> Path:
     return save_checkpoint(tiny_checkpoint("fcn32s"), tmp_path / "ckpt.pt")
+
+
+NOTE = "synthetic shapes only; for photos serve voc-fcn8s"
 
 
 def files_under(folder: Path) -> set[str]:
@@ -37,6 +41,7 @@ def test_export_verifies_reports_and_writes_the_triton_repository(
             "--triton-repo", str(repo),
             "--triton-name", "segmenter",
             "--max-batch-size", "4",
+            "--note", NOTE,
         ]
     )  # fmt: skip
     assert code == 0
@@ -46,6 +51,12 @@ def test_export_verifies_reports_and_writes_the_triton_repository(
     assert f"wrote {out} (" in report
     session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
     assert session.get_modelmeta().custom_metadata_map["fcn.arch"] == "fcn32s"
+    # The exporter's caveat travels in the file, and `fcn info` shows it.
+    assert session.get_modelmeta().custom_metadata_map["fcn.note"] == NOTE
+    assert main(["info", str(out)]) == 0
+    assert f"\nnote: {NOTE}\n" in capsys.readouterr().out
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["note"] == NOTE
     assert (repo / "segmenter" / "1" / "model.onnx").read_bytes() == out.read_bytes()
     assert 'name: "segmenter"' in (repo / "segmenter" / "config.pbtxt").read_text()
     assert "max_batch_size: 4" in (repo / "segmenter" / "config.pbtxt").read_text()
@@ -163,6 +174,11 @@ def _bad_stitch_factor(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
     return [*args, "--shift-and-stitch", "3"], "--shift-and-stitch 3: "
 
 
+def _two_line_note(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
+    args = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")]
+    return [*args, "--note", "synthetic\nonly"], "--note must be one line"
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -184,6 +200,7 @@ def _bad_stitch_factor(tmp_path: Path, ckpt: Path) -> tuple[list[str], str]:
         _triton_repo_unwritable,
         _bad_triton_name,
         _bad_stitch_factor,
+        _two_line_note,
     ],
     ids=lambda case: case.__name__.strip("_"),
 )

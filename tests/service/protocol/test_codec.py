@@ -79,9 +79,25 @@ def test_json_images_in_and_json_labels_out() -> None:
     assert output["data"] == list(range(24))
 
 
+def test_a_shape_written_with_decimal_points_is_the_same_shape() -> None:
+    """JSON has one number type, and the OpenAPI document's integer admits 3.0."""
+    body = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [2.0, 3.0, 4, 3.0],
+                     "data": IMAGES.tolist()}]}
+    ).encode()  # fmt: skip
+    asked = parse_infer(body, None, max_pixels=100, outputs=("labels",))
+    np.testing.assert_array_equal(asked.images, IMAGES)
+    half = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 1.5, 2, 3]}]})
+    with pytest.raises(TensorError, match="has shape"):
+        parse_infer(half.encode(), None, max_pixels=100, outputs=("labels",))
+
+
 def test_the_pixel_limits_are_the_images_own() -> None:
     body, length = binary_body(IMAGES)
-    with pytest.raises(ImageTooLargeError, match="is 4x3 = 12 pixels; the limit is 11"):
+    with pytest.raises(
+        ImageTooLargeError,
+        match="is 4x3 = 12 pixels; the limit is 11 pixels, set by FCN_MAX_PIXELS$",
+    ):
         parse_infer(body, length, max_pixels=11, outputs=("labels",))
     check_one_pass(3, 4, max_model_pixels=203 * 204)
     with pytest.raises(ImageTooLargeError, match="/v2 does not tile"):

@@ -356,7 +356,9 @@ async def test_pixel_limits_are_413(model_path: Path) -> None:
         too_many = await client.post(INFER, json=request_body(pattern(50, 31)[None]))
         too_wide = await client.post(INFER, json=request_body(wide))
         fits = await client.post(INFER, json=request_body(pattern(30, 30)[None]))
-    assert "50 = 1550 pixels; the limit is 1500" in _error(too_many, 413)
+    assert _error(too_many, 413).endswith(
+        "50 = 1550 pixels; the limit is 1500 pixels, set by FCN_MAX_PIXELS"
+    )
     assert "/v2 does not tile" in _error(too_wide, 413)
     assert fits.status_code == 200
 
