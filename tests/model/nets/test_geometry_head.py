@@ -20,7 +20,8 @@ def test_a_second_head_adds_geo_layers_and_leaves_the_first_as_it_was(arch: str)
     extra = [name for name in two.state_dict() if name not in own]
     # The one-head net's names, in its order, then the geometric head's: each a _geo twin.
     assert list(two.state_dict())[: len(own)] == own
-    assert extra and all(name.split(".")[0].endswith("_geo") for name in extra)
+    assert extra
+    assert all(name.split(".")[0].endswith("_geo") for name in extra)
     assert {name.replace("_geo", "") for name in extra} <= set(own)
     assert "geometry_classes" not in one.spec.to_dict()  # one-head records as before
     assert ModelSpec.from_dict(two.spec.to_dict()) == two.spec
@@ -35,7 +36,8 @@ def test_a_second_head_adds_geo_layers_and_leaves_the_first_as_it_was(arch: str)
         logits, geometry = two.eval()(x, geometry=True)
         alone = one.eval()(x)
         assert torch.equal(two(x), logits)
-    assert logits.shape == (2, 5, 21, 34) and geometry.shape == (2, 3, 21, 34)
+    assert logits.shape == (2, 5, 21, 34)
+    assert geometry.shape == (2, 3, 21, 34)
     assert torch.allclose(logits, alone, atol=1e-6)
     assert not torch.allclose(geometry, torch.zeros_like(geometry))
 
