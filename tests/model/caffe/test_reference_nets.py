@@ -109,9 +109,7 @@ def reference_file(
 ) -> Path:
     """Random weights in the reference's layer names, scaled so that the scores stay of
     order one through fifteen ReLU layers."""
-    layers = cw.reference_layers(
-        arch, WIDTH, classes, seed=seed, geometry_classes=geometry_classes
-    )
+    layers = cw.reference_layers(arch, WIDTH, classes, seed=seed, geometry_classes=geometry_classes)
     for layer in layers:
         for values in layer.blobs:
             if values.ndim == 1:
