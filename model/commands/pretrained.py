@@ -127,7 +127,7 @@ def listing(cache: Path | None) -> str:
             (
                 entry.name,
                 entry.arch,
-                figures(entry),
+                figures(entry) or "-",
                 f"{entry.size_mib} MiB",
                 "SHA1" if entry.sha1 else "SHA256 prefix" if entry.sha256 else "conversion",
                 "yes" if cached(entry, folder) else "no",
