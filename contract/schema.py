@@ -20,7 +20,9 @@ SCHEMA = "1"
 INPUT = "image"
 LABELS = "labels"
 SCORES = "scores"
-OUTPUTS = (LABELS, SCORES)
+# A second head's labels (SIFT Flow's geometric classes), uint8 [N, H, W], where the net has one.
+GEOMETRY = "geometry"
+OUTPUTS = (LABELS, SCORES, GEOMETRY)
 # Symbolic dimension names written onto the graph's inputs and outputs.
 DIMS = ("N", "H", "W")
 # Keys every schema-1 model carries; values are strings, JSON where structured.
@@ -217,7 +219,7 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
     if LABELS not in outputs or not set(outputs) <= set(OUTPUTS):
         raise MetadataError(
             f"{source}: fcn.outputs is {list(outputs)}; it must list {LABELS!r} "
-            f"and may add {SCORES!r}"
+            f"and may add {', '.join(repr(o) for o in OUTPUTS if o != LABELS)}"
         )
     return meta
 
@@ -262,6 +264,8 @@ def check_tensors(
     expected = {INPUT: ("uint8", 4), LABELS: (meta.label_dtype, 3)}
     if SCORES in meta.outputs or SCORES in found:
         expected[SCORES] = ("float", 4)
+    if GEOMETRY in meta.outputs or GEOMETRY in found:
+        expected[GEOMETRY] = ("uint8", 3)
     for name, (dtype, rank) in expected.items():
         tensor = found.get(name)
         if tensor is None:

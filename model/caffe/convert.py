@@ -1,7 +1,7 @@
 """The reference Caffe weights on this project's networks, matched by layer name.
 
-A reference FCN ``.caffemodel`` (the VGG16 FCNs of PASCAL VOC, PASCAL-Context and NYUDv2's
-colour net, FCN-AlexNet) becomes a checkpoint
+A reference FCN ``.caffemodel`` (the VGG16 FCNs of PASCAL VOC, PASCAL-Context, SIFT Flow (two
+heads) and NYUDv2's colour net, FCN-AlexNet) becomes a checkpoint
 (``convert_caffemodel``); Caffe's ILSVRC VGG16 and BVLC AlexNet initialise an FCN's trunk for
 training (``load_caffe_vgg16``, ``load_caffe_alexnet``). Every layer and shape is checked
 before any value is read, and each tensor is read once, from the file.
@@ -23,9 +23,11 @@ from contract.palette import VOC_CLASSES, voc_colormap
 from model.caffe.caffemodel import CaffeBlob, CaffeLayer, CaffeModelError, read_caffemodel
 from model.caffe.datasets import DATASETS, CaffeDataset, dataset_for
 from model.checkpoint import Checkpoint
+from model.data.classes import SIFTFLOW_GEOMETRY_CLASSES
 from model.names import ARCHS
 from model.nets.alexnet import TRUNK_LAYERS as ALEXNET_LAYERS
 from model.nets.backbones import CONV_NAMES, zero_score_layers
+from model.nets.base import GEOMETRY_SUFFIX
 from model.nets.fcn import FCN, ModelSpec, build_fcn
 from model.nets.preprocessing import CAFFE, Preprocessing
 from model.zoo.registry import MODELS
@@ -39,12 +41,17 @@ KNOWN_SHA1 = {
 VGG16_LAYERS = (*CONV_NAMES, "fc6", "fc7")
 # The ImageNet classifier of VGG16 and of AlexNet: in the file, of no use to an FCN.
 VGG16_CLASSIFIER = CLASSIFIER = "fc8"
-# The reference nets a .caffemodel may hold, as (backbone, arch).
-CAFFE_NETS: tuple[tuple[str, str], ...] = (
-    *(("vgg16", arch) for arch in ARCHS),
-    ("caffe-alexnet", "fcn32s"),
+# SIFT Flow's nets (siftflow-fcn*/net.py): a semantic head whose layers are named ``*_sem``
+# (plain names here) and a geometric one named ``*_geo`` (as here), on one trunk.
+SEMANTIC_SUFFIX = "_sem"
+GEOMETRY_CLASSES = len(SIFTFLOW_GEOMETRY_CLASSES)
+# The reference nets a .caffemodel may hold, as (backbone, arch, geometric classes).
+CAFFE_NETS: tuple[tuple[str, str, int], ...] = (
+    *(("vgg16", arch, 0) for arch in ARCHS),
+    ("caffe-alexnet", "fcn32s", 0),
+    *(("vgg16", arch, GEOMETRY_CLASSES) for arch in ("fcn32s", "fcn16s", "fcn8s")),
 )
-CAFFE_BACKBONES = tuple(dict.fromkeys(backbone for backbone, _ in CAFFE_NETS))
+CAFFE_BACKBONES = tuple(dict.fromkeys(net[0] for net in CAFFE_NETS))
 # Each backbone's first convolution and its channels at width 1: they give a file's width.
 CONV1 = {"vgg16": ("conv1_1", 64), "caffe-alexnet": ("conv1", 96)}
 # The layers each ImageNet classifier lends an FCN (fc8 aside).
@@ -70,18 +77,27 @@ def check_sha1(path: str | os.PathLike[str], expected: str) -> None:
         )
 
 
-def net_name(backbone: str, arch: str) -> str:
-    """How messages name a reference net: ``fcn8s``, ``caffe-alexnet fcn32s``."""
-    return arch if backbone == "vgg16" else f"{backbone} {arch}"
+def net_name(backbone: str, arch: str, geometry_classes: int = 0) -> str:
+    """How messages name a reference net: ``fcn8s``, ``caffe-alexnet fcn32s``,
+    ``fcn16s (two heads)``."""
+    name = arch if backbone == "vgg16" else f"{backbone} {arch}"
+    return f"{name} (two heads)" if geometry_classes else name
 
 
 @functools.cache
-def net_layers(backbone: str, arch: str) -> tuple[str, ...]:
-    """The weighted Caffe layers of the reference net ``arch`` on ``backbone``, in order."""
+def net_layers(backbone: str, arch: str, geometry_classes: int = 0) -> tuple[str, ...]:
+    """The weighted Caffe layers of the reference net ``arch`` on ``backbone`` (with a
+    geometric head of ``geometry_classes``), in order."""
     # Names do not depend on width: a tiny network names them in a millisecond.
     conv1_channels = CONV1[backbone][1]
-    spec = ModelSpec(arch, len(VOC_CLASSES), width=1 / conv1_channels, backbone=backbone)
-    return tuple(caffe_layers(build_fcn(spec).state_dict()))
+    spec = ModelSpec(
+        arch,
+        len(VOC_CLASSES),
+        width=1 / conv1_channels,
+        backbone=backbone,
+        geometry_classes=geometry_classes,
+    )
+    return tuple(caffe_layers(build_fcn(spec).state_dict(), two_heads=bool(geometry_classes)))
 
 
 def arch_layers(arch: str) -> tuple[str, ...]:
@@ -89,13 +105,18 @@ def arch_layers(arch: str) -> tuple[str, ...]:
     return net_layers("vgg16", arch)
 
 
-def caffe_layers(shapes: Iterable[str]) -> dict[str, list[str]]:
+def caffe_layers(shapes: Iterable[str], *, two_heads: bool = False) -> dict[str, list[str]]:
     """Tensor names grouped by the Caffe layer that holds them, blob order kept:
     ``conv1_1`` -> [conv1_1.weight, conv1_1.bias]; the at-once Scale layer ``scale_pool4``
-    -> [scale_pool4] (a buffer)."""
+    -> [scale_pool4] (a buffer). With ``two_heads`` the semantic head's layers take SIFT
+    Flow's names: ``score_fr.weight`` is in ``score_fr_sem``."""
     layers: dict[str, list[str]] = {}
     for name in shapes:
-        layers.setdefault(name.rsplit(".", 1)[0], []).append(name)
+        layer = name.rsplit(".", 1)[0]
+        head = layer.startswith(("score", "upscore"))
+        if two_heads and head and not layer.endswith(GEOMETRY_SUFFIX):
+            layer += SEMANTIC_SUFFIX
+        layers.setdefault(layer, []).append(name)
     return layers
 
 
@@ -111,8 +132,9 @@ def weighted_layers(path: str | os.PathLike[str]) -> dict[str, CaffeLayer]:
     return layers
 
 
-def detect_net(layer_names: Iterable[str]) -> tuple[str, str] | None:
-    """The (backbone, arch) whose reference net has exactly these weighted layers, if any."""
+def detect_net(layer_names: Iterable[str]) -> tuple[str, str, int] | None:
+    """The (backbone, arch, geometric classes) whose reference net has exactly these weighted
+    layers, if any."""
     names = set(layer_names)
     return next((net for net in CAFFE_NETS if names == set(net_layers(*net))), None)
 
@@ -182,7 +204,7 @@ def _plan(
 
 def _label(spec: ModelSpec) -> str:
     width = "" if spec.width == 1.0 else f" at width {spec.width:g}"
-    return f"{net_name(spec.backbone, spec.arch)}{width}"
+    return f"{net_name(spec.backbone, spec.arch, spec.geometry_classes)}{width}"
 
 
 def _layer_problems(
@@ -265,19 +287,24 @@ def convert_caffemodel(
         arch = detected[1]
     if backbone is None:
         backbone = detected[0] if detected is not None and detected[1] == arch else "vgg16"
-    if (backbone, arch) not in CAFFE_NETS:
+    # Two heads when the file has them (SIFT Flow's nets); the name checks say what differs.
+    geometry = GEOMETRY_CLASSES if "score_fr_geo" in layers and backbone == "vgg16" else 0
+    if (backbone, arch, geometry) not in CAFFE_NETS:
         raise CaffeModelError(
-            f"{path}: the reference released no Caffe {arch} on {backbone}; its nets are "
-            f"{', '.join(net_name(*net) for net in CAFFE_NETS)}"
+            f"{path}: the reference released no Caffe {arch} on {backbone}"
+            f"{' with two heads' if geometry else ''}; "
+            f"its nets are {', '.join(net_name(*net) for net in CAFFE_NETS)}"
         )
     if width is None:
         width = _stored_width(layers, backbone)
     data = _dataset(path, layers, dataset)
-    spec = ModelSpec(arch, len(data.classes), width, backbone=backbone)
-    _check_names(path, set(layers), net_layers(backbone, arch), net_name(backbone, arch))
+    spec = ModelSpec(arch, len(data.classes), width, backbone=backbone, geometry_classes=geometry)
+    wanted = net_layers(backbone, arch, geometry)
+    _check_names(path, set(layers), wanted, net_name(backbone, arch, geometry))
     # Built on the CPU and overwritten: the tensors are the weights' only copy in memory.
     state_dict = build_fcn(spec).state_dict()
-    _load(path, layers, caffe_layers(state_dict), state_dict, _label(spec))
+    groups = caffe_layers(state_dict, two_heads=bool(geometry))
+    _load(path, layers, groups, state_dict, _label(spec))
     return Checkpoint(
         spec=spec,
         state_dict=state_dict,
@@ -300,7 +327,7 @@ def _dataset(
                 f"known: {', '.join(DATASETS)}"
             )
         return DATASETS[name]
-    score = layers.get("score_fr")
+    score = layers.get("score_fr", layers.get("score_fr" + SEMANTIC_SUFFIX))
     shape = score.blobs[0].shape if score is not None and score.blobs else ()
     found = dataset_for(shape[0]) if len(shape) == 4 else None
     return found or DATASETS["voc"]

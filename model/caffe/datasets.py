@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contract.palette import VOC_CLASSES
-from model.data.classes import CONTEXT_CLASSES, NYUD_CLASSES
+from model.data.classes import CONTEXT_CLASSES, NYUD_CLASSES, SIFTFLOW_CLASSES
 from model.nets.preprocessing import CAFFE, Preprocessing
 
 
@@ -26,8 +26,9 @@ def _caffe_mean(name: str, bgr: tuple[float, float, float]) -> Preprocessing:
     )
 
 
-# The means are the data layers': voc_layers.py (through net.py), pascalcontext_layers.py and
-# nyud_layers.py (its colour mean). SIFT Flow's nets have two heads and are converted elsewhere.
+# The means are the data layers': voc_layers.py (through net.py), pascalcontext_layers.py,
+# siftflow_layers.py and nyud_layers.py (its colour mean). SIFT Flow's classes are its
+# semantic head's; its nets' second, geometric head is SIFTFLOW_GEOMETRY_CLASSES'.
 DATASETS: dict[str, CaffeDataset] = {
     d.name: d
     for d in (
@@ -37,6 +38,12 @@ DATASETS: dict[str, CaffeDataset] = {
             "PASCAL-Context (59 classes and background)",
             CONTEXT_CLASSES,
             _caffe_mean("context", (104.007, 116.669, 122.679)),
+        ),
+        CaffeDataset(
+            "siftflow",
+            "SIFT Flow (33 classes; 3 geometric)",
+            SIFTFLOW_CLASSES,
+            _caffe_mean("siftflow", (114.578, 115.294, 108.353)),
         ),
         CaffeDataset(
             "nyud",

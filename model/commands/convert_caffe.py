@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     values = sum(t.numel() for t in checkpoint.state_dict.values())
     mean = ", ".join(str(m) for m in checkpoint.preprocessing.mean)
     print(
-        f"wrote {out}: {spec.arch}, {spec.num_classes} classes ({checkpoint.dataset}), "
+        f"wrote {out}: {spec.arch}, {spec.num_classes} classes ({checkpoint.dataset})"
+        + (f" and {spec.geometry_classes} geometric" if spec.geometry_classes else "")
+        + ", "
         f"{values:,} weights on {spec.backbone}; input BGR 0-255 minus ({mean})"
     )
     return 0

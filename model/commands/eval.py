@@ -97,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
     stitched = f", shift-and-stitch {args.shift_and_stitch}" if args.shift_and_stitch > 1 else ""
     print(f"{args.checkpoint}{stitched} on {args.data} ({args.split}, {result.images} images)")
     loss = "" if result.loss is None else f"loss {result.loss:.4g} ({result.loss_mode})  "
-    print(loss + format_summary(result.metrics))
+    geometry = result.geometric_accuracy
+    geometry_text = "" if geometry is None else f"  geom. acc {100 * geometry:.2f}"
+    print(loss + format_summary(result.metrics) + geometry_text)
     print(class_table(result.metrics, result.classes, result.confusion))
     if args.out is not None:
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}")

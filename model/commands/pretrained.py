@@ -98,6 +98,8 @@ def report(result: Exported) -> str:
         lines.append(f"wrote {result.path} ({size:,.0f} MiB): {entry.summary}")
     if entry.metrics:
         lines.append(f"published: {figures(entry)} on {entry.metrics_on}")
+    elif entry.metrics_on:
+        lines.append(f"published: {entry.metrics_on}")
     lines.append(f"serve it: FCN_MODEL_PATH={result.path} make serve")
     return "\n".join(lines)
 
@@ -109,6 +111,7 @@ def figures(entry: Pretrained) -> str:
         "pixel_accuracy": "pixel accuracy",
         "mean_accuracy": "mean accuracy",
         "frequency_weighted_iu": "f.w. IU",
+        "geometric_accuracy": "geom. acc.",
     }
     return ", ".join(
         f"{names.get(key, key)} {100 * value:.1f}" for key, value in entry.metrics.items()
@@ -124,7 +127,7 @@ def listing(cache: Path | None) -> str:
             (
                 entry.name,
                 entry.arch,
-                figures(entry),
+                figures(entry) or "-",
                 f"{entry.size_mib} MiB",
                 "SHA1" if entry.sha1 else "SHA256 prefix" if entry.sha256 else "conversion",
                 "yes" if cached(entry, folder) else "no",

@@ -39,6 +39,12 @@ FLAGS: dict[str, tuple[str, tuple[str, ...] | None, str | int | None]] = {
     "backbone": ("ImageNet classifier the network is built on", BACKBONES, None),
     "width": ("channel width multiplier (1.0 = the paper's network)", None, None),
     "learn_upsampling": ("train the bilinear upsampling layers too", None, None),
+    "geometry": (
+        "also train SIFT Flow's geometric head (sky, horizontal, vertical), its loss added "
+        "to the semantic one's, as the reference's SIFT Flow nets",
+        None,
+        None,
+    ),
     "init": (
         "initial weights: imagenet (torchvision's classifier of --backbone), vgg16:PATH, "
         "alexnet:PATH, googlenet:PATH (a saved torchvision state dict), caffe-vgg16:PATH, "

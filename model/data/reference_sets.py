@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+from torchvision import tv_tensors
 
 from contract.palette import IGNORE_INDEX, voc_colormap
 from model.data.classes import (
@@ -135,6 +137,25 @@ class SIFTFlowDataset(SegmentationDataset):
 
     format = "siftflow"
     geometry_classes: ClassVar[list[str]] = list(SIFTFLOW_GEOMETRY_CLASSES)
+    # When set (training both heads), each target is the two maps stacked: Mask [2, H, W],
+    # semantic then geometric, so every joint transform moves both alike.
+    with_geometry: bool = False
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.with_geometry:
+            return super().__getitem__(index)
+        image_np, target_np = self.load(index)
+        geometry_np = self.load_geometry(index)
+        if geometry_np.shape != target_np.shape:
+            raise DataError(
+                f"{self.samples[index].geometry}: geometric labels {geometry_np.shape} do not "
+                f"match the semantic ones {target_np.shape} (run `fcn data check {self.root}`)"
+            )
+        image = tv_tensors.Image(torch.from_numpy(np.array(image_np)).permute(2, 0, 1))
+        target = tv_tensors.Mask(torch.from_numpy(np.stack([target_np, geometry_np])))
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
 
     def read_target(self, path: Path) -> np.ndarray:
         return shift_labels(read_mat_array(path, "S"))

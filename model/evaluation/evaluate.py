@@ -14,10 +14,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from model.data.checks import check_dataset, format_problems
-from model.data.datasets import DataError
+from model.data.datasets import DataError, SegmentationDataset
 from model.data.layouts import open_dataset
+from model.data.reference_sets import SIFTFlowDataset
 from model.data.transforms import collate_padded
 from model.devices import resolve_device
+from model.evaluation.geometry import geometric_accuracy, geometry_counts, has_geometry
 from model.evaluation.metrics import ConfusionMatrix
 from model.evaluation.outputs import write_label_png, write_overlay
 from model.evaluation.predictors import (
@@ -131,6 +133,7 @@ def evaluate(
             tiles=tiles,
             loss=meter,
         )
+    geometry = _geometric_accuracy(torch_predictor, dataset)
     result = Evaluation(
         confusion.compute(),
         confusion.matrix.cpu(),
@@ -138,12 +141,28 @@ def evaluate(
         len(dataset),
         loss=None if meter is None else meter.value(),
         loss_mode=meter.mode if meter is not None else "sum",
+        geometric_accuracy=geometry,
     )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_metrics(result, Path(checkpoint), dataset, out_dir / "metrics.json")
         plot_confusion(result.confusion, result.classes, out_dir / "confusion.png")
     return result
+
+
+def _geometric_accuracy(
+    predictor: TorchPredictor | None, dataset: SegmentationDataset
+) -> float | None:
+    """SIFT Flow's geometric accuracy of a two-head checkpoint; None for one head, for an
+    ONNX model and for other data sets."""
+    if predictor is None or not isinstance(dataset, SIFTFlowDataset):
+        return None
+    if not has_geometry(predictor.net, dataset):
+        return None
+    counts = geometry_counts(
+        predictor.net, dataset, predictor.normalize, predictor.device, autocast=predictor.autocast
+    )
+    return geometric_accuracy(counts)
 
 
 def evaluate_predictor(

@@ -34,6 +34,8 @@ class Evaluation:
     # training loss; None where no logits are at hand (an ONNX model, tiles).
     loss: float | None = None
     loss_mode: str = "sum"
+    # SIFT Flow's geometric accuracy of a two-head net (``model.evaluation.geometry``).
+    geometric_accuracy: float | None = None
 
 
 def class_table(metrics: SegmentationMetrics, classes: list[str], confusion: Tensor) -> str:
@@ -109,6 +111,11 @@ def write_metrics(
         **result.metrics.summary(),
         "loss": result.loss,
         "loss_mode": result.loss_mode,
+        **(
+            {}
+            if result.geometric_accuracy is None
+            else {"geometric_accuracy": result.geometric_accuracy}
+        ),
         "classes": result.classes,
         "class_iu": result.metrics.class_iu,
         "class_accuracy": result.metrics.class_accuracy,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from contract.palette import IGNORE_INDEX, Color
-from contract.schema import DIMS, INPUT, LABELS, NOTE_KEY, SCHEMA, SCORES, label_dtype
+from contract.schema import DIMS, GEOMETRY, INPUT, LABELS, NOTE_KEY, SCHEMA, SCORES, label_dtype
 from contract.tiling import KEY as TILING_KEY
 from contract.tiling import Tiling
 from model import names
@@ -47,6 +47,7 @@ class SegmentationGraph(nn.Module):
     ``image`` uint8 [N, H, W, 3] RGB -> labels [N, H, W] (uint8, int32 above 255 classes)
     and, optionally, float32 logits [N, C, H, W]. ``net`` maps the normalised float image
     [N, 3, H, W] to logits [N, C, H, W]; ``num_classes`` is C (default: ``net.num_classes``).
+    ``with_geometry``: also a two-head net's second labels, uint8 [N, H, W], last.
     """
 
     def __init__(
@@ -57,8 +58,10 @@ class SegmentationGraph(nn.Module):
         num_classes: int | None = None,
         fp16: bool = False,
         with_scores: bool = False,
+        with_geometry: bool = False,
     ):
         super().__init__()
+        self.with_geometry = with_geometry
         self.dtype = torch.float16 if fp16 else torch.float32
         self.net = net.to(self.dtype).eval()
         # Normalisation stays float32 (Caffe's 0-255 means lose bits in half), then casts.
@@ -71,11 +74,15 @@ class SegmentationGraph(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         x = self.normalize(image.permute(0, 3, 1, 2)).to(self.dtype)  # [N, 3, H, W]
-        logits = self.net(x)  # [N, C, H, W]
+        if self.with_geometry:
+            logits, geometry_logits = self.net(x, geometry=True)  # [N, C | G, H, W]
+        else:
+            logits = self.net(x)  # [N, C, H, W]
         labels = logits.argmax(1).to(self.label_dtype)  # [N, H, W]
-        if self.with_scores:
-            return labels, logits.float()
-        return (labels,)
+        outputs = (labels, logits.float()) if self.with_scores else (labels,)
+        if self.with_geometry:
+            outputs += (geometry_logits.argmax(1).to(torch.uint8),)
+        return outputs
 
 
 @dataclass(frozen=True)
@@ -121,8 +128,21 @@ def checkpoint_card(checkpoint: Checkpoint) -> ModelCard:
     )
 
 
-def metadata(card: ModelCard, *, fp16: bool, with_scores: bool) -> dict[str, str]:
+def output_names(*, with_scores: bool, with_geometry: bool = False) -> list[str]:
+    """The graph's outputs, in ``SegmentationGraph``'s order."""
+    return [LABELS, *([SCORES] if with_scores else []), *([GEOMETRY] if with_geometry else [])]
+
+
+def has_geometry_head(net: nn.Module) -> bool:
+    """Whether ``net`` has a second, geometric head (``model.nets``: ``geometry_classes``)."""
+    return bool(getattr(net, "geometry_classes", 0))
+
+
+def metadata(
+    card: ModelCard, *, fp16: bool, with_scores: bool, with_geometry: bool = False
+) -> dict[str, str]:
     """The ``fcn.*`` metadata of the contract: every value a string, JSON where structured."""
+    outputs = output_names(with_scores=with_scores, with_geometry=with_geometry)
     return {
         "fcn.schema": SCHEMA,
         "fcn.arch": card.arch,
@@ -135,7 +155,7 @@ def metadata(card: ModelCard, *, fp16: bool, with_scores: bool) -> dict[str, str
         "fcn.metrics": json.dumps(dict(card.metrics)),
         "fcn.preprocessing": json.dumps(card.preprocessing.to_dict()),
         "fcn.precision": "fp16" if fp16 else "fp32",
-        "fcn.outputs": json.dumps([LABELS, SCORES] if with_scores else [LABELS]),
+        "fcn.outputs": json.dumps(outputs),
         TILING_KEY: card.tiling.to_json(),
         "fcn.origin": json.dumps(dict(card.origin)),
         # Only when there is something to say: a file without a note is as before.
@@ -215,16 +235,19 @@ def trace_onnx(
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not MIN_OPSET <= opset <= newest:
         raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET} to {newest}")
+    # A two-head net (SIFT Flow's) exports its second head's labels as ``geometry``.
+    with_geometry = has_geometry_head(net)
     graph = SegmentationGraph(
         net,
         card.preprocessing,
         num_classes=card.num_classes,
         fp16=fp16,
         with_scores=with_scores,
+        with_geometry=with_geometry,
     ).eval()
     example = torch.zeros(EXAMPLE_SHAPE, dtype=torch.uint8)
     dims = {i: torch.export.Dim(name, min=1) for i, name in enumerate(DIMS)}
-    outputs = [LABELS, SCORES] if with_scores else [LABELS]
+    outputs = output_names(with_scores=with_scores, with_geometry=with_geometry)
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
@@ -244,7 +267,7 @@ def trace_onnx(
         raise ExportError("torch.onnx.export returned no program")
     model = program.model_proto
     _name_dims(model)
-    meta = metadata(card, fp16=fp16, with_scores=with_scores)
+    meta = metadata(card, fp16=fp16, with_scores=with_scores, with_geometry=with_geometry)
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()

@@ -16,11 +16,11 @@ import onnx
 import torch
 from torch import nn
 
-from contract.schema import INPUT, LABELS, SCORES, MetadataError, parse_metadata
+from contract.schema import GEOMETRY, INPUT, LABELS, SCORES, MetadataError, parse_metadata
 from model import names
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.errors import FCNError
-from model.export.graph import ModelCard, SegmentationGraph, checkpoint_card
+from model.export.graph import ModelCard, SegmentationGraph, checkpoint_card, has_geometry_head
 from model.export.metadata import model_metadata
 
 if TYPE_CHECKING:
@@ -289,7 +289,62 @@ def verify_net(
     )
     results += found
     problems += trouble
+    problems += _geometry_problems(
+        session,
+        reference,
+        cases,
+        seed=seed,
+        min_agreement=MIN_AGREEMENT.get(precision, MIN_AGREEMENT["fp16"]),
+    )
     return report(logits_from)
+
+
+def _geometry_problems(
+    session: ort.InferenceSession,
+    reference: SegmentationGraph,
+    cases: Sequence[tuple[int, int, int]],
+    *,
+    seed: int,
+    min_agreement: float,
+) -> list[str]:
+    """A two-head net's ``geometry`` output against PyTorch's second head on random images
+    of each (N, H, W), its labels held to the agreement of ``labels``; [] for one head."""
+    declared = GEOMETRY in {o.name for o in session.get_outputs()}
+    if not has_geometry_head(reference.net):
+        return (
+            [f"the file has a {GEOMETRY!r} output, the network no second head"] if declared else []
+        )
+    if not declared:
+        return [f"the network has a geometric head, the file no {GEOMETRY!r} output"]
+    graph = SegmentationGraph(
+        reference.net, reference.normalize.preprocessing, with_geometry=True
+    ).eval()
+    rng = np.random.default_rng(seed)
+    problems: list[str] = []
+    agree = total = 0
+    for n, h, w in cases:
+        image = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+        try:
+            (geometry,) = session.run([GEOMETRY], {INPUT: image})
+        except Exception as exc:
+            problems.append(f"ONNX Runtime failed on a batch of {n} x {h}x{w}: {exc}")
+            continue
+        with torch.no_grad():
+            expected = graph(torch.from_numpy(image))[-1].numpy()
+        if geometry.shape != expected.shape or geometry.dtype != np.uint8:
+            problems.append(
+                f"batch {n} x {h}x{w}: {GEOMETRY!r} is {geometry.dtype} {geometry.shape}, "
+                f"PyTorch's uint8 {expected.shape}"
+            )
+            continue
+        agree += int((geometry == expected).sum())
+        total += geometry.size
+    if total and agree / total < min_agreement:
+        problems.append(
+            f"{GEOMETRY} labels agree on {agree / total:.4%} of pixels, "
+            f"below the {min_agreement:.2%} required"
+        )
+    return problems
 
 
 def _compare(

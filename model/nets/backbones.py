@@ -97,8 +97,9 @@ def load_vgg16(net: VGG16FCN, state_dict: Mapping[str, Tensor]) -> Preprocessing
 
 
 def zero_score_layers(net: FCNBase) -> None:
-    """Set score_fr and the skip score layers to zero, as the reference's solvers do."""
-    for name in ("score_fr", *net.skip_layers):
+    """Set score_fr and the skip score layers (of every head) to zero, as the reference's
+    solvers do."""
+    for name in net.score_layers:
         layer = getattr(net, name)
         assert isinstance(layer, nn.Conv2d)
         assert layer.bias is not None
@@ -126,7 +127,7 @@ def init_from_parent(child: FCNBase, parent_state: Mapping[str, Tensor]) -> list
             f"parent weights do not fit {child.arch} (width {child.width}, "
             f"{child.num_classes} classes): {', '.join(missing[:4])} missing or of another shape"
         )
-    for name in child.skip_layers:
+    for name in child.score_layers:
         if f"{name}.weight" not in copied:
             zero = getattr(child, name)
             nn.init.zeros_(zero.weight)

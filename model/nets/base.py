@@ -33,6 +33,9 @@ assert tuple(REGISTRY) == names.BACKBONES
 
 # fc6 and fc7 of the ImageNet classifiers (VGG16, AlexNet), at width 1.0.
 FC_CHANNELS = 4096
+# A second head's layers are the first head's names with this suffix (SIFT Flow's geometric
+# head: ``score_fr_geo``, ``upscore2_geo``, ...); the first head keeps the plain names.
+GEOMETRY_SUFFIX = "_geo"
 
 
 def scaled(channels: int, width: float) -> int:
@@ -80,9 +83,14 @@ class ModelSpec:
     width: float = 1.0
     learn_upsampling: bool = False
     backbone: str = "vgg16"
+    # Classes of a second, geometric head beside the semantic one (SIFT Flow's 3); 0: none.
+    geometry_classes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.geometry_classes:  # one-head specs are recorded as they always were
+            del data["geometry_classes"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -93,6 +101,7 @@ class ModelSpec:
             learn_upsampling=bool(data.get("learn_upsampling", False)),
             # Checkpoints from before there were other backbones are VGG16 ones.
             backbone=str(data.get("backbone", "vgg16")),
+            geometry_classes=int(data.get("geometry_classes", 0)),
         )
 
 
@@ -117,6 +126,8 @@ class FCNBase(nn.Module):
     # (measured by perturbation, tests/model/nets/test_receptive_field.py).
     context: ClassVar[int]
     output_stride: ClassVar[int] = OUTPUT_STRIDE
+    # Whether the class takes ``geometry_classes`` (a second head); see ``head_suffixes``.
+    supports_geometry: ClassVar[bool] = False
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
         super().__init__()
@@ -127,6 +138,22 @@ class FCNBase(nn.Module):
         self.num_classes = num_classes
         self.width = width
         self.learn_upsampling = learn_upsampling
+        self.geometry_classes = 0
+
+    @property
+    def head_suffixes(self) -> tuple[str, ...]:
+        """The suffix of each head's layer names: "" (semantic), and "_geo" with a second head."""
+        return ("", GEOMETRY_SUFFIX) if self.geometry_classes else ("",)
+
+    @property
+    def score_layers(self) -> tuple[str, ...]:
+        """``score_fr`` and the skips' score layers of every head: the layers that start at
+        zero and that ``--score-only`` trains."""
+        return tuple(
+            f"{name}{suffix}"
+            for suffix in self.head_suffixes
+            for name in ("score_fr", *self.skip_layers)
+        )
 
     def _init_weights(self) -> None:
         """Kaiming for the trunk (used when no pretrained weights are loaded), zero scores,
@@ -134,7 +161,7 @@ class FCNBase(nn.Module):
         for name, module in self.named_modules():
             if not name:
                 continue
-            if name in self.upsampling_layers:
+            if name.removesuffix(GEOMETRY_SUFFIX) in self.upsampling_layers:
                 assert isinstance(module, nn.ConvTranspose2d)
                 fill_bilinear(module.weight)
                 module.weight.requires_grad_(self.learn_upsampling)
@@ -156,7 +183,12 @@ class FCNBase(nn.Module):
     @property
     def spec(self) -> ModelSpec:
         return ModelSpec(
-            self.arch, self.num_classes, self.width, self.learn_upsampling, self.backbone
+            self.arch,
+            self.num_classes,
+            self.width,
+            self.learn_upsampling,
+            self.backbone,
+            self.geometry_classes,
         )
 
     def _add_classifier(self, channels: int, kernel_size: int) -> None:
@@ -170,14 +202,19 @@ class FCNBase(nn.Module):
         self.drop7 = nn.Dropout(0.5)
         self.score_fr = nn.Conv2d(fc, self.num_classes, kernel_size=1)
 
+    def _fc7(self, features: Tensor) -> Tensor:
+        """fc6 and fc7 of ``_add_classifier`` on the trunk's last ``features``."""
+        h = self.drop6(F.relu(self.fc6(features), inplace=True))
+        return self.drop7(F.relu(self.fc7(h), inplace=True))  # type: ignore[no-any-return]
+
     def _classify(self, features: Tensor) -> Tensor:
         """The scores of ``_add_classifier``'s head on the trunk's last ``features``."""
-        h = self.drop6(F.relu(self.fc6(features), inplace=True))
-        h = self.drop7(F.relu(self.fc7(h), inplace=True))
-        return self.score_fr(h)  # type: ignore[no-any-return]
+        return self.score_fr(self._fc7(features))  # type: ignore[no-any-return]
 
-    def _upsampling(self, kernel_size: int, stride: int) -> nn.ConvTranspose2d:
-        c = self.num_classes
+    def _upsampling(
+        self, kernel_size: int, stride: int, classes: int | None = None
+    ) -> nn.ConvTranspose2d:
+        c = self.num_classes if classes is None else classes
         return nn.ConvTranspose2d(c, c, kernel_size, stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -232,4 +269,18 @@ def network_tiling(arch: str, backbone: str = "vgg16") -> Tiling:
 def build_fcn(spec: ModelSpec) -> FCNBase:
     """Build the network that ``spec`` names, freshly initialised."""
     cls = network_class(spec.backbone, spec.arch)
-    return cls(spec.num_classes, spec.width, spec.learn_upsampling)
+    if not spec.geometry_classes:
+        return cls(spec.num_classes, spec.width, spec.learn_upsampling)
+    if not cls.supports_geometry:
+        raise ValueError(
+            f"{spec.arch} on {spec.backbone} has no geometric head; "
+            "only the VGG16 nets (fcn32s, fcn16s, fcn8s) take one"
+        )
+    make: Any = cls  # the VGG16 classes' signature: mypy sees FCNBase's
+    net: FCNBase = make(
+        spec.num_classes,
+        spec.width,
+        spec.learn_upsampling,
+        geometry_classes=spec.geometry_classes,
+    )
+    return net

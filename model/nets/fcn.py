@@ -7,12 +7,16 @@ same crop offsets, so weights map one to one by parameter name.
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model import names
 from model.nets.base import (
+    FC_CHANNELS,
+    GEOMETRY_SUFFIX,
     OUTPUT_STRIDE,
     FCNBase,
     ModelSpec,
@@ -43,14 +47,30 @@ CONV1_1_PAD = 100
 class VGG16FCN(FCNBase):
     """The shared VGG16 trunk, fc6/fc7 as convolutions and ``score_fr``.
 
-    Subclasses add the skips and the upsampling.
+    Subclasses add the skips and the upsampling of a head (``_add_head``, ``_head``). With
+    ``geometry_classes`` a second head, its layers named like the first's plus ``_geo``,
+    scores the same fc7 and pools: the reference's SIFT Flow nets (``siftflow-fcn*/net.py``,
+    whose ``*_sem`` layers are the first head's here).
     """
 
     backbone = "vgg16"
     trunk_layers = (*(layer[0] for layer in VGG16_LAYERS if layer is not None), "fc6", "fc7")
+    supports_geometry = True
 
-    def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
+    def __init__(
+        self,
+        num_classes: int = 21,
+        width: float = 1.0,
+        learn_upsampling: bool = False,
+        *,
+        geometry_classes: int = 0,
+    ):
         super().__init__(num_classes, width, learn_upsampling)
+        if geometry_classes < 0 or geometry_classes == 1:
+            raise ValueError(
+                f"geometry_classes must be 0 (none) or at least 2, got {geometry_classes}"
+            )
+        self.geometry_classes = geometry_classes
         channels = 3
         for layer in VGG16_LAYERS:
             if layer is None:
@@ -61,6 +81,12 @@ class VGG16FCN(FCNBase):
             self.add_module(name, nn.Conv2d(channels, out, kernel_size=3, padding=pad))
             channels = out
         self._add_classifier(channels, kernel_size=7)
+        self._add_head("", num_classes)
+        if geometry_classes:
+            fc = scaled(FC_CHANNELS, width)
+            self.add_module(f"score_fr{GEOMETRY_SUFFIX}", nn.Conv2d(fc, geometry_classes, 1))
+            self._add_head(GEOMETRY_SUFFIX, geometry_classes)
+        self._init_weights()
 
     def trunk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Return (pool3, pool4, pool5)."""
@@ -77,6 +103,36 @@ class VGG16FCN(FCNBase):
     def score(self, pool5: Tensor) -> Tensor:
         return self._classify(pool5)
 
+    def _add_head(self, suffix: str, classes: int) -> None:
+        """The skip score layers and upsampling of one head (``score_fr`` aside)."""
+        raise NotImplementedError
+
+    def _head(
+        self, pools: tuple[Tensor, Tensor, Tensor], fc7: Tensor, x: Tensor, suffix: str
+    ) -> Tensor:
+        """One head's logits [N, C, H, W] from the trunk's pools and fc7, cropped to ``x``."""
+        raise NotImplementedError
+
+    def _layer(self, name: str, suffix: str) -> nn.Module:
+        return getattr(self, name + suffix)  # type: ignore[no-any-return]
+
+    @overload
+    def forward(self, x: Tensor) -> Tensor: ...
+    @overload
+    def forward(self, x: Tensor, geometry: Literal[True]) -> tuple[Tensor, Tensor]: ...
+
+    def forward(self, x: Tensor, geometry: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits [N, C, H, W]; with ``geometry``, also the geometric head's [N, G, H, W]
+        (one pass: a call through DDP keeps its gradient hooks)."""
+        pools = self.trunk(x)
+        fc7 = self._fc7(pools[2])
+        logits = self._head(pools, fc7, x, "")
+        if not geometry:
+            return logits
+        if not self.geometry_classes:
+            raise ValueError(f"{self.arch} has no geometric head (geometry_classes 0)")
+        return logits, self._head(pools, fc7, x, GEOMETRY_SUFFIX)
+
 
 class FCN32s(VGG16FCN):
     """Single stream: score_fr upsampled 32x (k64 s32), cropped at 19."""
@@ -85,14 +141,14 @@ class FCN32s(VGG16FCN):
     upsampling_layers = ("upscore",)
     context = 234
 
-    def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
-        super().__init__(num_classes, width, learn_upsampling)
-        self.upscore = self._upsampling(64, 32)
-        self._init_weights()
+    def _add_head(self, suffix: str, classes: int) -> None:
+        self.add_module(f"upscore{suffix}", self._upsampling(64, 32, classes))
 
-    def forward(self, x: Tensor) -> Tensor:
-        _, _, pool5 = self.trunk(x)
-        return crop(self.upscore(self.score(pool5)), 19, x)
+    def _head(
+        self, pools: tuple[Tensor, Tensor, Tensor], fc7: Tensor, x: Tensor, suffix: str
+    ) -> Tensor:
+        score_fr = self._layer("score_fr", suffix)(fc7)
+        return crop(self._layer("upscore", suffix)(score_fr), 19, x)
 
 
 class FCN16s(VGG16FCN):
@@ -103,18 +159,19 @@ class FCN16s(VGG16FCN):
     context = 242
     skip_layers = ("score_pool4",)
 
-    def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
-        super().__init__(num_classes, width, learn_upsampling)
-        self.score_pool4 = nn.Conv2d(scaled(512, width), num_classes, kernel_size=1)
-        self.upscore2 = self._upsampling(4, 2)
-        self.upscore16 = self._upsampling(32, 16)
-        self._init_weights()
+    def _add_head(self, suffix: str, classes: int) -> None:
+        width = self.width
+        self.add_module(f"score_pool4{suffix}", nn.Conv2d(scaled(512, width), classes, 1))
+        self.add_module(f"upscore2{suffix}", self._upsampling(4, 2, classes))
+        self.add_module(f"upscore16{suffix}", self._upsampling(32, 16, classes))
 
-    def forward(self, x: Tensor) -> Tensor:
-        _, pool4, pool5 = self.trunk(x)
-        upscore2 = self.upscore2(self.score(pool5))
-        fuse_pool4 = upscore2 + crop(self.score_pool4(pool4), 5, upscore2)
-        return crop(self.upscore16(fuse_pool4), 27, x)
+    def _head(
+        self, pools: tuple[Tensor, Tensor, Tensor], fc7: Tensor, x: Tensor, suffix: str
+    ) -> Tensor:
+        upscore2 = self._layer("upscore2", suffix)(self._layer("score_fr", suffix)(fc7))
+        score_pool4 = self._layer("score_pool4", suffix)(pools[1])
+        fuse_pool4 = upscore2 + crop(score_pool4, 5, upscore2)
+        return crop(self._layer("upscore16", suffix)(fuse_pool4), 27, x)
 
 
 class FCN8s(VGG16FCN):
@@ -126,27 +183,29 @@ class FCN8s(VGG16FCN):
     context = 246
     skip_layers = ("score_pool4", "score_pool3")
 
-    def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
-        super().__init__(num_classes, width, learn_upsampling)
-        self.score_pool4 = nn.Conv2d(scaled(512, width), num_classes, kernel_size=1)
-        self.score_pool3 = nn.Conv2d(scaled(256, width), num_classes, kernel_size=1)
-        self.upscore2 = self._upsampling(4, 2)
-        self.upscore_pool4 = self._upsampling(4, 2)
-        self.upscore8 = self._upsampling(16, 8)
-        self._init_weights()
+    def _add_head(self, suffix: str, classes: int) -> None:
+        width = self.width
+        self.add_module(f"score_pool4{suffix}", nn.Conv2d(scaled(512, width), classes, 1))
+        self.add_module(f"score_pool3{suffix}", nn.Conv2d(scaled(256, width), classes, 1))
+        self.add_module(f"upscore2{suffix}", self._upsampling(4, 2, classes))
+        self.add_module(f"upscore_pool4{suffix}", self._upsampling(4, 2, classes))
+        self.add_module(f"upscore8{suffix}", self._upsampling(16, 8, classes))
 
     def scale_pools(self, pool3: Tensor, pool4: Tensor) -> tuple[Tensor, Tensor]:
         """Identity here; the at-once variant scales both before scoring."""
         return pool3, pool4
 
-    def forward(self, x: Tensor) -> Tensor:
-        pool3, pool4, pool5 = self.trunk(x)
-        pool3, pool4 = self.scale_pools(pool3, pool4)
-        upscore2 = self.upscore2(self.score(pool5))
-        fuse_pool4 = upscore2 + crop(self.score_pool4(pool4), 5, upscore2)
-        upscore_pool4 = self.upscore_pool4(fuse_pool4)
-        fuse_pool3 = upscore_pool4 + crop(self.score_pool3(pool3), 9, upscore_pool4)
-        return crop(self.upscore8(fuse_pool3), 31, x)
+    def _head(
+        self, pools: tuple[Tensor, Tensor, Tensor], fc7: Tensor, x: Tensor, suffix: str
+    ) -> Tensor:
+        pool3, pool4 = self.scale_pools(pools[0], pools[1])
+        upscore2 = self._layer("upscore2", suffix)(self._layer("score_fr", suffix)(fc7))
+        score_pool4 = self._layer("score_pool4", suffix)(pool4)
+        fuse_pool4 = upscore2 + crop(score_pool4, 5, upscore2)
+        upscore_pool4 = self._layer("upscore_pool4", suffix)(fuse_pool4)
+        score_pool3 = self._layer("score_pool3", suffix)(pool3)
+        fuse_pool3 = upscore_pool4 + crop(score_pool3, 9, upscore_pool4)
+        return crop(self._layer("upscore8", suffix)(fuse_pool3), 31, x)
 
 
 class FCN8sAtOnce(FCN8s):
@@ -163,8 +222,15 @@ class FCN8sAtOnce(FCN8s):
     scale_pool4: Tensor
     scale_pool3: Tensor
 
-    def __init__(self, num_classes: int = 21, width: float = 1.0, learn_upsampling: bool = False):
-        super().__init__(num_classes, width, learn_upsampling)
+    def __init__(
+        self,
+        num_classes: int = 21,
+        width: float = 1.0,
+        learn_upsampling: bool = False,
+        *,
+        geometry_classes: int = 0,
+    ):
+        super().__init__(num_classes, width, learn_upsampling, geometry_classes=geometry_classes)
         self.register_buffer("scale_pool4", torch.full((scaled(512, width),), self.POOL4_SCALE))
         self.register_buffer("scale_pool3", torch.full((scaled(256, width),), self.POOL3_SCALE))
 

@@ -63,7 +63,9 @@ def _solver(
 
 
 def _layout(fmt: str, settings: dict[str, Any]) -> dict[str, Any]:
-    return {**settings, "data_format": fmt, "val_format": fmt}
+    # SIFT Flow's nets have two heads, semantic and geometric (siftflow-fcn*/net.py).
+    heads = {"geometry": True} if fmt == "siftflow" else {}
+    return {**settings, "data_format": fmt, "val_format": fmt, **heads}
 
 
 # The reference's solvers per data set and net (fcn.berkeleyvision.org: each */solver.prototxt
@@ -128,6 +130,8 @@ class TrainConfig:
     backbone: str = "vgg16"
     width: float = 1.0
     learn_upsampling: bool = False
+    # SIFT Flow's second, geometric head, trained jointly (the two losses summed).
+    geometry: bool = False
     init: str = "imagenet"
     # Data
     data: str = ""

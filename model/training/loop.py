@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from contract.palette import Color
 from model.checkpoint import Checkpoint, save_checkpoint
+from model.data.reference_sets import SIFTFlowDataset
+from model.evaluation.geometry import geometric_accuracy, geometry_counts, has_geometry
 from model.evaluation.report import format_summary
 from model.evaluation.validation import LossMeter, evaluate_model
 from model.nets.fcn import FCN
@@ -112,15 +114,25 @@ class Run:
         normalisation)."""
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True).long()
-        targets = sample_cells(targets, self.loss.sample)
+        # Two heads: targets [N, 2, H, W], the semantic map then the geometric one.
+        geometry = targets[:, 1] if targets.ndim == 4 else None
+        targets = sample_cells(targets[:, 0] if geometry is not None else targets, self.loss.sample)
         x = self.normalize(images)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(
             self.device.type, dtype=self.autocast, enabled=self.autocast is not None
         ):
-            logits = self.model(x)
-        return segmentation_loss(logits, targets, self.loss.mode, weight=self.loss.weight)
+            if geometry is None:
+                logits = self.model(x)
+            else:
+                logits, geometry_logits = self.model(x, geometry=True)
+        loss = segmentation_loss(logits, targets, self.loss.mode, weight=self.loss.weight)
+        if geometry is not None:
+            # The reference's SIFT Flow nets: loss + loss_geo, each pixel-summed, unweighted.
+            geometry = sample_cells(geometry, self.loss.sample)
+            loss = loss + segmentation_loss(geometry_logits, geometry, self.loss.mode)
+        return loss
 
     def validate(self, loader: Batches) -> None:
         """The four metrics and the loss (unweighted, unsampled, mean over the images, as the
@@ -139,11 +151,13 @@ class Run:
                 autocast=self.autocast,
                 loss=meter,
             )
+            geometry = self._geometric_accuracy(loader)
         finally:
             torch.backends.cudnn.benchmark = benchmark
         confusion.all_reduce()
         metrics = confusion.compute()
-        self.state.metrics = metrics.summary()
+        summary = metrics.summary() | geometry
+        self.state.metrics = summary
         self.state.val_loss = meter.value(all_reduce=True)
         if self.log is not None:
             self.log.write(
@@ -151,7 +165,7 @@ class Run:
                     "iteration": self.state.iteration,
                     "split": "val",
                     "loss": self.state.val_loss,
-                    **metrics.summary(),
+                    **summary,
                     "class_iu": metrics.class_iu,
                 }
             )
@@ -159,7 +173,25 @@ class Run:
         self.say(
             f"iteration {self.state.iteration}: loss {self.state.val_loss:.4g}  "
             f"{format_summary(metrics)}"
+            + "".join(f"  geom. acc {100 * v:.2f}" for v in geometry.values())
         )
+
+    def _geometric_accuracy(self, loader: Batches) -> dict[str, float]:
+        """``{"geometric_accuracy": ...}`` of a two-head net on SIFT Flow (this rank's share,
+        summed over ranks), as the reference's solve.py scores ``score_geo``; else {}."""
+        dataset = loader.dataset
+        if not isinstance(dataset, SIFTFlowDataset) or not has_geometry(self.net, dataset):
+            return {}
+        procs = self.procs
+        counts = geometry_counts(
+            self.net,
+            dataset,
+            self.normalize,
+            self.device,
+            autocast=self.autocast,
+            indices=range(procs.rank, len(dataset), procs.world_size),
+        )
+        return {"geometric_accuracy": geometric_accuracy(counts, all_reduce=True)}
 
     def save(self, batch_size: int, *, best: bool = True) -> None:
         """``last.pt`` (and, if ``best``, ``best.pt`` when mean IU improved) at this step;

@@ -17,6 +17,7 @@ from model.checkpoint import Checkpoint
 from model.data.checks import check_dataset, format_problems
 from model.data.datasets import DataError, SegmentationDataset
 from model.data.layouts import open_dataset
+from model.data.reference_sets import SIFTFlowDataset
 from model.data.transforms import train_transforms
 from model.devices import amp_dtype
 from model.nets.fcn import FCN, ModelSpec
@@ -72,7 +73,12 @@ def _train(
     classes, palette = _class_names(train_set, config.classes, start.weights)
     # The data's count, not the resumed names': a resumed network must fit the data too.
     spec = ModelSpec(
-        config.arch, train_set.num_classes, config.width, config.learn_upsampling, config.backbone
+        config.arch,
+        train_set.num_classes,
+        config.width,
+        config.learn_upsampling,
+        config.backbone,
+        _geometry_classes(config, train_set),
     )
     net, preprocessing = starting_model(
         spec, start.weights, init=config.init, classes=classes, procs=procs, say=say
@@ -170,11 +176,29 @@ def _train(
     return out / BEST
 
 
+def _geometry_classes(config: TrainConfig, train_set: SegmentationDataset) -> int:
+    """The geometric head's class count (0: none); a SIFT Flow training set then yields both
+    label maps (``SIFTFlowDataset.with_geometry``)."""
+    if not config.geometry:
+        return 0
+    if not isinstance(train_set, SIFTFlowDataset):
+        raise ConfigError(
+            f"geometry: {train_set.describe()} has no geometric labels; only SIFT Flow has "
+            "(--no-geometry trains the one head)"
+        )
+    if config.backbone != "vgg16":
+        raise ConfigError(
+            f"geometry: only the VGG16 nets have a geometric head, not {config.backbone}"
+        )
+    train_set.with_geometry = True
+    return len(train_set.geometry_classes)
+
+
 def score_layers(net: FCN) -> list[str]:
     """The layers ``--score-only`` trains: ``score_fr`` and the skips' score layers. The
     paper's FCN-32s-fixed fine-tunes only the last layer; on 16s/8s the skip score layers
     are last layers too (they start at zero and nothing else would ever move them)."""
-    return ["score_fr", *getattr(net, "skip_layers", ())]
+    return list(net.score_layers)
 
 
 def freeze_all_but_scores(net: FCN) -> list[str]:

@@ -27,6 +27,11 @@ COCO_VOC = "COCO val2017, VOC's 20 categories, published by torchvision"
 # The paper's figures for the other data sets (Long, Shelhamer, Darrell, CVPR 2015).
 CONTEXT_VAL = "PASCAL-Context 59-class task, VOC2010 val (5,105 images), the paper's Table 6"
 NYUD_TEST = "NYUDv2 40-class task, test (654 images), the paper's Table 4"
+SIFTFLOW_TEST = (
+    "SIFT Flow test (200 images), 33 classes and geometric accuracy, the paper's Table 5"
+)
+# The paper's Table 5 gives FCN-16s only; no figure was published for the other two nets.
+SIFTFLOW_UNPUBLISHED = "no figure published (the paper's Table 5 gives FCN-16s only)"
 
 
 class UnknownModelError(FCNError, KeyError):
@@ -117,12 +122,13 @@ def _other(
     summary: str,
     metrics: dict[str, float],
     *,
-    dataset: Literal["context", "nyud"],
+    dataset: Literal["context", "nyud", "siftflow"],
     size_mib: int,
 ) -> Pretrained:
-    """A reference net of another data set: PASCAL-Context or NYUDv2 (``dataset``).
-    ``size_mib`` is its weights' float32 bytes (no size was published; the file is a little
-    larger)."""
+    """A reference net of another data set: PASCAL-Context, NYUDv2 or SIFT Flow
+    (``dataset``). ``size_mib`` is its weights' float32 bytes (no size was published; the
+    file is a little larger)."""
+    where = {"context": CONTEXT_VAL, "nyud": NYUD_TEST, "siftflow": SIFTFLOW_TEST}[dataset]
     return Pretrained(
         name=name,
         kind="caffe",
@@ -131,7 +137,7 @@ def _other(
         url=f"{CAFFE_HOST}/{file}",
         size_mib=size_mib,
         metrics=metrics,
-        metrics_on=CONTEXT_VAL if dataset == "context" else NYUD_TEST,
+        metrics_on=where if metrics else SIFTFLOW_UNPUBLISHED,
         dataset=dataset,
     )
 
@@ -235,6 +241,36 @@ MODELS: dict[str, Pretrained] = {
             _table(60.0, 42.2, 29.2, 43.9),
             dataset="nyud",
             size_mib=538,
+        ),
+        _other(
+            "siftflow-fcn32s",
+            "fcn32s",
+            "siftflow-fcn32s-heavy.caffemodel",
+            "the reference FCN-32s, SIFT Flow (33 classes, and a second head of 3 geometric "
+            "classes), stride 32",
+            {},
+            dataset="siftflow",
+            size_mib=530,
+        ),
+        _other(
+            "siftflow-fcn16s",
+            "fcn16s",
+            "siftflow-fcn16s-heavy.caffemodel",
+            "the reference FCN-16s, SIFT Flow (33 classes, and a second head of 3 geometric "
+            "classes), stride 16",
+            {**_table(85.2, 51.7, 39.5, 76.1), "geometric_accuracy": 0.943},
+            dataset="siftflow",
+            size_mib=518,
+        ),
+        _other(
+            "siftflow-fcn8s",
+            "fcn8s",
+            "siftflow-fcn8s-heavy.caffemodel",
+            "the reference FCN-8s, SIFT Flow (33 classes, and a second head of 3 geometric "
+            "classes), stride 8",
+            {},
+            dataset="siftflow",
+            size_mib=515,
         ),
         _torchvision(
             "torchvision-fcn-resnet50",

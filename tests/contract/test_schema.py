@@ -135,6 +135,22 @@ def test_tensors_that_break_it_are_named(
         check_model(PROPS, inputs, outputs, "m.onnx")
 
 
+def test_a_second_heads_geometry_output_is_optional_uint8_labels() -> None:
+    two = parse_metadata({**PROPS, "fcn.outputs": json.dumps(["labels", "geometry"])})
+    geometry = TensorSpec("geometry", "uint8", ("N", "H", "W"))
+    assert check_tensors(INPUTS, [*OUTPUTS, geometry], two) == []
+    wrong = TensorSpec("geometry", "int64", ("N", "H", "W"))
+    assert check_tensors(INPUTS, [*OUTPUTS, wrong], two) == [
+        "'geometry' is int64, the contract says uint8"
+    ]
+    assert check_tensors(INPUTS, OUTPUTS, two) == [
+        "the graph has no 'geometry' tensor",
+        "the graph's outputs are ['labels'], fcn.outputs says ['geometry', 'labels']",
+    ]
+    with pytest.raises(MetadataError, match="may add 'scores', 'geometry'"):
+        parse_metadata({**PROPS, "fcn.outputs": json.dumps(["labels", "depth"])})
+
+
 def test_above_255_classes_the_labels_are_int32() -> None:
     classes = [f"c{i}" for i in range(300)]
     props = {

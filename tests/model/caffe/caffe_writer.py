@@ -186,10 +186,17 @@ def write(path: str | os.PathLike[str], chunks: Chunks) -> int:
 
 
 def reference_layers(
-    arch: str, width: float = 1.0, num_classes: int = 21, *, seed: int = 0
+    arch: str,
+    width: float = 1.0,
+    num_classes: int = 21,
+    *,
+    seed: int = 0,
+    geometry_classes: int = 0,
 ) -> list[Layer]:
     """The reference voc-fcn*/net.py layers in definition order (blob-less ones included),
-    with random weights of the reference shapes, channels scaled by ``width``."""
+    with random weights of the reference shapes, channels scaled by ``width``. With
+    ``geometry_classes``, siftflow-fcn*/net.py's: the head's layers named ``*_sem``, then a
+    second head of that many classes named ``*_geo``."""
     rng = np.random.default_rng(seed)
 
     def c(channels: int) -> int:
@@ -201,9 +208,6 @@ def reference_layers(
     def conv(name: str, c_in: int, c_out: int, k: int) -> Layer:
         return Layer(name, "Convolution", [values(c_out, c_in, k, k), values(c_out)])
 
-    def deconv(name: str, k: int) -> Layer:
-        return Layer(name, "Deconvolution", [values(num_classes, num_classes, k, k)])
-
     layers = [Layer("data", "Python")]
     for name, c_in, c_out in VGG16_CONVS:
         layers.append(conv(name, 3 if name == "conv1_1" else c(c_in), c(c_out), 3))
@@ -213,23 +217,33 @@ def reference_layers(
         conv("fc6", c(512), fc, 7),
         Layer("drop6", "Dropout"),
         conv("fc7", fc, fc, 1),
-        conv("score_fr", fc, num_classes, 1),
     ]
-    if arch == "fcn32s":
-        layers.append(deconv("upscore", 64))
-    elif arch == "fcn16s":
-        layers += [deconv("upscore2", 4), conv("score_pool4", c(512), num_classes, 1)]
-        layers += [Layer("score_pool4c", "Crop"), deconv("upscore16", 32)]
-    else:
-        atonce = arch == "fcn8s-atonce"
-        layers.append(deconv("upscore2", 4))
-        if atonce:
-            layers.append(Layer("scale_pool4", "Scale", [values(c(512))]))
-        layers += [conv("score_pool4", c(512), num_classes, 1), deconv("upscore_pool4", 4)]
-        if atonce:
-            layers.append(Layer("scale_pool3", "Scale", [values(c(256))]))
-        layers += [conv("score_pool3", c(256), num_classes, 1), deconv("upscore8", 16)]
-    layers.append(Layer("loss", "SoftmaxWithLoss"))
+    heads = [("_sem", num_classes), ("_geo", geometry_classes)] if geometry_classes else []
+    for suffix, classes in heads or [("", num_classes)]:
+
+        def deconv(name: str, k: int, classes: int = classes) -> Layer:
+            return Layer(name, "Deconvolution", [values(classes, classes, k, k)])
+
+        s = suffix
+        layers.append(conv(f"score_fr{s}", fc, classes, 1))
+        if arch == "fcn32s":
+            layers.append(deconv(f"upscore{s}", 64))
+        elif arch == "fcn16s":
+            layers += [deconv(f"upscore2{s}", 4), conv(f"score_pool4{s}", c(512), classes, 1)]
+            layers += [Layer(f"score_pool4{s}c", "Crop"), deconv(f"upscore16{s}", 32)]
+        else:
+            atonce = arch == "fcn8s-atonce"
+            layers.append(deconv(f"upscore2{s}", 4))
+            if atonce:
+                layers.append(Layer("scale_pool4", "Scale", [values(c(512))]))
+            layers += [
+                conv(f"score_pool4{s}", c(512), classes, 1),
+                deconv(f"upscore_pool4{s}", 4),
+            ]
+            if atonce:
+                layers.append(Layer("scale_pool3", "Scale", [values(c(256))]))
+            layers += [conv(f"score_pool3{s}", c(256), classes, 1), deconv(f"upscore8{s}", 16)]
+        layers.append(Layer(f"loss{s}", "SoftmaxWithLoss"))
     return layers
 
 

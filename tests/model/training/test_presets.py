@@ -45,6 +45,7 @@ def test_presets_are_the_reference_solvers(
     assert (config.lr_policy, config.bias_lr_mult) == ("fixed", 2.0)
     layout = name.split("-", maxsplit=1)[0]
     assert config.data_format == ("auto" if layout == "voc" else layout)
+    assert config.geometry == (layout == "siftflow")  # net.py's second head, loss_geo
 
 
 def test_flags_and_config_file_override_a_preset(
@@ -100,6 +101,12 @@ def test_a_short_run_from_each_preset_trains_and_evaluates(
     assert checkpoint.dataset.startswith(f"{layout}:{data} ({config.train_split}, 2 images)")
     assert checkpoint.spec.num_classes == {"context": 60, "siftflow": 33, "nyud": 40}[layout]
     assert set(checkpoint.metrics) >= {"pixel_accuracy", "mean_iu"}
+    # SIFT Flow's nets train their geometric head too, and score it as solve.py does.
+    two_heads = layout == "siftflow"
+    assert checkpoint.spec.geometry_classes == (3 if two_heads else 0)
+    assert ("geometric_accuracy" in checkpoint.metrics) == two_heads
+    if two_heads:  # its score layers start at zero: only its own loss moves them
+        assert checkpoint.state_dict["score_pool3_geo.weight"].abs().sum() > 0
     capsys.readouterr()
 
     argv = ["eval", "--checkpoint", str(out / BEST), "--data", str(data)]
@@ -107,3 +114,16 @@ def test_a_short_run_from_each_preset_trains_and_evaluates(
     printed = capsys.readouterr().out
     assert f"({config.val_split}, 1 images)" in printed
     assert re.search(r"pixel acc [\d.]+  mean acc [\d.]+  mean IU [\d.]+  f.w. IU [\d.]+", printed)
+    assert bool(re.search(r"f.w. IU [\d.]+  geom. acc [\d.]+\n", printed)) == two_heads
+
+
+def test_the_geometric_head_needs_sift_flows_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_synthetic(tmp_path / "nyud", 1, 1, (16, 16), seed=2, layout="nyud")
+    argv = ["train", "--preset", "nyud-fcn32s-color", "--data", str(data), "--geometry"]
+    argv += ["--width", "0.03125", "--init", "none", "--no-check-data", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "geometry: nyud:" in err
+    assert "has no geometric labels; only SIFT Flow has" in err
