@@ -10,7 +10,11 @@ from contract.encode import DEFAULT_ALPHA
 from contract.tiling import DEFAULT_MAX_MODEL_PIXELS
 from contract.tiling import DEFAULT_OVERLAP as DEFAULT_TILE_OVERLAP
 from model.cli import CLIError, check_output_folder
-from model.commands.arguments import add_device_arguments, add_tiling_arguments
+from model.commands.arguments import (
+    add_device_arguments,
+    add_runtime_arguments,
+    add_tiling_arguments,
+)
 from model.commands.eval import add_shift_and_stitch_argument
 
 
@@ -39,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw a strip below each overlay naming its classes, in their colours",
     )
     add_device_arguments(parser)
+    add_runtime_arguments(parser)
     add_tiling_arguments(parser, DEFAULT_MAX_MODEL_PIXELS)
     add_shift_and_stitch_argument(parser)
 
@@ -72,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         max_model_pixels=args.max_model_pixels,
         on_unreadable=skip,
         shift_and_stitch=args.shift_and_stitch,
+        runtime=args.runtime,
+        precision=args.precision,
     )
     maps = f"{len(written)} label map{'s' if len(written) != 1 else ''}"
     if not unreadable:
