@@ -117,24 +117,41 @@ class OpenVinoModel:
             "NUM_STREAMS": 1,
             "INFERENCE_NUM_THREADS": threads,
         }
-        self.compiled = core.compile_model(model, OPENVINO_DEVICE, config)
+        self._compile = functools.partial(self._compiled, core, model, config)
+        self._compile()
         used = self.compiled.get_property(hints.inference_precision)
         self.precision = {"bf16": "bf16", "f16": "fp16"}.get(used.get_type_name(), "fp32")
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
-        self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
         self._running = False
 
+    def _compiled(self, core: Any, model: Any, config: dict[Any, Any]) -> None:
+        """Compile ``model`` for the CPU and make its one inference request."""
+        self.compiled = core.compile_model(model, OPENVINO_DEVICE, config)
+        self._request = self.compiled.create_infer_request()
+
     def run(self, image: NDArray[np.uint8]) -> dict[str, NDArray[Any]]:
-        """Every output of the file by name for a [N, H, W, 3] uint8 batch; one at a time."""
+        """Every output of the file by name for a [N, H, W, 3] uint8 batch; one at a time.
+
+        Started, then waited for: a ``cancel()`` from another thread once it is started makes
+        it raise (OpenVINO's "Infer Request was canceled").
+        """
         with self._lock:
+            self._request.start_async({INPUT: np.ascontiguousarray(image)})
             self._running = True
         try:
-            results = self._request.infer({INPUT: np.ascontiguousarray(image)})
+            self._request.wait()
+        except RuntimeError:
+            # A run stopped half-way leaves the compiled model's shared buffers with stale
+            # shapes (OpenVINO 2026.4: the next run at another size fails in shape
+            # inference), so it is compiled afresh before the error goes on.
+            self._compile()
+            raise
         finally:
             with self._lock:
                 self._running = False
-        return {port.get_any_name(): np.asarray(value) for port, value in results.items()}
+        # Copies: the request's output tensors are reused by its next run.
+        return {port.get_any_name(): np.array(v) for port, v in self._request.results.items()}
 
     def cancel(self) -> bool:
         """Ask the running inference, if any, to stop; whether one runs."""

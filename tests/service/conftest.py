@@ -32,8 +32,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(autouse=True)
 def service_runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The runtime the test's apps, servers and runtimes use (``support.TEST_RUNTIME``): ONNX
-    Runtime at fp32, or each runtime in turn for tests marked ``runtimes``."""
-    name: str = getattr(request, "param", ONNXRUNTIME)
+    Runtime at fp32 (or SERVICE_TEST_RUNTIME's), each in turn for tests marked ``runtimes``."""
+    name: str = getattr(request, "param", support.DEFAULT_TEST_RUNTIME)
     if name == OPENVINO and not openvino_installed():
         pytest.skip("openvino is not installed")
     monkeypatch.setitem(support.TEST_RUNTIME, "runtime", name)

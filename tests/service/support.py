@@ -52,9 +52,11 @@ WIDTH8_METADATA: dict[str, str] = {
     "fcn.created": "2026-12-02T00:00:00+00:00",
 }
 # The runtime the service tests run on, fixed so that installing openvino (which `auto` would
-# then pick on the CPU) changes nothing unnoticed: ONNX Runtime at fp32. Tests marked
-# `runtimes` run once per runtime; the `service_runtime` fixture (conftest.py) sets it here.
-TEST_RUNTIME = {"runtime": "onnxruntime", "precision": "fp32"}
+# then pick on the CPU) changes nothing unnoticed: ONNX Runtime at fp32, or the runtime that
+# SERVICE_TEST_RUNTIME names (the whole suite on OpenVINO: SERVICE_TEST_RUNTIME=openvino).
+# Tests marked `runtimes` run once per runtime: the `service_runtime` fixture sets it here.
+DEFAULT_TEST_RUNTIME = os.environ.get("SERVICE_TEST_RUNTIME", "onnxruntime")
+TEST_RUNTIME = {"runtime": DEFAULT_TEST_RUNTIME, "precision": "fp32"}
 
 
 def server_environment(model: Path, **settings: str) -> dict[str, str]:

@@ -231,7 +231,8 @@ def test_the_page_segments_an_image_in_a_browser(
     height, width = labels.shape
     colours = np.asarray(PALETTE, dtype=np.float64)[labels]
 
-    open_page(browser, server, info["runtime"]["provider"])
+    where = info["runtime"]
+    open_page(browser, server, f"{where['provider']}, {where['precision']}")
     assert info["name"] in browser.find_element(By.ID, "model-name").text
     assert info["arch"] in browser.find_element(By.ID, "model-arch").text
     assert ", ".join(info["classes"]) in browser.find_element(By.ID, "model-classes").text
