@@ -5,8 +5,9 @@ the share of the machine's measured GEMM peak; then the service at saturation on
 share of the raw runtime's throughput it keeps); then a tiled 12 MP image and each pass's
 peak memory, each configuration in a fresh process.
 
-    python bench/bench_runtimes.py [--size 375x500] [--runs 5] [--seconds 15]
-                                   [--tiled-configs ort-fp32,ov-bf16,ov-int8] [--skip-service]
+    python bench/bench_runtimes.py [--size 375x500] [--runs 5] [--seconds 15] [--work DIR]
+                                   [--tiled-configs ort-fp32,ov-bf16,ov-int8]
+                                   [--skip-raw] [--skip-service]
 """
 
 from __future__ import annotations
@@ -104,13 +105,26 @@ def net_flops(height: int, width: int) -> float:
     return total[0]
 
 
-def gemm_peak(dtype: torch.dtype, threads: int, size: int = 2048, runs: int = 5) -> float:
-    """FLOP/s of a square GEMM on the CPU (torch's oneDNN/MKL kernels), best of ``runs``."""
-    torch.set_num_threads(threads)
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(runs))
+def gemm_peak(precision: str, threads: int, size: int = 2048, runs: int = 7) -> float:
+    """FLOP/s of a square GEMM at ``precision`` (fp32 or bf16) in OpenVINO's CPU plugin (the
+    oneDNN kernels the runtimes' convolutions use; torch's MKL picks slow paths on AMD), best
+    of ``runs``."""
+    import openvino as ov
+    import openvino.opset13 as ops
+    import openvino.properties.hint as hints
+
+    a = ops.parameter([size, size], ov.Type.f32)
+    b = ops.constant(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32))
+    model = ov.Model([ops.matmul(a, b, False, False)], [a])
+    config = {
+        hints.inference_precision: ov.Type.bf16 if precision == "bf16" else ov.Type.f32,
+        "NUM_STREAMS": 1,
+        "INFERENCE_NUM_THREADS": threads,
+    }
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    x = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
+    compiled(x)
+    best = min(_timed(lambda: compiled(x)) for _ in range(runs))
     return 2.0 * size**3 / best
 
 
@@ -122,12 +136,14 @@ def _timed(fn: object) -> float:
 
 def export_files(tmp: Path, height: int, width: int, calibration_count: int) -> dict[str, Path]:
     """The full-width FCN-8s exported by the project's exporter, and its int8 QDQ file."""
-    fp32 = tmp / "fcn8s-fp32.onnx"
+    fp32, int8 = tmp / "fcn8s-fp32.onnx", tmp / "fcn8s-int8.onnx"
+    if fp32.is_file() and int8.is_file():  # --work of an earlier run
+        return {"fp32": fp32, "int8": int8}
     started = time.perf_counter()
     export_model(random_checkpoint("fcn8s", 1.0), fp32, verify=False)
     data = write_synthetic(tmp / "calibration", calibration_count, 1, (height, width), seed=0)
     calibration = image_set(data / "JPEGImages", count=calibration_count)
-    int8 = quantize_file(fp32, tmp / "fcn8s-int8.onnx", calibration).path
+    quantize_file(fp32, int8, calibration)
     print(f"exported and quantized in {time.perf_counter() - started:.0f} s")
     return {"fp32": fp32, "int8": int8}
 
@@ -137,31 +153,32 @@ def raw_table(
 ) -> dict[str, float]:
     """Median ms/image of each configuration, printed beside the ratios; returns them."""
     flops = net_flops(*image.shape[1:3])
-    peaks = {"fp32": gemm_peak(torch.float32, args.threads)}
+    peaks = {"fp32": gemm_peak("fp32", args.threads)}
     if native_bf16():
-        peaks["bf16"] = gemm_peak(torch.bfloat16, args.threads)
+        peaks["bf16"] = gemm_peak("bf16", args.threads)
     shown = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items())
     print(f"net: {flops / 1e9:.0f} GFLOP per image; GEMM peak ({args.threads} threads): {shown}")
-    seconds: dict[str, float] = {}
-    labels: dict[str, np.ndarray] = {}
-    for config in configs:
-        runtime = open_runtime(files[config.file], config, args.threads)
-        labels[config.key] = runtime.run(image)
-        took = [_timed(lambda r=runtime: r.run(image)) for _ in range(args.runs)]
-        seconds[config.key] = statistics.median(took)
-        del runtime
+    runtimes = {c.key: open_runtime(files[c.file], c, args.threads) for c in configs}
+    labels = {key: runtime.run(image) for key, runtime in runtimes.items()}  # and warm-up
+    # Round-robin, so that a noisy neighbour slows every configuration alike.
+    took: dict[str, list[float]] = {key: [] for key in runtimes}
+    for _ in range(args.runs):
+        for key, runtime in runtimes.items():
+            took[key].append(_timed(lambda r=runtime: r.run(image)))
+    seconds = {key: statistics.median(values) for key, values in took.items()}
+    del runtimes
     base = seconds["ort-fp32"]
     height, width = image.shape[1:3]
-    print(f"\n1 image {height}x{width}, batch 1, median of {args.runs} after a warm-up:")
+    print(f"\n1 image {height}x{width}, batch 1, median of {args.runs} round-robin runs:")
     print("| runtime | precision | file | ms/image | x ORT fp32 | % of peak | labels = ORT fp32 |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for config in configs:
-        took = seconds[config.key]
+        median = seconds[config.key]
         peak = peaks.get(config.precision, peaks["fp32"])
         agree = float((labels[config.key] == labels["ort-fp32"]).mean())
         print(
-            f"| {config.runtime} | {config.precision} | {config.file} | {took * 1000:.0f} "
-            f"| {base / took:.2f}x | {100 * flops / took / peak:.0f}% | {agree:.2%} |"
+            f"| {config.runtime} | {config.precision} | {config.file} | {median * 1000:.0f} "
+            f"| {base / median:.2f}x | {100 * flops / median / peak:.0f}% | {agree:.2%} |"
         )
     print("(% of peak: of the fp32 GEMM's for fp32 and int8, of the bf16 GEMM's for bf16)")
     return seconds
@@ -190,7 +207,7 @@ def service_table(
         finally:
             process.terminate()
             process.wait(30)
-        rate = figures.count / figures.elapsed
+        rate = figures.throughput
         print(
             f"| {config.runtime} | {config.precision} | {config.file} | {rate:.2f} "
             f"| {rate * raw['ort-fp32']:.2f}x | {rate * raw[config.key]:.0%} |"
@@ -233,7 +250,7 @@ def tiled_table(files: dict[str, Path], configs: list[Config], args: argparse.Na
         command = [sys.executable, "-c", CHILD, str(files[config.file]), config.key]
         done = subprocess.run(
             [*command, str(args.threads), str(height), str(width)],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench'}"},
             capture_output=True,
             text=True,
             check=False,
@@ -257,7 +274,11 @@ def main() -> int:
     parser.add_argument("--calibration-count", type=int, default=8)
     parser.add_argument("--connections", type=int, default=2, help="service: keep-alive clients")
     parser.add_argument("--seconds", type=float, default=15.0, help="service: seconds per run")
+    parser.add_argument("--skip-raw", action="store_true", help="and so the service part")
     parser.add_argument("--skip-service", action="store_true")
+    parser.add_argument(
+        "--work", type=Path, help="keep the exported files here and reuse them (default: none)"
+    )
     parser.add_argument(
         "--tiled-configs",
         default="ort-fp32,ov-bf16,ov-int8",
@@ -268,16 +289,21 @@ def main() -> int:
         raise SystemExit("openvino is not installed: pip install 'fcn-segmentation[openvino]'")
     import openvino as ov
 
-    print(f"machine: {cpu_line()}; native bf16 (OpenVINO says): {native_bf16()}")
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    bf16 = " ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no bf16 flags"
+    print(f"machine: {cpu_line()}; {bf16}; native bf16 (OpenVINO says): {native_bf16()}")
     print(f"onnxruntime {ort.__version__}, openvino {ov.__version__}, {args.threads} threads")
     configs = [c for c in CONFIGS if c.precision != "bf16" or native_bf16()]
     height, width = (int(v) for v in args.size.split("x"))
     image = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory(prefix="bench-runtimes-") as scratch:
-        files = export_files(Path(scratch), height, width, args.calibration_count)
-        raw = raw_table(files, configs, image, args)
-        if not args.skip_service:
-            service_table(files, configs, raw, args)
+        work = args.work or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        files = export_files(work, height, width, args.calibration_count)
+        if not args.skip_raw:
+            raw = raw_table(files, configs, image, args)
+            if not args.skip_service:
+                service_table(files, configs, raw, args)
         wanted = [c for c in configs if c.key in args.tiled_configs.split(",")]
         if wanted:
             tiled_table(files, wanted, args)
