@@ -96,6 +96,7 @@ def test_verify_onnx_command_exit_status_and_report(
     assert "FAILED" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not openvino_installed(), reason="openvino is not installed")
 def test_verify_onnx_checks_the_file_on_openvino_at_each_precision(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
