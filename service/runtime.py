@@ -300,7 +300,9 @@ def load_runtime(
     gpus = [p for p in usable if p in GPU_PROVIDERS]
     reasons = [reason for reason in map(missing_library, gpus) if reason is not None]
     try:
-        choice = choose(runtime, precision, gpu=len(reasons) < len(gpus))
+        # A GPU is used where a GPU provider's libraries load; one required is tried (on ONNX
+        # Runtime) so that its failure names what is missing.
+        choice = choose(runtime, precision, gpu=require_gpu or len(reasons) < len(gpus))
     except RuntimeChoiceError as exc:
         raise StartupError(f"FCN_{exc.setting.upper()}={exc.value}: {exc}") from None
     threads = intra_op_threads or available_cpus()

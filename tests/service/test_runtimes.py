@@ -48,6 +48,7 @@ async def test_the_runtime_device_and_precision_reported_are_what_runs(
     async with serve(model_path) as client:
         where = (await client.get("/v1/model")).json()["runtime"]
         assert (where["name"], where["device"], where["precision"]) == tuple(expected.values())
+        assert where["intra_op_threads"] == 2  # FCN_INTRA_OP_THREADS, as the runtime reports it
         v2 = (await client.get(f"/v2/models/{model_path.stem}")).json()
         assert v2["parameters"] == expected
         text = await metrics(client)
