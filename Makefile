@@ -23,11 +23,11 @@ $(BIN)/python:
 
 # The service needs no torch: its extra installs in seconds.
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve]'
+	$(BIN)/pip install --quiet -e '.[serve,openvino]'
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[train,serve,client,dev]'
+	$(BIN)/pip install --quiet -e '.[train,serve,client,dev,openvino]'
 	touch $@
 
 # The conversion needs torch; serving never does.

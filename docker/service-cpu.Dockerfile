@@ -1,4 +1,5 @@
-# The segmentation service on CPU only: a slim Python base, ONNX Runtime, no torch.
+# The segmentation service on CPU only: a slim Python base, OpenVINO (bf16 where the CPU has
+# it; FCN_RUNTIME=onnxruntime for ONNX Runtime instead), no torch.
 # linux/amd64 only (PyPI has no aarch64 wheel of onnxruntime-gpu, which runs on CPUs too).
 # Build: docker build --platform linux/amd64 -f docker/service-cpu.Dockerfile -t fcn-service:cpu .
 # Run:   docker run -p 8000:8000 fcn-service:cpu
@@ -11,13 +12,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 # Dependencies first, from pyproject.toml alone (empty packages stand in for the code), so
-# that a change of the code reuses this layer. The same onnxruntime-gpu as the GPU image.
+# that a change of the code reuses this layer. The same onnxruntime-gpu as the GPU image, and
+# the OpenVINO release the benchmarks ran (BENCHMARKS.md).
 COPY pyproject.toml ./
 RUN mkdir client contract model service \
     && touch README.md client/__init__.py contract/__init__.py model/__init__.py \
         service/__init__.py \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install '.[serve]' 'onnxruntime-gpu~=1.31.0' \
+    && /opt/venv/bin/pip install '.[serve,openvino]' 'onnxruntime-gpu~=1.31.0' \
+        'openvino~=2026.4.0' \
     && /opt/venv/bin/pip uninstall -y fcn-segmentation \
     && rm -rf /root/.cache build ./*.egg-info README.md client contract model service
 

@@ -82,6 +82,16 @@ class Settings(BaseSettings):
         ("CUDAExecutionProvider", "CPUExecutionProvider"),
         description="Execution providers in order of preference: tensorrt, cuda, cpu.",
     )
+    runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="auto: ONNX Runtime where a GPU provider runs, else OpenVINO on the CPU "
+        "where installed, else ONNX Runtime; onnxruntime; openvino (CPU).",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 on OpenVINO where the CPU has native bf16, else fp32; fp32; "
+        "bf16 (OpenVINO only; refused on a CPU without it).",
+    )
     require_gpu: bool = Field(False, description="Refuse to start when no GPU provider runs.")
     device_id: int = Field(0, ge=0, description="CUDA / TensorRT device ordinal.")
     gpu_mem_limit_mb: int = Field(

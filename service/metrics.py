@@ -140,6 +140,12 @@ class Metrics:
             ["provider", "requested", "model", "version"],
             registry=registry,
         )
+        self.runtime = Gauge(
+            "fcn_runtime_info",
+            "The runtime, device and precision in use (1), as the runtime reports them.",
+            ["runtime", "device", "precision"],
+            registry=registry,
+        )
         self.ready = Gauge("fcn_ready", "1 when /readyz answers 200.", registry=registry)
 
     def render(self) -> bytes:

@@ -135,6 +135,9 @@ async def model(service: ServiceDep) -> dict[str, Any]:
         **runtime.info.to_dict(),
         "state": service.health.state,
         "runtime": {
+            "name": runtime.runtime,
+            "device": runtime.device,
+            "precision": runtime.precision,
             "provider": runtime.provider,
             "providers": list(runtime.providers),
             "requested": list(runtime.requested),

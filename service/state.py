@@ -150,6 +150,8 @@ class Service:
                 trt_fp16=s.trt_fp16,
                 trt_cache_dir=s.trt_cache_dir,
                 intra_op_threads=s.intra_op_threads or cpus,
+                runtime=s.runtime,
+                precision=s.precision,
             )
         )
         batch_size = s.max_batch_size or default_batch_size(runtime.on_gpu)
@@ -189,6 +191,7 @@ class Service:
         self.metrics.provider.labels(
             runtime.provider, ",".join(runtime.requested), info.name, info.version
         ).set(1)
+        self.metrics.runtime.labels(runtime.runtime, runtime.device, runtime.precision).set(1)
 
     async def warm_up(self) -> None:
         """Run the warm-up sizes on the inference thread, then declare the service ready."""

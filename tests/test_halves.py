@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from contract.decode import decode_image
+from contract.runtimes import native_bf16, openvino_installed
 from contract.schema import MetadataError, parse_metadata
 from model.checkpoint import save_checkpoint
 from model.cli import main
@@ -35,19 +36,35 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+needs_openvino = pytest.mark.skipif(not openvino_installed(), reason="openvino is not installed")
+needs_bf16 = pytest.mark.skipif(not native_bf16(), reason="no native bf16 on this CPU")
+
+
 @pytest.mark.anyio
-@pytest.mark.parametrize("source", ["onnx", "checkpoint"])
+@pytest.mark.parametrize(
+    ("source", "runtime", "precision"),
+    [
+        ("onnx", "onnxruntime", "fp32"),
+        pytest.param("onnx", "openvino", "fp32", marks=needs_openvino),
+        pytest.param("onnx", "openvino", "bf16", marks=[needs_openvino, needs_bf16]),
+        ("checkpoint", "onnxruntime", "fp32"),
+    ],
+)
 async def test_predict_and_the_service_give_identical_labels_and_overlays(
-    source: str, corpus: Path, tmp_path: Path
+    source: str, runtime: str, precision: str, corpus: Path, tmp_path: Path
 ) -> None:
     checkpoint, onnx_path = exported("fcn8s")
-    model = onnx_path
+    choice = {"runtime": runtime, "precision": precision}
     if source == "checkpoint":  # PyTorch on the CPU against ONNX Runtime in the service
         model = save_checkpoint(checkpoint, tmp_path / "fcn8s.pt")
-    written = predict(model, [corpus], tmp_path / "out")
+        written = predict(model, [corpus], tmp_path / "out")
+    else:  # the same file on the same runtime and precision
+        written = predict(onnx_path, [corpus], tmp_path / "out", **choice)
     assert len(written) == len(odd_images())
     classes_seen: set[int] = set()
-    async with serve(onnx_path) as client:
+    async with serve(onnx_path, **choice) as client:
+        where = (await client.get("/v1/model")).json()["runtime"]
+        assert (where["name"], where["precision"]) == (runtime, precision)
         for label_png in written:
             photo = next(corpus.glob(f"{label_png.stem}.*"))
             body = photo.read_bytes()
@@ -126,7 +143,8 @@ async def test_a_legend_is_the_same_from_fcn_predict_and_the_service(tmp_path: P
                  str(tmp_path / "out"), "--legend"]) == 0  # fmt: skip
     written = (tmp_path / "out" / "photo_overlay.jpg").read_bytes()
     body, headers = photo.read_bytes(), {"content-type": "image/png"}
-    async with serve(onnx_path) as client:
+    # Both halves left to choose (auto): the same runtime and precision, the same bytes.
+    async with serve(onnx_path, runtime="auto", precision="auto") as client:
         legend = await client.post(
             "/segment?format=overlay&image_format=jpeg&legend=true", content=body, headers=headers
         )
@@ -147,3 +165,21 @@ async def test_a_legend_is_the_same_from_fcn_predict_and_the_service(tmp_path: P
     assert ignored.content == labels.content
     assert main(["predict", "--checkpoint", str(onnx_path), str(photo), "--out",
                  str(tmp_path / "x"), "--legend", "--no-overlay"]) == 2  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_a_choice_neither_half_can_meet_is_refused_in_the_same_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, onnx_path = exported("fcn8s")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(odd_images()["photo"])
+    flags = ["--runtime", "onnxruntime", "--precision", "bf16"]
+    assert main(["predict", "--checkpoint", str(onnx_path), str(photo), "--out",
+                 str(tmp_path / "out"), *flags]) == 2  # fmt: skip
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("--precision bf16: bf16 runs on OpenVINO only")
+    with pytest.raises(StartupError) as refused:
+        async with running(create_app(settings(onnx_path, precision="bf16"))):
+            pass
+    assert str(refused.value) == "FCN_PRECISION=bf16: bf16 runs on OpenVINO only"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from contract.runtimes import PRECISIONS, RUNTIMES
 from contract.tiling import DEFAULT_OVERLAP as DEFAULT_TILE_OVERLAP
 from model.names import AMP_MODES
 
@@ -14,6 +15,22 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
     )
     parser.add_argument("--amp", default="none", choices=AMP_MODES, help="mixed precision on CUDA")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--runtime`` and ``--precision`` of an exported file, chosen as the service chooses
+    (FCN_RUNTIME, FCN_PRECISION), so both give the same labels."""
+    parser.add_argument(
+        "--runtime", default=default, choices=RUNTIMES,
+        help=f"what runs an .onnx file: auto (ONNX Runtime on a GPU, else OpenVINO where "
+        f"installed, else ONNX Runtime), onnxruntime or openvino (default: {default})",
+    )  # fmt: skip
+    fp = "auto" if default == "auto" else "fp32"
+    parser.add_argument(
+        "--precision", default=fp, choices=PRECISIONS,
+        help=f"auto (bf16 on OpenVINO where the CPU has it, else fp32), fp32, or bf16 "
+        f"(OpenVINO only) (default: {fp})",
+    )  # fmt: skip
 
 
 def add_tiling_arguments(parser: argparse.ArgumentParser, max_model_pixels: int | None) -> None:

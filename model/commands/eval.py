@@ -8,7 +8,11 @@ from pathlib import Path
 
 from contract.tiling import DEFAULT_OVERLAP as DEFAULT_TILE_OVERLAP
 from model.cli import CLIError, check_output_folder
-from model.commands.arguments import add_device_arguments, add_tiling_arguments
+from model.commands.arguments import (
+    add_device_arguments,
+    add_runtime_arguments,
+    add_tiling_arguments,
+)
 from model.names import DATA_FORMATS as FORMATS
 
 # Output strides 32 / F that shift-and-stitch can reach (model.nets.shift_stitch.FACTORS,
@@ -46,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overlays", action="store_true", help="also write image/prediction overlays"
     )
     add_device_arguments(parser)
+    add_runtime_arguments(parser)
     add_tiling_arguments(parser, None)
     add_shift_and_stitch_argument(parser)
     parser.add_argument(
@@ -93,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         tile_overlap=DEFAULT_TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap,
         max_model_pixels=args.max_model_pixels,
         shift_and_stitch=args.shift_and_stitch,
+        runtime=args.runtime,
+        precision=args.precision,
     )
     stitched = f", shift-and-stitch {args.shift_and_stitch}" if args.shift_and_stitch > 1 else ""
     print(f"{args.checkpoint}{stitched} on {args.data} ({args.split}, {result.images} images)")

@@ -11,7 +11,11 @@ from contract.encode import DEFAULT_ALPHA
 from contract.tiling import DEFAULT_MAX_MODEL_PIXELS
 from contract.tiling import DEFAULT_OVERLAP as DEFAULT_TILE_OVERLAP
 from model.cli import CLIError, check_output_folder
-from model.commands.arguments import add_device_arguments, add_tiling_arguments
+from model.commands.arguments import (
+    add_device_arguments,
+    add_runtime_arguments,
+    add_tiling_arguments,
+)
 from model.commands.eval import add_shift_and_stitch_argument
 
 
@@ -48,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the service's FCN_MAX_PIXELS)",
     )
     add_device_arguments(parser)
+    add_runtime_arguments(parser)
     add_tiling_arguments(parser, DEFAULT_MAX_MODEL_PIXELS)
     add_shift_and_stitch_argument(parser)
 
@@ -84,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
         on_unreadable=skip,
         shift_and_stitch=args.shift_and_stitch,
+        runtime=args.runtime,
+        precision=args.precision,
     )
     maps = f"{len(written)} label map{'s' if len(written) != 1 else ''}"
     if not unreadable:

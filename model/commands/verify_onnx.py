@@ -1,5 +1,6 @@
 """``fcn verify-onnx``: check an exported model against its checkpoint (ONNX checker, the
-contract, ONNX Runtime CPU against PyTorch); exit status 1 when it fails."""
+contract, the file on ONNX Runtime or OpenVINO (CPU) against PyTorch); exit status 1 when it
+fails."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from model.cli import CLIError
+from model.commands.arguments import add_runtime_arguments
 from model.names import VERIFY_CASES as DEFAULT_CASES
 
 
@@ -37,9 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NxHxW",
         help=f"a batch to compare (repeatable; default {default})",
     )
+    # The export's own check: ONNX Runtime at fp32 unless asked (auto chooses as the service).
+    add_runtime_arguments(parser, default="onnxruntime")
 
 
 def run(args: argparse.Namespace) -> int:
+    from contract.runtimes import RuntimeChoiceError, choose
     from model.checkpoint import CheckpointError, load_checkpoint
     from model.export.verify import verify_onnx
 
@@ -49,6 +54,16 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
     except CheckpointError as exc:
         raise CLIError(f"--checkpoint {exc}") from exc
-    report = verify_onnx(args.model, checkpoint, cases=args.cases or DEFAULT_CASES)
+    try:
+        choice = choose(args.runtime, args.precision, gpu=False)  # it compares on the CPU
+    except RuntimeChoiceError as exc:
+        raise CLIError(f"--{exc.setting} {exc.value}: {exc}") from None
+    report = verify_onnx(
+        args.model,
+        checkpoint,
+        cases=args.cases or DEFAULT_CASES,
+        runtime=choice.runtime,
+        compute=choice.precision,
+    )
     print(report)
     return 0 if report.passed else 1

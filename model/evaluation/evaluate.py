@@ -52,11 +52,13 @@ def evaluate(
     tile_overlap: int = DEFAULT_TILE_OVERLAP,
     max_model_pixels: int | None = None,
     shift_and_stitch: int = 1,
+    runtime: str = "auto",
+    precision: str = "auto",
 ) -> Evaluation:
-    """Evaluate a checkpoint, or an exported ONNX file (on ONNX Runtime, as the service runs
-    it), on ``data``; with ``out``, write metrics.json and confusion.png
-    there (and predictions/ID.png, overlays/ID.jpg when asked). The data is checked first,
-    so a bad file is named rather than failing mid-way.
+    """Evaluate a checkpoint, or an exported ONNX file (on ONNX Runtime or OpenVINO at
+    ``runtime`` and ``precision``, chosen as the service chooses), on ``data``; with ``out``,
+    write metrics.json and confusion.png there (and predictions/ID.png, overlays/ID.jpg when
+    asked). The data is checked first, so a bad file is named rather than failing mid-way.
 
     Images run whole, unless ``tile_size`` is given or an image's padded size exceeds
     ``max_model_pixels``: then they are cut into tiles sharing ``tile_overlap`` pixels, as
@@ -72,7 +74,9 @@ def evaluate(
         )
     out_dir = None if out is None else check_folder(out)
     target_device = resolve_device(device)
-    predictor = load_predictor(checkpoint, device, amp, shift_and_stitch)
+    predictor = load_predictor(
+        checkpoint, device, amp, shift_and_stitch, runtime=runtime, precision=precision
+    )
     classes, palette = list(predictor.classes), list(predictor.palette)
     torch_predictor = predictor if isinstance(predictor, TorchPredictor) else None
     # Batches of one image are never padded: the fill matters only to checkpoints' loaders.

@@ -57,6 +57,8 @@ def predict(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     on_unreadable: Callable[[PredictError], None] | None = None,
     shift_and_stitch: int = 1,
+    runtime: str = "auto",
+    precision: str = "auto",
 ) -> list[Path]:
     """Write ``out/STEM.png`` (label map) and ``out/STEM_overlay.jpg`` for each image (with
     the legend of its classes below, given ``legend``), with a checkpoint or an ONNX
@@ -84,7 +86,9 @@ def predict(
         images = collect_images(inputs, out_dir)
     except InputError as exc:
         raise PredictError(str(exc)) from exc
-    predictor = load_predictor(model, device, amp, shift_and_stitch)
+    predictor = load_predictor(
+        model, device, amp, shift_and_stitch, runtime=runtime, precision=precision
+    )
     tiles.check(predictor.tiling)
     written: list[Path] = []
     for path, stem in images.items():

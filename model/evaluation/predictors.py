@@ -1,6 +1,7 @@
-"""Predictors: a checkpoint's net (PyTorch) or an exported file (ONNX Runtime) that labels
-images, loaded by one function that also refuses the options a model cannot take, and run
-on one image whole or cut into tiles (``segment``)."""
+"""Predictors: a checkpoint's net (PyTorch) or an exported file (ONNX Runtime or OpenVINO,
+chosen by ``contract.runtimes`` as the service chooses) that labels images, loaded by one
+function that also refuses the options a model cannot take, and run on one image whole or
+cut into tiles (``segment``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from contract import encode
 from contract.palette import Color
 from contract.providers import missing_library
+from contract.runtimes import OPENVINO, OpenVinoModel, RuntimeChoiceError, choose
 from contract.schema import INPUT, LABELS, MetadataError, check_model, session_tensors
 from contract.tiling import Tiling, segment_tiled
 from model.checkpoint import load_checkpoint
@@ -92,45 +94,74 @@ class TorchPredictor:
 
 
 class OnnxPredictor:
-    """An exported schema-1 file on ONNX Runtime (CUDA when asked and present, else CPU)."""
+    """An exported schema-1 file on ONNX Runtime (CUDA when asked and present, else CPU) or on
+    OpenVINO's CPU plugin, as ``runtime`` and ``precision`` choose (``contract.runtimes``)."""
 
-    def __init__(self, path: str | Path, device: str = "auto"):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "auto",
+        runtime: str = "auto",
+        precision: str = "auto",
+    ):
         import onnxruntime as ort
 
-        providers = ["CPUExecutionProvider"]
-        # As the service chooses: CUDA only where its libraries load, so a CPU-only machine
-        # gets no ONNX Runtime errors about them.
-        cuda = "CUDAExecutionProvider"
-        if (
-            device != "cpu"
-            and cuda in ort.get_available_providers()
-            and missing_library(cuda, Path(ort.__file__).parent) is None
-        ):
-            providers.insert(0, cuda)
         source = str(path)
         if not Path(path).is_file():
             raise PredictError(f"{source}: no such model file")
+        # As the service chooses: CUDA only where its libraries load, so a CPU-only machine
+        # gets no ONNX Runtime errors about them.
+        cuda = "CUDAExecutionProvider"
+        gpu = (
+            device != "cpu"
+            and cuda in ort.get_available_providers()
+            and missing_library(cuda, Path(ort.__file__).parent) is None
+        )
         try:
-            self.session = ort.InferenceSession(source, providers=providers)
-        except Exception as exc:  # ORT raises its own pybind exception types
-            raise PredictError(f"{source}: ONNX Runtime cannot load it ({exc})") from exc
-        # The contract read off the session itself, as the service reads it.
-        try:
-            meta = check_model(
-                self.session.get_modelmeta().custom_metadata_map,
-                session_tensors(self.session.get_inputs()),
-                session_tensors(self.session.get_outputs()),
-                source,
+            self.choice = choose(runtime, precision, gpu=gpu)
+        except RuntimeChoiceError as exc:
+            raise PredictError(f"--{exc.setting} {exc.value}: {exc}") from None
+        self._openvino: OpenVinoModel | None = None
+        if self.choice.runtime == OPENVINO:
+            try:
+                self._openvino = OpenVinoModel(path, self.choice.precision, 0)
+            except RuntimeError as exc:  # OpenVINO's own errors
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
+                raise PredictError(f"{source}: OpenVINO cannot load it ({first})") from exc
+            metadata, inputs, outputs = (
+                self._openvino.metadata,
+                self._openvino.inputs,
+                self._openvino.outputs,
             )
+        else:
+            providers = [cuda, "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+            try:
+                self.session = ort.InferenceSession(source, providers=providers)
+            except Exception as exc:  # ORT raises its own pybind exception types
+                raise PredictError(f"{source}: ONNX Runtime cannot load it ({exc})") from exc
+            metadata = self.session.get_modelmeta().custom_metadata_map
+            inputs = session_tensors(self.session.get_inputs())
+            outputs = session_tensors(self.session.get_outputs())
+        # The contract read off the runtime itself, as the service reads it.
+        try:
+            meta = check_model(metadata, inputs, outputs, source)
         except MetadataError as exc:
             raise PredictError(str(exc)) from exc
         self.palette: Sequence[Color] = meta.palette
         self.tiling = meta.tiling
         self.classes: list[str] = list(meta.classes)
 
+    def outputs(self, images: NDArray[np.uint8], names: Sequence[str]) -> dict[str, NDArray[Any]]:
+        """The outputs ``names`` of a [N, H, W, 3] uint8 batch, by name."""
+        batch = np.ascontiguousarray(images)
+        if self._openvino is not None:
+            found = self._openvino.run(batch)
+            return {name: found[name] for name in names}
+        values = self.session.run(list(names), {INPUT: batch})
+        return {name: np.asarray(v) for name, v in zip(names, values, strict=True)}
+
     def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]:
-        (labels,) = self.session.run([LABELS], {INPUT: np.ascontiguousarray(images)})
-        return np.asarray(labels)
+        return self.outputs(images, [LABELS])[LABELS]
 
     def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]:
         return np.asarray(self.predict_batch(image[None])[0])
@@ -150,7 +181,13 @@ def stitched(net: FCNBase, factor: int, source: str) -> nn.Module:
 
 
 def load_predictor(
-    model: str | Path, device: str = "auto", amp: str = "none", shift_and_stitch: int = 1
+    model: str | Path,
+    device: str = "auto",
+    amp: str = "none",
+    shift_and_stitch: int = 1,
+    *,
+    runtime: str = "auto",
+    precision: str = "auto",
 ) -> Predictor:
     """A checkpoint (.pt) or an exported ONNX file (.onnx), ready to label images; the one
     place where options a model cannot take are refused (``PredictError`` naming the flag)."""
@@ -162,7 +199,12 @@ def load_predictor(
                 f"--shift-and-stitch {shift_and_stitch}: {model} is an exported graph; give "
                 "the checkpoint (or export it with the option)"
             )
-        return OnnxPredictor(model, device)
+        return OnnxPredictor(model, device, runtime, precision)
+    if (runtime, precision) != ("auto", "auto"):
+        raise PredictError(
+            f"--runtime {runtime} --precision {precision}: {model} is a checkpoint, run by "
+            "PyTorch; they choose how an exported .onnx file runs"
+        )
     return TorchPredictor(model, device, amp, shift_and_stitch)
 
 

@@ -1,21 +1,23 @@
 """Verification of an exported model against its checkpoint (or any network it was traced
-from): the ONNX checker, the contract's names, types and metadata, and ONNX Runtime (CPU)
-against PyTorch on sizes unlike the export's.
+from): the ONNX checker, the contract's names, types and metadata, and the file on the CPU
+(ONNX Runtime, or OpenVINO at fp32 or bf16) against PyTorch on sizes unlike the export's.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
+from contract.runtimes import ONNXRUNTIME, OPENVINO, OpenVinoModel
 from contract.schema import GEOMETRY, INPUT, LABELS, SCORES, MetadataError, parse_metadata
 from model import names
 from model.checkpoint import Checkpoint, load_checkpoint
@@ -23,12 +25,12 @@ from model.errors import FCNError
 from model.export.graph import ModelCard, SegmentationGraph, checkpoint_card, has_geometry_head
 from model.export.metadata import model_metadata
 
-if TYPE_CHECKING:
-    import onnxruntime as ort
+# Runs the file: (output names, [N, H, W, 3] uint8) -> those outputs.
+Runner = Callable[[list[str], np.ndarray], list[np.ndarray[Any, Any]]]
 
 # Share of pixels whose label must match PyTorch's (float32 reference) for each precision.
 # int8 (``fcn export --int8``, static QDQ): its rounding moves near-tied pixels by design.
-MIN_AGREEMENT = {"fp32": 0.9999, "fp16": 0.995, "int8": 0.98}
+MIN_AGREEMENT = {"fp32": 0.9999, "fp16": 0.995, "int8": 0.98, "bf16": 0.99}
 # fp32 logits must lie within this of PyTorch's, relative to the largest logit magnitude
 # (absolute when logits are below 1): float32 accumulation over thousands of channels
 # leaves ~1e-6 of the magnitude, so 1e-4 flags real divergence, not rounding.
@@ -68,6 +70,8 @@ class VerificationReport:
     min_agreement: float = MIN_AGREEMENT["fp32"]
     # None when logits are reported but not held to a bound (fp16).
     logit_tolerance: float | None = LOGIT_TOLERANCE
+    # What ran the file: "onnxruntime fp32", or OpenVINO at fp32 or bf16 (``--runtime``).
+    runtime: str = "onnxruntime fp32"
 
     @property
     def agreement(self) -> float:
@@ -104,7 +108,8 @@ class VerificationReport:
     def lines(self) -> list[str]:
         """A short human-readable report."""
         out = [
-            f"{self.model}: {self.arch}, {self.precision}, {self.num_classes} classes",
+            f"{self.model}: {self.arch}, {self.precision}, {self.num_classes} classes, "
+            f"on {self.runtime}",
             "  onnx.checker (full), contract and metadata: ok"
             if not self.problems
             else "  problems:",
@@ -199,8 +204,11 @@ def verify_onnx(
     cases: Sequence[tuple[int, int, int]] = DEFAULT_CASES,
     seed: int = 0,
     source: str | None = None,
+    runtime: str = ONNXRUNTIME,
+    compute: str = "fp32",
 ) -> VerificationReport:
-    """Check ``model_path`` against ``checkpoint``: checker, contract, ORT CPU vs PyTorch.
+    """Check ``model_path`` against ``checkpoint``: checker, contract, the file on the CPU
+    (ONNX Runtime, or OpenVINO at ``compute`` fp32 or bf16) vs PyTorch.
 
     ``source`` names the file in messages (default: ``model_path``).
     """
@@ -217,6 +225,8 @@ def verify_onnx(
         seed=seed,
         source=source,
         subject="the checkpoint",
+        runtime=runtime,
+        compute=compute,
     )
 
 
@@ -229,13 +239,14 @@ def verify_net(
     seed: int = 0,
     source: str | None = None,
     subject: str = "the network",
+    runtime: str = ONNXRUNTIME,
+    compute: str = "fp32",
 ) -> VerificationReport:
     """Check ``model_path`` against the network ``build_net`` makes (called once the file
     has been read, so the two are not in memory twice) and its ``card``.
 
     ``source`` names the file in messages (default: ``model_path``), ``subject`` the network.
     """
-    import onnxruntime as ort
 
     path = Path(model_path)
     if not path.is_file():
@@ -246,6 +257,8 @@ def verify_net(
         raise VerifyError(f"{path}: not a readable ONNX file ({exc})") from exc
     props = {p.key: p.value for p in model.metadata_props}
     precision = _precision(model, props)
+    # bf16 compute rounds every product: its thresholds, whatever the file's precision.
+    bound = "bf16" if compute == "bf16" else precision
     problems: list[str] = []
     results: list[CaseResult] = []
 
@@ -258,8 +271,9 @@ def verify_net(
             logits_from=logits_from,
             cases=tuple(results),
             problems=tuple(problems),
-            min_agreement=MIN_AGREEMENT.get(precision, MIN_AGREEMENT["fp16"]),
-            logit_tolerance=LOGIT_TOLERANCE if precision == "fp32" else None,
+            min_agreement=MIN_AGREEMENT.get(bound, MIN_AGREEMENT["fp16"]),
+            logit_tolerance=LOGIT_TOLERANCE if bound == "fp32" else None,
+            runtime=f"{runtime} {compute}",
         )
 
     try:
@@ -269,28 +283,28 @@ def verify_net(
         problems.append(f"onnx.checker: {exc}".strip())
     problems += _contract_problems(model, card, source or str(path), subject)
     prepared = _session_bytes(model, precision)
+    outputs = {o.name for o in model.graph.output}
     del model
     if prepared is None:
         problems.append("cannot find the ArgMax that makes 'labels'")
         return report("-")
     serialized, logits_name, logits_from = prepared
     try:
-        session = ort.InferenceSession(serialized, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        problems.append(f"ONNX Runtime cannot load the model: {exc}")
+        run = _runner(serialized, runtime, compute)
+    except Exception as exc:  # each runtime raises its own exception types
+        problems.append(f"{runtime} cannot load the model: {exc}")
         return report(logits_from)
     del serialized
 
     reference = SegmentationGraph(
         build_net(), card.preprocessing, num_classes=card.num_classes, with_scores=True
     ).eval()
-    found, trouble = _compare(
-        session, logits_name, reference, cases, seed=seed, precision=precision
-    )
+    found, trouble = _compare(run, logits_name, reference, cases, seed=seed, precision=precision)
     results += found
     problems += trouble
     problems += _geometry_problems(
-        session,
+        run,
+        GEOMETRY in outputs,
         reference,
         cases,
         seed=seed,
@@ -300,7 +314,8 @@ def verify_net(
 
 
 def _geometry_problems(
-    session: ort.InferenceSession,
+    run: Runner,
+    declared: bool,
     reference: SegmentationGraph,
     cases: Sequence[tuple[int, int, int]],
     *,
@@ -309,7 +324,6 @@ def _geometry_problems(
 ) -> list[str]:
     """A two-head net's ``geometry`` output against PyTorch's second head on random images
     of each (N, H, W), its labels held to the agreement of ``labels``; [] for one head."""
-    declared = GEOMETRY in {o.name for o in session.get_outputs()}
     if not has_geometry_head(reference.net):
         return (
             [f"the file has a {GEOMETRY!r} output, the network no second head"] if declared else []
@@ -325,9 +339,9 @@ def _geometry_problems(
     for n, h, w in cases:
         image = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
         try:
-            (geometry,) = session.run([GEOMETRY], {INPUT: image})
-        except Exception as exc:
-            problems.append(f"ONNX Runtime failed on a batch of {n} x {h}x{w}: {exc}")
+            (geometry,) = run([GEOMETRY], image)
+        except Exception as exc:  # each runtime raises its own exception types
+            problems.append(f"the runtime failed on a batch of {n} x {h}x{w}: {exc}")
             continue
         with torch.no_grad():
             expected = graph(torch.from_numpy(image))[-1].numpy()
@@ -347,8 +361,23 @@ def _geometry_problems(
     return problems
 
 
+def _runner(serialized: bytes, runtime: str, compute: str) -> Runner:
+    """A function that runs the serialised model on ``runtime``'s CPU: (names, image) ->
+    those outputs."""
+    if runtime == OPENVINO:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.onnx"
+            path.write_bytes(serialized)
+            model = OpenVinoModel(path, compute, 0)
+        return lambda names, image: [model.run(image)[name] for name in names]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(serialized, providers=["CPUExecutionProvider"])
+    return lambda names, image: [np.asarray(v) for v in session.run(names, {INPUT: image})]
+
+
 def _compare(
-    session: ort.InferenceSession,
+    run: Runner,
     logits_name: str,
     reference: SegmentationGraph,
     cases: Sequence[tuple[int, int, int]],
@@ -356,7 +385,7 @@ def _compare(
     seed: int,
     precision: str,
 ) -> tuple[list[CaseResult], list[str]]:
-    """ONNX Runtime against PyTorch on random images of each (N, H, W): the results, and
+    """The runtime against PyTorch on random images of each (N, H, W): the results, and
     the problems met on the way."""
     rng = np.random.default_rng(seed)
     results: list[CaseResult] = []
@@ -365,7 +394,7 @@ def _compare(
     for n, h, w in cases:
         image = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
         try:
-            labels, logits = session.run([LABELS, logits_name], {INPUT: image})
+            labels, logits = run([LABELS, logits_name], image)
         except Exception as exc:
             problems.append(f"ONNX Runtime failed on a batch of {n} x {h}x{w}: {exc}")
             continue

@@ -101,7 +101,9 @@ def _check_model(service: Service, name: str, version: str | None = None) -> Non
 
 def _model_metadata(service: Service) -> dict[str, Any]:
     runtime = service.runtime
-    return codec.model_metadata(service.settings.name, runtime.info.version, runtime.label_type)
+    metadata = codec.model_metadata(service.settings.name, runtime.info.version, runtime.label_type)
+    where = {"runtime": runtime.runtime, "device": runtime.device, "precision": runtime.precision}
+    return {**metadata, "parameters": where}
 
 
 @router.get("")

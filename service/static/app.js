@@ -32,7 +32,7 @@ async function loadModel() {
   const info = await (await check(await fetch("/v1/model"))).json();
   $("model-name").textContent = `${info.name} (${info.version})`;
   $("model-arch").textContent = `${info.arch}, ${info.precision}`;
-  $("model-provider").textContent = info.runtime.provider;
+  $("model-provider").textContent = `${info.runtime.provider}, ${info.runtime.precision}`;
   $("model-classes").textContent = `${info.classes.length}: ${info.classes.join(", ")}`;
   // The exporter's caveat (fcn.note), e.g. what the model was never trained to see.
   if (info.note) {

@@ -32,6 +32,8 @@ from service.main import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_DOCKERFILES = ("docker/service.Dockerfile", "docker/service-cpu.Dockerfile")
+# What the service images install: the serve extra, and the CPU image OpenVINO's too.
+SERVE_EXTRA = re.compile(r"'\.\[serve(,openvino)?\]'")
 PRETRAINED_DOCKERFILE = "docker/pretrained.Dockerfile"
 DOCKERFILES = (*SERVICE_DOCKERFILES, "docker/train.Dockerfile", PRETRAINED_DOCKERFILE)
 PRETRAINED_COMPOSE = ROOT / "docker" / "compose.pretrained.yml"
@@ -134,9 +136,10 @@ def test_service_images_serve_the_bundled_model_as_a_non_root_user(name: str) ->
     assert len(health) == 1
     assert health_command(health[0]) == HEALTHCHECK
 
-    # The service never needs torch: only the serve extra is installed.
+    # The service never needs torch: only the serve extra is installed (the CPU image with
+    # OpenVINO's).
     runs = " ".join(rest for instruction, rest in pairs if instruction == "RUN")
-    assert "'.[serve]'" in runs
+    assert SERVE_EXTRA.search(runs)
     assert "torch" not in runs
     assert ("CMD", '["fcn-serve"]') in pairs
 
@@ -153,7 +156,7 @@ def packages() -> list[str]:
 def test_dependencies_install_before_the_code_is_copied(name: str) -> None:
     pairs = dockerfile(name)
     steps = [f"{instruction} {rest}" for instruction, rest in pairs]
-    dependencies = next(i for i, step in enumerate(steps) if "'.[serve]'" in step)
+    dependencies = next(i for i, step in enumerate(steps) if SERVE_EXTRA.search(step))
     assert steps[dependencies - 1] == "COPY pyproject.toml ./"
     install = steps[dependencies]
     for package in packages():

@@ -16,9 +16,28 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from contract.runtimes import ONNXRUNTIME, OPENVINO, openvino_installed
 from service.metrics import Metrics
 from service.runtime import Runtime
+from tests.service import support
 from tests.service.support import WIDTH8_METADATA, runtime_of
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``runtimes`` run once per runtime, ``[onnxruntime]`` and ``[openvino]``."""
+    if metafunc.definition.get_closest_marker("runtimes"):
+        metafunc.parametrize("service_runtime", [ONNXRUNTIME, OPENVINO], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def service_runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The runtime the test's apps, servers and runtimes use (``support.TEST_RUNTIME``): ONNX
+    Runtime at fp32 (or SERVICE_TEST_RUNTIME's), each in turn for tests marked ``runtimes``."""
+    name: str = getattr(request, "param", support.DEFAULT_TEST_RUNTIME)
+    if name == OPENVINO and not openvino_installed():
+        pytest.skip("openvino is not installed")
+    monkeypatch.setitem(support.TEST_RUNTIME, "runtime", name)
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,12 @@ WIDTH8_METADATA: dict[str, str] = {
     "fcn.metrics": "{}",
     "fcn.created": "2026-12-02T00:00:00+00:00",
 }
+# The runtime the service tests run on, fixed so that installing openvino (which `auto` would
+# then pick on the CPU) changes nothing unnoticed: ONNX Runtime at fp32, or the runtime that
+# SERVICE_TEST_RUNTIME names (the whole suite on OpenVINO: SERVICE_TEST_RUNTIME=openvino).
+# Tests marked `runtimes` run once per runtime: the `service_runtime` fixture sets it here.
+DEFAULT_TEST_RUNTIME = os.environ.get("SERVICE_TEST_RUNTIME", "onnxruntime")
+TEST_RUNTIME = {"runtime": DEFAULT_TEST_RUNTIME, "precision": "fp32"}
 
 
 def server_environment(model: Path, **settings: str) -> dict[str, str]:
@@ -59,6 +65,7 @@ def server_environment(model: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FCN_")}
     env["PYTHONPATH"] = str(ROOT)
     env.update({"FCN_MODEL_PATH": str(model), "FCN_PROVIDERS": "cpu"})
+    env.update({f"FCN_{k.upper()}": v for k, v in TEST_RUNTIME.items()})
     env.update({f"FCN_{k.upper()}": v for k, v in settings.items()})
     return env
 
@@ -78,6 +85,7 @@ def settings(model: Path, **overrides: Any) -> Settings:
         "warmup_sizes": "16x16",
         "max_delay_ms": 20,
         "intra_op_threads": 2,
+        **TEST_RUNTIME,
     }
     values.update(overrides)
     return Settings(**values)
@@ -311,7 +319,8 @@ def exchange(port: int, *parts: bytes, timeout_s: float = 30, await_close: bool 
 
 
 def runtime_of(path: Path) -> Runtime:
-    """The service's runtime on the model at ``path``, on the CPU with two threads."""
+    """The service's runtime on the model at ``path``, on the CPU with two threads, on the
+    tests' runtime (``TEST_RUNTIME``)."""
     return load_runtime(
         path,
         name=path.stem,
@@ -323,6 +332,7 @@ def runtime_of(path: Path) -> Runtime:
         trt_fp16=False,
         trt_cache_dir=None,
         intra_op_threads=2,
+        **TEST_RUNTIME,
     )
 
 

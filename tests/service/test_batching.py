@@ -301,9 +301,11 @@ async def test_a_client_check_that_fails_counts_as_gone_and_loses_nothing(
         await asyncio.gather(held, *full)
 
 
+@pytest.mark.runtimes
 async def test_a_batch_nobody_waits_for_any_more_is_aborted(
-    runtime: Runtime, metrics: Metrics
+    model_path: Path, metrics: Metrics
 ) -> None:
+    runtime = runtime_of(model_path)  # on each runtime: each stops a run its own way
     gate = Gate(runtime.run)
     gate.open.set()
     async with started(gate, metrics, abort=runtime.terminate) as batcher:

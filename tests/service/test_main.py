@@ -76,6 +76,7 @@ async def test_startup_refuses_a_cpu_fallback_when_a_gpu_is_required(
     assert app.state.service.startup_error is not None  # the server logs it as one line
 
 
+@pytest.mark.runtimes
 async def test_a_shutdown_out_of_time_answers_what_is_left_with_503(
     model_path: Path, big_image: bytes
 ) -> None:

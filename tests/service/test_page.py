@@ -209,7 +209,8 @@ def test_the_page_segments_an_image_in_a_browser(
     height, width = labels.shape
     colours = np.asarray(PALETTE, dtype=np.float64)[labels]
 
-    open_page(browser, server, info["runtime"]["provider"])
+    where = info["runtime"]
+    open_page(browser, server, f"{where['provider']}, {where['precision']}")
     assert info["name"] in browser.find_element(By.ID, "model-name").text
     assert info["arch"] in browser.find_element(By.ID, "model-arch").text
     assert ", ".join(info["classes"]) in browser.find_element(By.ID, "model-classes").text
@@ -286,7 +287,7 @@ def test_the_page_shows_the_services_error(server: str, browser: Any, tmp_path: 
     message = answer.json()["error"]["message"]
     assert answer.status_code == 400
 
-    open_page(browser, server, "CPUExecutionProvider")
+    open_page(browser, server, "CPUExecutionProvider, fp32")
     browser.find_element(By.ID, "file").send_keys(str(tmp_path / "broken.png"))
     error = browser.find_element(By.ID, "error")
     wait(browser, lambda d: error.is_displayed())
@@ -308,7 +309,7 @@ def test_the_page_shows_an_image_the_browser_cannot_decode(
 
     image = pattern(30, 50, seed=2)
     (tmp_path / "scan.tiff").write_bytes(encode(image, "TIFF"))
-    open_page(browser, server, "CPUExecutionProvider")
+    open_page(browser, server, "CPUExecutionProvider, fp32")
     browser.find_element(By.ID, "file").send_keys(str(tmp_path / "scan.tiff"))
     wait(browser, lambda d: d.find_element(By.ID, "status").text == "Segmented scan.tiff.")
     original = browser.find_element(By.ID, "original")

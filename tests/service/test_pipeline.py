@@ -168,6 +168,7 @@ async def test_large_images_can_be_segmented_at_a_reduced_size(
 
 
 @pytest.mark.slow
+@pytest.mark.runtimes
 async def test_a_model_with_scores_serves_the_same_labels(
     model_path: Path, model_with_scores_path: Path
 ) -> None:
@@ -181,6 +182,7 @@ async def test_a_model_with_scores_serves_the_same_labels(
     assert scored.content == plain.content
 
 
+@pytest.mark.runtimes
 async def test_a_request_over_the_timeout_is_504_and_the_service_goes_on(
     model_path: Path, big_image: bytes
 ) -> None:
@@ -215,6 +217,7 @@ async def test_requests_of_gone_clients_are_dropped_before_the_model(
 
 
 @pytest.mark.slow
+@pytest.mark.runtimes
 async def test_concurrent_same_size_requests_run_as_one_batch_with_exact_labels(
     model_path: Path, big_image: bytes
 ) -> None:

@@ -76,6 +76,7 @@ async def test_tiles_at_the_exact_overlap_answer_the_same_bytes_as_one_pass(
     assert Image.open(io.BytesIO(overlay.content)).size == (777, 613)
 
 
+@pytest.mark.runtimes
 async def test_small_requests_are_served_between_the_tiles_of_a_large_one(
     model_path: Path,
 ) -> None:
@@ -147,6 +148,7 @@ async def test_never_tiling_refuses_what_one_pass_cannot_hold(model_path: Path) 
     assert int(allowed.headers["X-Tiles"]) > 1
 
 
+@pytest.mark.runtimes
 async def test_a_shutdown_lets_a_tiled_request_run_its_remaining_tiles(model_path: Path) -> None:
     large = encode(pattern(400, 560, seed=4), "PNG")
     query = {"tile": "always", "tile_size": 80, "tile_overlap": 0}

@@ -185,6 +185,7 @@ def test_an_onnx_model_is_evaluated_on_onnx_runtime_as_the_service_runs_it(
     expected = reference_confusion(checkpoint, synth)
     out = tmp_path / "eval"
     base = ["eval", "--data", str(synth), "--workers", "0", "--out", str(out)]
+    base += ["--runtime", "onnxruntime", "--precision", "fp32"]  # auto may take bf16
     assert main([*base, "--checkpoint", str(onnx_path), "--predictions"]) == 0
     assert str(onnx_path) in capsys.readouterr().out
     record = json.loads((out / "metrics.json").read_text())

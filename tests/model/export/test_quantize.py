@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
+from contract.runtimes import openvino_installed
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cli import main
 from model.data.synthetic import SYNTH_CLASSES, write_synthetic
@@ -118,12 +119,24 @@ def test_int8_labels_agree_with_fp32_on_a_trained_model(data: Path, tmp_path: Pa
 
 @pytest.mark.slow
 @pytest.mark.anyio
-async def test_the_service_serves_the_int8_file(int8_export: tuple[Path, str]) -> None:
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        "onnxruntime",
+        pytest.param(
+            "openvino",
+            marks=pytest.mark.skipif(not openvino_installed(), reason="no openvino"),
+        ),
+    ],
+)
+async def test_the_service_serves_the_int8_file(
+    int8_export: tuple[Path, str], runtime: str
+) -> None:
     out, _ = int8_export
     image = np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8)
     from tests.images import encode
 
-    async with serve(out) as client:
+    async with serve(out, runtime=runtime) as client:
         response = await client.post("/segment", files={"image": ("a.png", encode(image, "PNG"))})
         info = (await client.get("/v1/model")).json()
     assert response.status_code == 200
@@ -133,6 +146,7 @@ async def test_the_service_serves_the_int8_file(int8_export: tuple[Path, str]) -
     assert info["arch"] == "fcn8s"
     assert info["precision"] == "fp32"
     assert info["quantization"]["format"] == "QDQ"
+    assert info["runtime"]["name"] == runtime
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from contract.runtimes import native_bf16, openvino_installed
 from model.checkpoint import save_checkpoint
 from model.cli import main
 from model.export.verify import verify_onnx
@@ -93,6 +94,27 @@ def test_verify_onnx_command_exit_status_and_report(
 
     assert main(["verify-onnx", str(path), "--checkpoint", str(other)]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not openvino_installed(), reason="openvino is not installed")
+def test_verify_onnx_checks_the_file_on_openvino_at_each_precision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint, path = exported("fcn8s")
+    good = save_checkpoint(checkpoint, tmp_path / "good.pt")
+    base = ["verify-onnx", str(path), "--checkpoint", str(good), "--case", "1x37x53"]
+    assert main([*base, "--runtime", "openvino", "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "on openvino fp32" in out
+    assert "need <= 1e-04" in out  # fp32 is held to fp32's logit bound
+    if native_bf16():
+        main([*base, "--runtime", "openvino", "--precision", "bf16"])
+        out = capsys.readouterr().out
+        assert "on openvino bf16" in out
+        assert "(reported only)" in out  # bf16 rounds every product: no logit bound
+    assert main([*base, "--precision", "bf16"]) == 2  # on ONNX Runtime, the default
+    assert "--precision bf16: bf16 runs on OpenVINO only" in capsys.readouterr().err
 
 
 def test_verify_onnx_names_a_missing_model_or_a_bad_checkpoint(

@@ -186,6 +186,7 @@ def request_body(image: np.ndarray, data: Any = None, **extra: Any) -> dict[str,
 
 
 @pytest.mark.anyio
+@pytest.mark.runtimes
 async def test_nested_and_flat_json_data_give_the_same_json_labels(model_path: Path) -> None:
     images = IMAGE[None]
     async with serve(model_path) as client:
