@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from contract.palette import Color
@@ -23,6 +23,13 @@ SCORES = "scores"
 # A second head's labels (SIFT Flow's geometric classes), uint8 [N, H, W], where the net has one.
 GEOMETRY = "geometry"
 OUTPUTS = (LABELS, SCORES, GEOMETRY)
+# The names of ``geometry``'s class ids, JSON; a file with the output but without the key
+# (exported before the key existed) has SIFT Flow's three, the only two-head net there is.
+GEOMETRY_CLASSES_KEY = "fcn.geometry_classes"
+GEOMETRY_CLASSES: tuple[str, ...] = ("sky", "horizontal", "vertical")
+# Their colours: sky blue, ground grey-violet, walls and objects brown (Cityscapes' sky,
+# road and building hues, so a geometry PNG reads at a glance).
+GEOMETRY_PALETTE: tuple[Color, ...] = ((70, 130, 180), (128, 64, 128), (140, 90, 50))
 # Symbolic dimension names written onto the graph's inputs and outputs.
 DIMS = ("N", "H", "W")
 # Keys every schema-1 model carries; values are strings, JSON where structured.
@@ -94,6 +101,13 @@ class ModelMetadata:
     quantization: dict[str, Any] = field(default_factory=dict)
     # The exporter's one-line caveat for users (``fcn.note``); "" when it has none.
     note: str = ""
+    # The names of ``geometry``'s ids where the file has that output, else ().
+    geometry_classes: tuple[str, ...] = ()
+
+    @property
+    def has_geometry(self) -> bool:
+        """Whether the file has a ``geometry`` output (a two-head net's second labels)."""
+        return GEOMETRY in self.outputs
 
     @property
     def num_classes(self) -> int:
@@ -108,6 +122,10 @@ class ModelMetadata:
         """JSON-ready metadata, as the service reports it (``quantization`` only when the
         file is quantized, so a float file's report is as before)."""
         quantized = {"quantization": self.quantization} if self.quantization else {}
+        geometry = {
+            "geometry_classes": list(self.geometry_classes),
+            "geometry_palette": [list(c) for c in GEOMETRY_PALETTE[: len(self.geometry_classes)]],
+        }
         return {
             "schema": self.schema,
             "arch": self.arch,
@@ -125,6 +143,7 @@ class ModelMetadata:
             "origin": self.origin,
             "note": self.note,
             **quantized,
+            **(geometry if self.has_geometry else {}),
             "created": self.created,
         }
 
@@ -209,6 +228,7 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
         raise MetadataError(
             f"{source}: fcn.palette has {len(palette)} colours for {len(meta.classes)} classes"
         )
+    meta = _with_geometry_classes(meta, props, source)
     problem = note_problem(meta.note)
     if problem:
         raise MetadataError(f"{source}: {NOTE_KEY} {problem}")
@@ -222,6 +242,37 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
             f"and may add {', '.join(repr(o) for o in OUTPUTS if o != LABELS)}"
         )
     return meta
+
+
+def _with_geometry_classes(
+    meta: ModelMetadata, props: Mapping[str, str], source: str
+) -> ModelMetadata:
+    """``meta`` with the names of its ``geometry`` ids (GEOMETRY_CLASSES_KEY, else SIFT
+    Flow's); () for a file without the output, whatever the key says."""
+    if not meta.has_geometry:
+        return meta
+    if GEOMETRY_CLASSES_KEY not in props:
+        return replace(meta, geometry_classes=GEOMETRY_CLASSES)
+    names = _json(props, GEOMETRY_CLASSES_KEY, source)
+    if (
+        not isinstance(names, list)
+        or not names
+        or len(names) > MAX_UINT8_CLASSES
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise MetadataError(
+            f"{source}: {GEOMETRY_CLASSES_KEY} is {props[GEOMETRY_CLASSES_KEY]!r}, not a list "
+            f"of 1 to {MAX_UINT8_CLASSES} names"
+        )
+    return replace(meta, geometry_classes=tuple(names))
+
+
+def no_geometry(source: str) -> str:
+    """Why ``source`` (a model, in words) cannot give ``geometry``, and how to get one."""
+    return (
+        f"{source} has no {GEOMETRY!r} output; only a two-head net (SIFT Flow's FCN, trained "
+        f"with --geometry or converted from Caffe) exported with `fcn export` has one"
+    )
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 import numpy as np
@@ -26,6 +26,7 @@ from PIL import Image
 from contract.decode import decode_picture, open_image
 from contract.encode import ImageFormat, encode_labels, encode_overlay
 from contract.palette import color_table
+from contract.schema import GEOMETRY, GEOMETRY_PALETTE, no_geometry
 from contract.tiling import (
     DEFAULT_OVERLAP,
     Tile,
@@ -35,15 +36,18 @@ from contract.tiling import (
     cut,
 )
 from service import imaging
-from service.batching import Batcher, Disconnected, Prediction, Ticket
+from service.batching import Batcher, Disconnected, Ticket
 from service.budget import PixelBudget
 from service.config import Format, TileMode
 from service.errors import InvalidParameterError, RequestTimeoutError
 from service.fanout import predict_batches
 from service.imaging import LabelEncoding
 from service.metrics import Metrics
+from service.prediction import Prediction
 from service.runtime import ModelInfo
 
+# The map an answer is made of (?output=): the classes, or a two-head file's geometry.
+Output = Literal["labels", "geometry"]
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "json": "application/json"}
 
 
@@ -61,6 +65,8 @@ class SegmentOptions:
     tile: TileMode = "auto"
     tile_size: int = 0  # longest tile side; 0: the largest one pass holds
     tile_overlap: int = DEFAULT_OVERLAP
+    # Which map every format is made of: the classes, or a two-head file's geometry.
+    output: Output = "labels"
 
     @property
     def media_type(self) -> str:
@@ -100,9 +106,19 @@ def _decode(picture: Image.Image, max_side: int, keep_image: bool) -> Decoded:
     return Decoded(height, width, imaging.shrink(image, max_side), image if keep_image else None)
 
 
-def _place(tiles: list[Tile], predictions: list[Prediction], out: NDArray[Any]) -> None:
+def _place(
+    tiles: list[Tile],
+    predictions: list[Prediction],
+    out: NDArray[Any],
+    geometry: NDArray[np.uint8] | None,
+) -> None:
+    """Each tile's kept labels into ``out`` and, given ``geometry``, its kept geometry into
+    that: the same pixels from the same tile, so both maps stitch alike."""
     for tile, prediction in zip(tiles, predictions, strict=True):
         tile.place(prediction.labels, out)
+        if geometry is not None:
+            assert prediction.geometry is not None  # the runtime fetches it with the labels
+            tile.place(prediction.geometry, geometry)
 
 
 class Segmenter:
@@ -133,7 +149,14 @@ class Segmenter:
         self.jpeg_quality = jpeg_quality
         self.png_compress_level = png_compress_level
         self.table = color_table(info.meta.palette)
+        self.geometry_table = color_table(GEOMETRY_PALETTE)
         self.model = {"name": info.name, "arch": info.meta.arch, "version": info.version}
+
+    def check_output(self, options: SegmentOptions) -> None:
+        """Refuse (422) ``?output=geometry`` of a file without that output, before its
+        upload is read."""
+        if options.output == GEOMETRY and not self.info.meta.has_geometry:
+            raise InvalidParameterError(f"?output=geometry: {no_geometry(repr(self.info.name))}")
 
     def check_tiling(self, tile_size: int, tile_overlap: int) -> int:
         """The longest tile side of these parameters; TilingError when they cannot work."""
@@ -169,29 +192,34 @@ class Segmenter:
         return plan
 
     def _encode(self, decoded: Decoded, prediction: Prediction, options: SegmentOptions) -> bytes:
-        labels = imaging.enlarge(prediction.labels, decoded.height, decoded.width)
+        labels, table, classes = prediction.labels, self.table, self.info.meta.classes
+        if options.output == GEOMETRY:
+            assert prediction.geometry is not None  # check_output refused files without it
+            labels, table = prediction.geometry, self.geometry_table
+            classes = self.info.meta.geometry_classes
+        labels = imaging.enlarge(labels, decoded.height, decoded.width)
         if options.format == "overlay":
             assert decoded.image is not None  # kept for overlays
             return encode_overlay(
                 decoded.image,
                 labels,
-                self.table,
+                table,
                 alpha=options.alpha,
                 image_format=options.image_format,
                 jpeg_quality=self.jpeg_quality,
                 compress_level=self.png_compress_level,
-                legend_classes=self.info.meta.classes if options.legend else None,
+                legend_classes=classes if options.legend else None,
             )
         if options.format == "json":
             return imaging.encode_json(
                 labels,
-                classes=self.info.meta.classes,
-                table=self.table,
+                classes=classes,
+                table=table,
                 model=self.model,
                 label_encoding=options.label_encoding,
                 compress_level=self.png_compress_level,
             )
-        return encode_labels(labels, self.table, self.png_compress_level)
+        return encode_labels(labels, table, self.png_compress_level)
 
     @contextlib.asynccontextmanager
     async def _hold(
@@ -238,6 +266,7 @@ class Segmenter:
         """Run the tiles a batch's worth at a time and stitch their labels."""
         tiles = list(plan.tiles())
         out: NDArray[Any] | None = None
+        geometry: NDArray[np.uint8] | None = None
         queue_s = inference_s = 0.0
         largest = done = 0
         batches = predict_batches(
@@ -255,12 +284,14 @@ class Segmenter:
                 self.metrics.tiles.inc(len(chunk))
                 if out is None:
                     out = np.empty((plan.height, plan.width), dtype=predictions[0].labels.dtype)
-                await anyio.to_thread.run_sync(_place, chunk, predictions, out)
+                    if predictions[0].geometry is not None:
+                        geometry = np.empty((plan.height, plan.width), dtype=np.uint8)
+                await anyio.to_thread.run_sync(_place, chunk, predictions, out, geometry)
                 queue_s += max(p.queue_s for p in predictions)
                 inference_s += max(p.inference_s for p in predictions)
                 largest = max(largest, *(p.batch_size for p in predictions))
         assert out is not None
-        return Prediction(out, queue_s, inference_s, largest)
+        return Prediction(out, queue_s, inference_s, largest, geometry)
 
     async def segment(
         self,

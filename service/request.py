@@ -30,7 +30,7 @@ from service.errors import (
     UploadTimeoutError,
 )
 from service.imaging import LabelEncoding
-from service.pipeline import SegmentOptions
+from service.pipeline import Output, SegmentOptions
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -233,6 +233,13 @@ class SegmentQuery(BaseModel):
         "classes found, their pixel counts and the label map. Default: from the Accept "
         "header, else FCN_DEFAULT_FORMAT (png).",
     )
+    output: Output = Field(
+        "labels",
+        description="Which map the answer is made of, in every format: labels, the classes; "
+        "geometry, a two-head net's geometric classes (SIFT Flow's sky, horizontal, "
+        "vertical; /v1/model lists them under geometry_classes). A model without that "
+        "output answers 422.",
+    )
     alpha: float | None = Field(
         None,
         ge=0,
@@ -339,6 +346,7 @@ def segment_options(query: SegmentQuery, accept: str | None, settings: Settings)
         tile=query.tile or settings.tiling,
         tile_size=settings.tile_size if query.tile_size is None else query.tile_size,
         tile_overlap=settings.tile_overlap if query.tile_overlap is None else query.tile_overlap,
+        output=query.output,
     )
 
 

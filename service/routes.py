@@ -89,6 +89,7 @@ async def segment(
     settings = service.settings
     service.health.check_serving(settings.retry_after_s)
     options = segment_options(query, request.headers.get("accept"), settings)
+    service.segmenter.check_output(options)  # 422 before the upload is read
     request.state.format = options.format
     # The place is taken before the upload is read (waiting for one while uploads hold them),
     # and held from the body's arrival until the answer is made.

@@ -30,6 +30,7 @@ from contract.runtimes import (
     choose,
 )
 from contract.schema import (
+    GEOMETRY,
     INPUT,
     LABELS,
     MetadataError,
@@ -172,6 +173,9 @@ class Runtime:
         self.precision = precision
         self.threads = threads
         self.label_type = label_type  # ONNX Runtime's name: tensor(uint8) or tensor(int32)
+        # What each batch fetches: labels, and a two-head file's geometry too (a request of
+        # either may share the batch; the copy of H x W bytes is all fetching it adds).
+        self.served: tuple[str, ...] = (LABELS, GEOMETRY) if info.meta.has_geometry else (LABELS,)
 
     @property
     def keep_pixels(self) -> int:
@@ -203,6 +207,10 @@ class Runtime:
         """
         return self.outputs(image, [LABELS])[LABELS]
 
+    def maps(self, image: NDArray[np.uint8]) -> dict[str, NDArray[Any]]:
+        """[N, H, W, 3] uint8 RGB -> every ``served`` [N, H, W] map by name; blocks."""
+        return self.outputs(image, self.served)
+
     def terminate(self) -> bool:
         """Ask the running inference, if any, to stop; whether one runs."""
         return self.engine.cancel()
@@ -216,7 +224,7 @@ class Runtime:
         """Run one image of each H x W size; returns the seconds it took."""
         start = time.perf_counter()
         for height, width in sizes:
-            self.run(np.zeros((1, height, width, 3), dtype=np.uint8))
+            self.maps(np.zeros((1, height, width, 3), dtype=np.uint8))
         return time.perf_counter() - start
 
 

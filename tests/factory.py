@@ -67,6 +67,36 @@ def exported(
     return checkpoint, path
 
 
+def two_head_checkpoint(arch: str = "fcn8s", num_classes: int = 5) -> Checkpoint:
+    """``tiny_checkpoint`` with SIFT Flow's second, geometric head of 3 classes, its score
+    layers non-zero too, so that its labels vary across the image."""
+    one = tiny_checkpoint(arch, num_classes)
+    spec = ModelSpec(arch, num_classes, WIDTH, geometry_classes=3)
+    torch.manual_seed(1)
+    net = build_fcn(spec)
+    net.load_state_dict(one.state_dict, strict=False)
+    for name in net.score_layers:
+        torch.nn.init.normal_(getattr(net, name).weight)
+    return Checkpoint(
+        spec,
+        net.state_dict(),
+        one.classes,
+        one.palette,
+        one.preprocessing,
+        dataset="siftflow",
+        metrics=dict(one.metrics),
+    )
+
+
+@functools.cache
+def exported_two_head(arch: str = "fcn8s") -> tuple[Checkpoint, Path]:
+    """A two-head checkpoint and its export, whose outputs are labels and geometry; read-only,
+    under a name of its own (the service names its model after the file)."""
+    checkpoint = two_head_checkpoint(arch)
+    path = export_onnx(checkpoint, _ROOT / f"{arch}-two-head.onnx", verify=False)
+    return checkpoint, path
+
+
 @functools.cache
 def exported_as(
     name: str, arch: str = "fcn8s", *, with_scores: bool = False, num_classes: int = 5

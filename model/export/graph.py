@@ -22,7 +22,18 @@ import torch
 from torch import Tensor, nn
 
 from contract.palette import IGNORE_INDEX, Color
-from contract.schema import DIMS, GEOMETRY, INPUT, LABELS, NOTE_KEY, SCHEMA, SCORES, label_dtype
+from contract.schema import (
+    DIMS,
+    GEOMETRY,
+    GEOMETRY_CLASSES,
+    GEOMETRY_CLASSES_KEY,
+    INPUT,
+    LABELS,
+    NOTE_KEY,
+    SCHEMA,
+    SCORES,
+    label_dtype,
+)
 from contract.tiling import KEY as TILING_KEY
 from contract.tiling import Tiling
 from model import names
@@ -160,6 +171,8 @@ def metadata(
         "fcn.origin": json.dumps(dict(card.origin)),
         # Only when there is something to say: a file without a note is as before.
         **({NOTE_KEY: card.note} if card.note else {}),
+        # The names of the second head's ids, for whoever draws or reports them.
+        **({GEOMETRY_CLASSES_KEY: json.dumps(list(GEOMETRY_CLASSES))} if with_geometry else {}),
         "fcn.created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     }
 

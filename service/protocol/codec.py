@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from contract.decode import ImageTooLargeError, too_many_pixels
-from contract.schema import INPUT, LABELS
+from contract.schema import GEOMETRY, INPUT, LABELS, no_geometry
 from contract.tiling import PAD, padded_pixels
 
 SERVER = "fcn"
@@ -44,16 +44,21 @@ def server_metadata(version: str) -> dict[str, Any]:
     return {"name": SERVER, "version": version, "extensions": EXTENSIONS}
 
 
-def model_metadata(name: str, version: str, label_type: str) -> dict[str, Any]:
+def model_metadata(
+    name: str, version: str, label_type: str, *, geometry: bool = False
+) -> dict[str, Any]:
     """The model's versions, platform and tensors; ``label_type`` is ONNX Runtime's type of
-    ``labels`` (``tensor(uint8)`` or ``tensor(int32)``)."""
+    ``labels`` (``tensor(uint8)`` or ``tensor(int32)``); ``geometry``: the file has it."""
     return {
         "name": name,
         "versions": [version],
         "platform": PLATFORM,
         "inputs": [{"name": INPUT, "datatype": "UINT8", "shape": [-1, -1, -1, 3]}],
         # The batcher hands back labels only; a file's `scores` stay inside the service.
-        "outputs": [{"name": LABELS, "datatype": DATATYPES[label_type], "shape": [-1, -1, -1]}],
+        "outputs": [
+            {"name": LABELS, "datatype": DATATYPES[label_type], "shape": [-1, -1, -1]},
+            *([{"name": GEOMETRY, "datatype": "UINT8", "shape": [-1, -1, -1]}] if geometry else []),
+        ],
     }
 
 
@@ -202,7 +207,8 @@ def _outputs(
     for entry in asked:
         name = _object(entry, "an output").get("name")
         if name not in known:
-            raise TensorError(f"no output named {name!r}; the model gives {list(known)}")
+            hint = f" ({no_geometry('this model')})" if name == GEOMETRY else ""
+            raise TensorError(f"no output named {name!r}; the model gives {list(known)}{hint}")
         if name in (n for n, _ in chosen):
             raise TensorError(f"output {name!r} is asked for twice")
         output_parameters = _object(entry.get("parameters", {}), f"output {name!r}")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from contract import distribution
-from contract.schema import INPUT, LABELS
+from contract.schema import GEOMETRY, INPUT, LABELS
 from service import errors
 from service.dependencies import ServiceDep
 from service.errors import REPORTED, protocol_error
@@ -101,7 +101,12 @@ def _check_model(service: Service, name: str, version: str | None = None) -> Non
 
 def _model_metadata(service: Service) -> dict[str, Any]:
     runtime = service.runtime
-    metadata = codec.model_metadata(service.settings.name, runtime.info.version, runtime.label_type)
+    metadata = codec.model_metadata(
+        service.settings.name,
+        runtime.info.version,
+        runtime.label_type,
+        geometry=runtime.info.meta.has_geometry,
+    )
     where = {"runtime": runtime.runtime, "device": runtime.device, "precision": runtime.precision}
     return {**metadata, "parameters": where}
 
@@ -205,12 +210,12 @@ INFER_REQUEST: dict[str, Any] = {
         },
         "outputs": {
             "type": "array",
-            "maxItems": 1,
+            "maxItems": 2,
             "items": {
                 "type": "object",
                 "required": ["name"],
                 "properties": {
-                    "name": {"type": "string", "enum": [LABELS]},
+                    "name": {"type": "string", "enum": [LABELS, GEOMETRY]},
                     "parameters": {
                         "type": "object",
                         "properties": {"binary_data": {"type": "boolean"}},
@@ -233,7 +238,8 @@ INFER_BODY: dict[str, Any] = {
 BINARY_ANSWER: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Tensor labels, UINT8 [N, H, W] (INT32 above 255 classes): JSON, or "
+        "description": "Tensor labels, UINT8 [N, H, W] (INT32 above 255 classes), and "
+        "geometry (UINT8) where the model has it and it is asked: JSON, or "
         f"with binary_data the JSON ({HEADER_LENGTH} bytes) followed by the tensor's bytes.",
         "content": {"application/json": {}, "application/octet-stream": BINARY_ANSWER},
     },
@@ -277,7 +283,7 @@ async def _infer(
                 body,
                 request.headers.get(HEADER_LENGTH),
                 max_pixels=settings.max_pixels,
-                outputs=(LABELS,),
+                outputs=service.runtime.served,
             )
         )
         _, height, width, _ = asked.images.shape
@@ -290,9 +296,13 @@ async def _infer(
             timeout_s=settings.request_timeout_s,
             disconnected=request.is_disconnected,
         )
-        labels = np.stack([p.labels async for batch in batches for p in batch])
+        predictions = [p async for batch in batches for p in batch]
+    tensors = {LABELS: np.stack([p.labels for p in predictions])}
+    if any(name == GEOMETRY for name, _ in asked.outputs):
+        # The runtime fetches geometry with the labels of a file that has it.
+        tensors[GEOMETRY] = np.stack([p.geometry for p in predictions if p.geometry is not None])
     model = {"model_name": settings.name, "model_version": service.runtime.info.version}
-    content, head = await anyio.to_thread.run_sync(encode_infer, model, asked, {LABELS: labels})
+    content, head = await anyio.to_thread.run_sync(encode_infer, model, asked, tensors)
     if head is None:
         return Response(content, media_type="application/json")
     return Response(

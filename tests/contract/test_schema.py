@@ -151,6 +151,26 @@ def test_a_second_heads_geometry_output_is_optional_uint8_labels() -> None:
         parse_metadata({**PROPS, "fcn.outputs": json.dumps(["labels", "depth"])})
 
 
+def test_the_geometry_classes_are_read_else_sift_flows_and_only_with_the_output() -> None:
+    outputs = {"fcn.outputs": json.dumps(["labels", "geometry"])}
+    old = parse_metadata({**PROPS, **outputs})  # exported before fcn.geometry_classes
+    assert old.geometry_classes == ("sky", "horizontal", "vertical")
+    assert old.to_dict()["geometry_classes"] == ["sky", "horizontal", "vertical"]
+    assert len(old.to_dict()["geometry_palette"]) == 3
+    named = parse_metadata({**PROPS, **outputs, "fcn.geometry_classes": '["up", "down"]'})
+    assert named.geometry_classes == ("up", "down")
+    one = parse_metadata({**PROPS, "fcn.geometry_classes": '["up", "down"]'})
+    assert (one.has_geometry, one.geometry_classes) == (False, ())
+    assert "geometry_classes" not in one.to_dict()  # a one-head file's report is as before
+
+
+@pytest.mark.parametrize("value", ['"sky"', "[]", "[1, 2]", "{"])
+def test_malformed_geometry_classes_are_refused_naming_the_key(value: str) -> None:
+    props = {**PROPS, "fcn.outputs": '["labels", "geometry"]', "fcn.geometry_classes": value}
+    with pytest.raises(MetadataError, match="fcn.geometry_classes"):
+        parse_metadata(props)
+
+
 def test_above_255_classes_the_labels_are_int32() -> None:
     classes = [f"c{i}" for i in range(300)]
     props = {
