@@ -210,6 +210,8 @@ INFER_REQUEST: dict[str, Any] = {
         },
         "outputs": {
             "type": "array",
+            "description": "The outputs to answer, each named once: labels, and geometry where "
+            "the model has it (GET /v2/models/{name} lists them); all of them when absent.",
             "maxItems": 2,
             "items": {
                 "type": "object",

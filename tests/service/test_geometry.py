@@ -103,6 +103,7 @@ async def test_tiled_geometry_at_the_exact_overlap_is_the_one_pass_answer(two_he
 
 
 @pytest.mark.slow
+@pytest.mark.runtimes
 async def test_the_protocol_route_gives_geometry_where_the_file_has_it(two_head: Path) -> None:
     images = np.stack([pattern(40, 48, seed=s) for s in (1, 2)])
     tensor = {"name": "image", "datatype": "UINT8", "shape": list(images.shape)}

@@ -58,14 +58,22 @@ def name_served(case: schemathesis.Case, served: dict[str, str]) -> None:
         case.path_parameters.update({k: v for k, v in served.items() if k in case.path_parameters})
 
 
-def made_valid(case: schemathesis.Case, largest: int, align: int, default_overlap: int) -> None:
+def made_valid(
+    case: schemathesis.Case,
+    largest: int,
+    align: int,
+    default_overlap: int,
+    outputs: tuple[str, ...] = ("labels",),
+) -> None:
     """Make a generated valid request valid in what JSON Schema cannot say, as the document
     says it in words (``largest``: the longest tile side of one pass; ``align``: the model's
-    tile grid; ``default_overlap``: FCN_TILE_OVERLAP):
+    tile grid; ``default_overlap``: FCN_TILE_OVERLAP; ``outputs``: the model's):
 
     - an infer request's data holds N x H x W x 3 values (small N, H, W), its binary data
       (which needs a header and bytes after the JSON) given as data instead;
-    - /segment's tile_size fits one pass and exceeds tile_overlap by two grid steps.
+    - /segment's tile_size fits one pass and exceeds tile_overlap by two grid steps;
+    - the outputs asked for (``?output=``, an infer request's ``outputs``) are the model's,
+      each named once.
     """
     body = case.body
     if isinstance(body, dict) and isinstance(body.get("inputs"), list) and body["inputs"]:
@@ -75,8 +83,14 @@ def made_valid(case: schemathesis.Case, largest: int, align: int, default_overla
         tensor["data"] = [0] * (shape[0] * shape[1] * shape[2] * 3)
         if isinstance(tensor.get("parameters"), dict):
             tensor["parameters"].pop("binary_data_size", None)
+        if isinstance(body.get("outputs"), list):
+            # Each known output once (the first entry naming it).
+            first = {o.get("name"): o for o in reversed(body["outputs"])}
+            body["outputs"] = [o for name, o in first.items() if name in outputs]
     query = case.query
     if query:
+        if query.get("output") not in (None, *outputs):
+            query["output"] = "labels"
         size, overlap = query.get("tile_size"), query.get("tile_overlap")
         if size is not None:
             least = 2 * align + (default_overlap if overlap is None else 0)
@@ -128,7 +142,7 @@ def test_every_operation_answers_as_its_document_says(
             if served:
                 name_served(case, names)
             if mode is schemathesis.GenerationMode.POSITIVE:
-                made_valid(case, largest, align, serving.tile_overlap)
+                made_valid(case, largest, align, serving.tile_overlap, runtime.served)
             try:
                 response = case.call_and_validate()  # every check schemathesis has
                 answers[response.status_code] += 1
