@@ -94,6 +94,9 @@ def text(info: dict[str, Any]) -> str:
         lines.append(f"note: {info['note']}")
     classes = info["classes"]
     lines.append(f"classes ({len(classes)}): {', '.join(classes)}")
+    geometry = info.get("geometry_classes")
+    if geometry:  # a two-head file's second output (``?output=geometry`` when served)
+        lines.append(f"geometry output ({len(geometry)}): {', '.join(geometry)}")
     pre = info.get("preprocessing") or {}
     if pre:
         lines.append(
