@@ -25,6 +25,7 @@ import httpx
 from tqdm import tqdm
 
 from contract.inputs import collect_images
+from contract.schema import GEOMETRY, no_geometry
 
 Format = Literal["png", "overlay", "json"]
 FORMATS: tuple[Format, ...] = ("png", "overlay", "json")
@@ -231,13 +232,15 @@ class SegmentResult:
 
 def output_suffix(format: Format, query: Mapping[str, Any] | None = None) -> str:
     """The ending of an answer's file: ``.png`` (labels), ``_overlay.png`` or
-    ``_overlay.jpg`` (as ``fcn predict`` names overlays), ``.json``."""
+    ``_overlay.jpg`` (as ``fcn predict`` names overlays), ``.json``; each after
+    ``_geometry`` when the query asks for ``output=geometry``, so both maps can share a folder."""
+    kind = "_geometry" if (query or {}).get("output") == GEOMETRY else ""
     if format == "json":
-        return ".json"
+        return f"{kind}.json"
     if format == "overlay":
         jpeg = str((query or {}).get("image_format", "png")).lower() in ("jpeg", "jpg")
-        return "_overlay.jpg" if jpeg else "_overlay.png"
-    return ".png"
+        return f"{kind}_overlay.jpg" if jpeg else f"{kind}_overlay.png"
+    return f"{kind}.png"
 
 
 def _current_umask() -> int:
@@ -280,7 +283,8 @@ def segment_folder(
     (``contract.inputs``) plus ``output_suffix``. One image's failure stops nothing: it is
     passed to ``on_failure`` and listed in the result. Raises ``contract.inputs.InputError``
     before sending anything for bad inputs, and ``ClientError`` when the service does not
-    answer ``GET /v1/model`` (nothing written).
+    answer ``GET /v1/model``, or its model lacks the ``output`` the query asks for (nothing
+    sent, nothing written).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -312,6 +316,10 @@ def segment_folder(
         max_connections=concurrency,
     ) as client:  # fmt: skip
         result = SegmentResult(model=client.model())  # the service is there, or nothing runs
+        if options.get("output") == GEOMETRY and GEOMETRY not in result.model.get("outputs", []):
+            # Every image would get the same 422: say it once, before sending any.
+            message = f"?output=geometry: {no_geometry(repr(result.model.get('name')))}"
+            raise ClientError(422, "invalid_parameter", message)
         failures: dict[Path, Failure] = {}
         bar = tqdm(total=len(outputs), unit="image", disable=not progress, desc="segment")
         with bar, ThreadPoolExecutor(concurrency) as pool:

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-format jpeg); json: STEM.json",
     )  # fmt: skip
     parser.add_argument(
+        "--output", choices=("labels", "geometry"), default=None,
+        help="the map to draw: labels (default), or a two-head model's geometry (sky, "
+        "horizontal, vertical), written as STEM_geometry.png, _geometry_overlay or .json",
+    )  # fmt: skip
+    parser.add_argument(
         "--alpha", type=float, default=None, help="overlay opacity of the colours (0 to 1)"
     )
     parser.add_argument(
@@ -91,6 +96,7 @@ def check_flags(args: argparse.Namespace) -> dict[str, Any]:
         "image_format": args.image_format,
         "legend": args.legend,
         "max_side": args.max_side,
+        "output": args.output,
     }
     return {k: v for k, v in query.items() if v is not None}
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import Client, ClientError, retry_after_s
+from client import Client, ClientError, retry_after_s, segment_folder
 from model.cli import main as fcn
+from tests.factory import exported_two_head
 from tests.images import encode, pattern
 from tests.isolation import run_without
 from tests.service.support import ROOT, Server, free_port, launch, metric
@@ -186,6 +187,39 @@ def test_an_unreachable_service_is_one_message_and_nothing_written(
     assert lines[0].endswith("(unreachable)")
     assert not out.exists()
     assert not Client(url).ready()
+
+
+def test_geometry_of_a_model_without_it_is_one_message_and_nothing_written(
+    server: Server, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "geometry"
+    argv = ["segment", "--url", server.url, str(photos), "--out", str(out), "--output", "geometry"]
+    assert fcn(argv) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert "?output=geometry: 'fcn8s-tiny' has no 'geometry' output" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_folder_of_geometry_from_a_two_head_model(photos: Path, tmp_path: Path) -> None:
+    _, two_head = exported_two_head()
+    server = launch(two_head, tmp_path / "server.log", warmup_sizes="16x16", access_log="false")
+    try:
+        out = tmp_path / "out"
+        query = {"output": "geometry"}
+        result = segment_folder(
+            server.url, [photos / "beach.png"], out, query=query, progress=False
+        )
+        labels = segment_folder(server.url, [photos / "beach.png"], out, progress=False)
+        expected = direct(server.url, (photos / "beach.png").read_bytes(), output="geometry")
+    finally:
+        server.stop()
+    assert not result.failed
+    assert not labels.failed
+    assert sorted(p.name for p in out.iterdir()) == ["beach.png", "beach_geometry.png"]
+    assert (out / "beach_geometry.png").read_bytes() == expected.content
+    assert expected.content != (out / "beach.png").read_bytes()
 
 
 @pytest.mark.parametrize(
