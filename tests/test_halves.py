@@ -21,9 +21,9 @@ from model.cli import main
 from model.evaluation.predict import predict
 from service.errors import StartupError
 from service.main import create_app
-from tests.factory import exported
+from tests.factory import exported, exported_two_head
 from tests.images import odd_images
-from tests.service.support import running, serve, settings
+from tests.service.support import TEST_RUNTIME, running, serve, settings
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,37 @@ async def test_predict_and_the_service_give_identical_labels_and_overlays(
                 assert picture.size == (width, height)  # EXIF-rotated: the turned size
                 classes_seen |= set(np.unique(np.asarray(picture)).tolist())
     assert len(classes_seen) >= 2  # a real comparison, not one flat map
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["onnx", "checkpoint"])
+async def test_predict_and_the_service_give_identical_geometry_of_a_two_head_model(
+    source: str, corpus: Path, tmp_path: Path
+) -> None:
+    checkpoint, onnx_path = exported_two_head()
+    out = tmp_path / "out"
+    if source == "checkpoint":  # PyTorch's second head against ONNX Runtime's
+        model = save_checkpoint(checkpoint, tmp_path / "two-head.pt")
+        written = predict(model, [corpus], out, overlays=False)
+    else:  # the same file on the service's runtime and precision
+        written = predict(onnx_path, [corpus], out, overlays=False, **TEST_RUNTIME)
+    kinds_seen: set[int] = set()
+    async with serve(onnx_path) as client:
+        for label_png in written:
+            photo = next(corpus.glob(f"{label_png.stem}.*"))
+            media = "image/jpeg" if photo.suffix == ".jpg" else "image/png"
+            geometry = await client.post(
+                "/segment?output=geometry",
+                content=photo.read_bytes(),
+                headers={"content-type": media},
+            )
+            assert geometry.status_code == 200, geometry.text
+            written_png = label_png.with_name(f"{label_png.stem}_geometry.png")
+            assert geometry.content == written_png.read_bytes(), photo.name
+            with Image.open(written_png) as picture:
+                kinds_seen |= set(np.unique(np.asarray(picture)).tolist())
+    assert len(kinds_seen) >= 2  # a real comparison, not one flat map
 
 
 def _broken(path: Path, out: Path, *, drop: str | None = None, palette: int | None = None) -> Path:

@@ -18,7 +18,9 @@ from numpy.typing import NDArray
 from contract import encode
 from contract.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image, guard_bombs
 from contract.inputs import InputError, collect_images
+from contract.schema import GEOMETRY_PALETTE
 from contract.tiling import DEFAULT_MAX_MODEL_PIXELS
+from model.evaluation.geometry_maps import has_geometry, segment_with_geometry
 from model.evaluation.outputs import write_label_png, write_overlay
 from model.evaluation.predictors import PredictError, load_predictor, segment
 from model.evaluation.tiles import DEFAULT_TILE_OVERLAP, TileOptions
@@ -62,7 +64,8 @@ def predict(
 ) -> list[Path]:
     """Write ``out/STEM.png`` (label map) and ``out/STEM_overlay.jpg`` for each image (with
     the legend of its classes below, given ``legend``), with a checkpoint or an ONNX
-    ``model``; returns the label map paths.
+    ``model``; returns the label map paths. A two-head model (SIFT Flow's) also writes
+    ``out/STEM_geometry.png``, its geometric classes' map, as ``?output=geometry`` answers.
 
     The images are those ``inputs`` name by ``contract.inputs.collect_images``: files named,
     and the images of folders at any depth (hidden files and anything under ``out`` left
@@ -90,6 +93,7 @@ def predict(
         model, device, amp, shift_and_stitch, runtime=runtime, precision=precision
     )
     tiles.check(predictor.tiling)
+    two_head = has_geometry(predictor)
     written: list[Path] = []
     for path, stem in images.items():
         try:
@@ -101,7 +105,12 @@ def predict(
             continue
         folder = out_dir / stem.parent
         folder.mkdir(parents=True, exist_ok=True)
-        labels = segment(predictor, image, tiles)
+        if two_head:
+            labels, geometry = segment_with_geometry(predictor, image, tiles)
+            path_geometry = folder / f"{stem.name}_geometry.png"
+            write_label_png(geometry, GEOMETRY_PALETTE, path_geometry)
+        else:
+            labels = segment(predictor, image, tiles)
         written.append(write_label_png(labels, predictor.palette, folder / f"{stem.name}.png"))
         if overlays:
             overlay_path = folder / f"{stem.name}_overlay.jpg"

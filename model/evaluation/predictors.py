@@ -150,6 +150,7 @@ class OnnxPredictor:
         self.palette: Sequence[Color] = meta.palette
         self.tiling = meta.tiling
         self.classes: list[str] = list(meta.classes)
+        self.has_geometry = meta.has_geometry  # a two-head net's second labels
 
     def outputs(self, images: NDArray[np.uint8], names: Sequence[str]) -> dict[str, NDArray[Any]]:
         """The outputs ``names`` of a [N, H, W, 3] uint8 batch, by name."""
