@@ -19,8 +19,12 @@ from contract.tiling import Tiling, parse_tiling
 SCHEMA = "1"
 INPUT = "image"
 LABELS = "labels"
+# The top class's softmax probability x 255, rounded half to even (optional, uint8 [N, H, W]).
+CONFIDENCE = "confidence"
+CONFIDENCE_SCALE = 255
 SCORES = "scores"
-OUTPUTS = (LABELS, SCORES)
+# Every output a file may have, in the order the exporter writes them.
+OUTPUTS = (LABELS, CONFIDENCE, SCORES)
 # Symbolic dimension names written onto the graph's inputs and outputs.
 DIMS = ("N", "H", "W")
 # Keys every schema-1 model carries; values are strings, JSON where structured.
@@ -89,6 +93,11 @@ class ModelMetadata:
         return len(self.classes)
 
     @property
+    def has_confidence(self) -> bool:
+        """Whether the file outputs ``confidence`` beside its labels."""
+        return CONFIDENCE in self.outputs
+
+    @property
     def label_dtype(self) -> str:
         """The element type of ``labels``: ``uint8``, or ``int32`` above 255 classes."""
         return label_dtype(self.num_classes)
@@ -120,6 +129,15 @@ class ModelMetadata:
 def label_dtype(num_classes: int) -> str:
     """The element type of ``labels`` for ``num_classes`` classes."""
     return "uint8" if num_classes <= MAX_UINT8_CLASSES else "int32"
+
+
+def no_confidence(source: str) -> str:
+    """What either half says when asked for the confidence of a file without it."""
+    return (
+        f"{source} has no {CONFIDENCE!r} output (exported without it, or before it existed); "
+        "export it again: `fcn export --checkpoint CKPT --out MODEL.onnx` writes it unless "
+        "given --no-confidence"
+    )
 
 
 def _json(props: Mapping[str, str], key: str, source: str) -> Any:
@@ -194,7 +212,7 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
     if LABELS not in outputs or not set(outputs) <= set(OUTPUTS):
         raise MetadataError(
             f"{source}: fcn.outputs is {list(outputs)}; it must list {LABELS!r} "
-            f"and may add {SCORES!r}"
+            f"and may add {CONFIDENCE!r} and {SCORES!r}"
         )
     return meta
 
@@ -237,6 +255,8 @@ def check_tensors(
     problems: list[str] = []
     found = {t.name: t for t in [*inputs, *outputs]}
     expected = {INPUT: ("uint8", 4), LABELS: (meta.label_dtype, 3)}
+    if CONFIDENCE in meta.outputs or CONFIDENCE in found:
+        expected[CONFIDENCE] = ("uint8", 3)
     if SCORES in meta.outputs or SCORES in found:
         expected[SCORES] = ("float", 4)
     for name, (dtype, rank) in expected.items():

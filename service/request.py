@@ -30,7 +30,7 @@ from service.errors import (
     UploadTimeoutError,
 )
 from service.imaging import LabelEncoding
-from service.pipeline import SegmentOptions
+from service.pipeline import AnswerFormat, SegmentOptions
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -221,8 +221,10 @@ class SegmentQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Format | None = Field(
-        None, description="png (label map), overlay or json; default from Accept, then png."
+    format: AnswerFormat | None = Field(
+        None,
+        description="png (label map), overlay, json or confidence (grey PNG: the top class's "
+        "probability x 255; needs a model with that output); default from Accept, then png.",
     )
     alpha: float | None = Field(None, ge=0, le=1, description="Overlay: weight of the colours.")
     image_format: ImageFormat | None = Field(None, description="Overlay: png or jpeg.")
@@ -242,19 +244,26 @@ class SegmentQuery(BaseModel):
     tile_overlap: int | None = Field(
         None, ge=0, description="Pixels shared by neighbouring tiles; default FCN_TILE_OVERLAP."
     )
+    min_confidence: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Overlay: paint pixels whose confidence is below it in the unsure colour; "
+        "JSON: the share of each class's pixels below it. Needs a model with confidence.",
+    )
 
 
 def negotiate(
     query: SegmentQuery, accept: str | None, default: Format
-) -> tuple[Format, ImageFormat]:
+) -> tuple[AnswerFormat, ImageFormat]:
     """(format, overlay image format) from ?format=, else from the Accept header (highest q),
     else ``default``."""
     if query.format is not None:
         return query.format, query.image_format or "png"
-    wildcard: tuple[Format, ImageFormat] = (default, query.image_format or "png")
+    wildcard: tuple[AnswerFormat, ImageFormat] = (default, query.image_format or "png")
     if not accept or not accept.strip():
         return wildcard
-    best: tuple[float, tuple[Format, ImageFormat]] | None = None
+    best: tuple[float, tuple[AnswerFormat, ImageFormat]] | None = None
     for item in accept.split(","):
         media, options = parse_options_header(item)
         try:
@@ -264,6 +273,7 @@ def negotiate(
         name = media.decode("latin-1")
         if q <= 0:
             continue
+        choice: tuple[AnswerFormat, ImageFormat]
         if name in ACCEPTS:
             fmt, image_format = ACCEPTS[name]
             choice = (fmt, query.image_format or image_format)
@@ -291,6 +301,10 @@ def segment_options(query: SegmentQuery, accept: str | None, settings: Settings)
         raise InvalidParameterError(
             f"?legend=true: a legend is drawn on overlays only, and this answer is {fmt}"
         )
+    if query.min_confidence is not None and fmt not in ("overlay", "json"):
+        raise InvalidParameterError(
+            f"?min_confidence=: applies to overlays and json, and this answer is {fmt}"
+        )
     sides = [s for s in (settings.max_side, query.max_side or 0) if s > 0]
     return SegmentOptions(
         format=fmt,
@@ -302,6 +316,7 @@ def segment_options(query: SegmentQuery, accept: str | None, settings: Settings)
         tile=query.tile or settings.tiling,
         tile_size=settings.tile_size if query.tile_size is None else query.tile_size,
         tile_overlap=settings.tile_overlap if query.tile_overlap is None else query.tile_overlap,
+        min_confidence=query.min_confidence,
     )
 
 

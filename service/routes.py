@@ -55,9 +55,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses={
         200: {
             "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}},
-            "description": "label map PNG, overlay or JSON",
+            "description": "label map PNG, overlay, JSON, or confidence map PNG",
         },
         **ERROR_RESPONSES,
+        422: {
+            "description": "bad parameter, or ?format=confidence or ?min_confidence= of a "
+            "model exported without its confidence output (export it again)"
+        },
     },
     openapi_extra=SEGMENT_BODY,
 )
@@ -68,6 +72,7 @@ async def segment(
     settings = service.settings
     service.health.check_serving(settings.retry_after_s)
     options = segment_options(query, request.headers.get("accept"), settings)
+    service.segmenter.check_options(options)
     request.state.format = options.format
     # The place is taken before the upload is read (waiting for one while uploads hold them),
     # and held from the body's arrival until the answer is made.

@@ -21,6 +21,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from contract.schema import (
+    CONFIDENCE,
     INPUT,
     LABELS,
     MetadataError,
@@ -107,6 +108,11 @@ class Runtime:
         self.provider = self.providers[0]
         self.threads = threads
         self.label_type = label_type  # ONNX Runtime's name: tensor(uint8) or tensor(int32)
+        # What each run returns: labels, and confidence when the file has it (the graph
+        # computes it whether fetched or not, so fetching it costs a copy of H x W bytes).
+        self.outputs: tuple[str, ...] = (
+            (LABELS, CONFIDENCE) if info.meta.has_confidence else (LABELS,)
+        )
         self.keep_pixels = 0  # 0: every run keeps the arenas' memory
         arenas = ["cpu:0"]
         if "CUDAExecutionProvider" in self.providers:
@@ -121,8 +127,9 @@ class Runtime:
         """Whether the first provider in use is a GPU one."""
         return self.provider in GPU_PROVIDERS
 
-    def run(self, image: NDArray[np.uint8]) -> NDArray[Any]:
-        """[N, H, W, 3] uint8 RGB -> [N, H, W] labels; blocks, releases the GIL.
+    def run(self, image: NDArray[np.uint8]) -> dict[str, NDArray[Any]]:
+        """[N, H, W, 3] uint8 RGB -> the per-pixel ``outputs`` by name, each [N, H, W];
+        blocks, releases the GIL.
 
         ``terminate()`` from another thread makes it raise at the next node.
         """
@@ -138,11 +145,11 @@ class Runtime:
         with self._lock:
             self._current = options
         try:
-            (labels,) = self.session.run([LABELS], {INPUT: image}, options)
+            maps = self.session.run(list(self.outputs), {INPUT: image}, options)
         finally:
             with self._lock:
                 self._current = None
-        return np.asarray(labels)
+        return {name: np.asarray(m) for name, m in zip(self.outputs, maps, strict=True)}
 
     def terminate(self) -> bool:
         """Ask the running inference, if any, to stop at its next node; whether one runs."""

@@ -56,24 +56,45 @@ def tiny_checkpoint(
 
 @functools.cache
 def exported(
-    arch: str = "fcn8s", *, fp16: bool = False, with_scores: bool = False, num_classes: int = 5
+    arch: str = "fcn8s",
+    *,
+    fp16: bool = False,
+    with_scores: bool = False,
+    num_classes: int = 5,
+    confidence: bool = True,
 ) -> tuple[Checkpoint, Path]:
-    """The checkpoint and its export (unverified: the tests compare it themselves); read-only."""
+    """The checkpoint and its export (unverified: the tests compare it themselves), with the
+    ``confidence`` output as ``fcn export`` writes it unless not ``confidence``; read-only."""
     checkpoint = tiny_checkpoint(arch, num_classes)
-    name = f"{arch}-{'fp16' if fp16 else 'fp32'}{'-scores' if with_scores else ''}-{num_classes}"
+    name = (
+        f"{arch}-{'fp16' if fp16 else 'fp32'}{'-scores' if with_scores else ''}"
+        f"{'' if confidence else '-noconf'}-{num_classes}"
+    )
     path = export_onnx(
-        checkpoint, _ROOT / f"{name}.onnx", fp16=fp16, with_scores=with_scores, verify=False
+        checkpoint,
+        _ROOT / f"{name}.onnx",
+        fp16=fp16,
+        with_confidence=confidence,
+        with_scores=with_scores,
+        verify=False,
     )
     return checkpoint, path
 
 
 @functools.cache
 def exported_as(
-    name: str, arch: str = "fcn8s", *, with_scores: bool = False, num_classes: int = 5
+    name: str,
+    arch: str = "fcn8s",
+    *,
+    with_scores: bool = False,
+    num_classes: int = 5,
+    confidence: bool = True,
 ) -> Path:
     """The cached export of ``exported`` under the file name ``NAME.onnx`` (the service names
     its model after the file), linked, not exported again; read-only."""
-    _, path = exported(arch, with_scores=with_scores, num_classes=num_classes)
+    _, path = exported(
+        arch, with_scores=with_scores, num_classes=num_classes, confidence=confidence
+    )
     named = _ROOT / "named" / f"{name}.onnx"
     named.parent.mkdir(exist_ok=True)
     os.link(path, named)

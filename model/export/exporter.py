@@ -56,6 +56,7 @@ def export_model(
     out: str | os.PathLike[str],
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
     verify: bool = True,
@@ -72,7 +73,13 @@ def export_model(
 
     return write_model(
         out,
-        lambda: build_onnx(checkpoint, fp16=fp16, with_scores=with_scores, opset=opset),
+        lambda: build_onnx(
+            checkpoint,
+            fp16=fp16,
+            with_confidence=with_confidence,
+            with_scores=with_scores,
+            opset=opset,
+        ),
         check if verify else None,
     )
 
@@ -120,6 +127,7 @@ def export_net(
     out: str | os.PathLike[str],
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
     verify: bool = True,
@@ -134,7 +142,14 @@ def export_net(
         return verify_net(tmp, lambda: net, card, source=source, subject=subject)
 
     def build() -> onnx.ModelProto:
-        return trace_onnx(net, card, fp16=fp16, with_scores=with_scores, opset=opset)
+        return trace_onnx(
+            net,
+            card,
+            fp16=fp16,
+            with_confidence=with_confidence,
+            with_scores=with_scores,
+            opset=opset,
+        )
 
     return write_model(out, build, check if verify else None)
 
@@ -144,6 +159,7 @@ def export_onnx(
     out: str | os.PathLike[str],
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
     verify: bool = True,
@@ -151,6 +167,12 @@ def export_onnx(
     """``export_model`` returning just the path: ``checkpoint`` to ``out`` (one file, no
     external data), verified unless asked not."""
     result = export_model(
-        checkpoint, out, fp16=fp16, with_scores=with_scores, opset=opset, verify=verify
+        checkpoint,
+        out,
+        fp16=fp16,
+        with_confidence=with_confidence,
+        with_scores=with_scores,
+        opset=opset,
+        verify=verify,
     )
     return result.path

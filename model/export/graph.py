@@ -1,9 +1,9 @@
-"""The schema-1 graph in memory: uint8 RGB [N, H, W, 3] in, labels [N, H, W] out, traced
-from a network (a checkpoint's, or any module returning logits) with the normalisation and the
-argmax inside and the ``fcn.*`` metadata on.
+"""The schema-1 graph in memory: uint8 RGB [N, H, W, 3] in, labels (and confidence)
+[N, H, W] out, traced from a network (a checkpoint's, or any module returning logits) with the
+normalisation, the argmax and the softmax inside and the ``fcn.*`` metadata on.
 
-Preprocessing (cast, channel order, mean/std, NHWC -> NCHW) and the argmax live inside the
-graph, so a server only moves bytes; the metadata makes the file self-describing.
+Preprocessing (cast, channel order, mean/std, NHWC -> NCHW), the argmax and the confidence live
+inside the graph, so a server only moves bytes; the metadata makes the file self-describing.
 """
 
 from __future__ import annotations
@@ -22,12 +22,21 @@ import torch
 from torch import Tensor, nn
 
 from contract.palette import IGNORE_INDEX, Color
-from contract.schema import DIMS, INPUT, LABELS, SCHEMA, SCORES, label_dtype
+from contract.schema import (
+    CONFIDENCE,
+    DIMS,
+    INPUT,
+    LABELS,
+    SCHEMA,
+    SCORES,
+    label_dtype,
+)
 from contract.tiling import KEY as TILING_KEY
 from contract.tiling import Tiling
 from model import names
 from model.checkpoint import Checkpoint
 from model.errors import FCNError
+from model.evaluation.calibration import confidence_of
 from model.nets.fcn import network_tiling
 from model.nets.preprocessing import Normalize, Preprocessing
 
@@ -41,12 +50,19 @@ class ExportError(FCNError, RuntimeError):
     """The export could not produce a model file; nothing was written."""
 
 
-class SegmentationGraph(nn.Module):
-    """The exported computation: normalise, score, argmax.
+def output_names(*, with_confidence: bool, with_scores: bool) -> list[str]:
+    """The graph's outputs, in the contract's order."""
+    return [LABELS, *([CONFIDENCE] if with_confidence else []), *([SCORES] if with_scores else [])]
 
-    ``image`` uint8 [N, H, W, 3] RGB -> labels [N, H, W] (uint8, int32 above 255 classes)
-    and, optionally, float32 logits [N, C, H, W]. ``net`` maps the normalised float image
-    [N, 3, H, W] to logits [N, C, H, W]; ``num_classes`` is C (default: ``net.num_classes``).
+
+class SegmentationGraph(nn.Module):
+    """The exported computation: normalise, score, argmax (and softmax).
+
+    ``image`` uint8 [N, H, W, 3] RGB -> labels [N, H, W] (uint8, int32 above 255 classes),
+    then, as asked, ``confidence_of`` the logits (uint8 [N, H, W]) and float32 logits
+    [N, C, H, W]. ``net`` maps the normalised float image [N, 3, H, W] to the final
+    (upsampled, cropped) logits [N, C, H, W]; ``num_classes`` is C (default:
+    ``net.num_classes``).
     """
 
     def __init__(
@@ -56,6 +72,7 @@ class SegmentationGraph(nn.Module):
         *,
         num_classes: int | None = None,
         fp16: bool = False,
+        with_confidence: bool = True,
         with_scores: bool = False,
     ):
         super().__init__()
@@ -63,6 +80,7 @@ class SegmentationGraph(nn.Module):
         self.net = net.to(self.dtype).eval()
         # Normalisation stays float32 (Caffe's 0-255 means lose bits in half), then casts.
         self.normalize = Normalize(preprocessing)
+        self.with_confidence = with_confidence
         self.with_scores = with_scores
         if num_classes is None:
             # getattr: nn.Module types its attributes as Tensor | Module.
@@ -73,9 +91,12 @@ class SegmentationGraph(nn.Module):
         x = self.normalize(image.permute(0, 3, 1, 2)).to(self.dtype)  # [N, 3, H, W]
         logits = self.net(x)  # [N, C, H, W]
         labels = logits.argmax(1).to(self.label_dtype)  # [N, H, W]
+        outputs = [labels]
+        if self.with_confidence:
+            outputs.append(confidence_of(logits))
         if self.with_scores:
-            return labels, logits.float()
-        return (labels,)
+            outputs.append(logits.float())
+        return tuple(outputs)
 
 
 @dataclass(frozen=True)
@@ -119,7 +140,9 @@ def checkpoint_card(checkpoint: Checkpoint) -> ModelCard:
     )
 
 
-def metadata(card: ModelCard, *, fp16: bool, with_scores: bool) -> dict[str, str]:
+def metadata(
+    card: ModelCard, *, fp16: bool, with_confidence: bool, with_scores: bool
+) -> dict[str, str]:
     """The ``fcn.*`` metadata of the contract: every value a string, JSON where structured."""
     return {
         "fcn.schema": SCHEMA,
@@ -133,7 +156,9 @@ def metadata(card: ModelCard, *, fp16: bool, with_scores: bool) -> dict[str, str
         "fcn.metrics": json.dumps(dict(card.metrics)),
         "fcn.preprocessing": json.dumps(card.preprocessing.to_dict()),
         "fcn.precision": "fp16" if fp16 else "fp32",
-        "fcn.outputs": json.dumps([LABELS, SCORES] if with_scores else [LABELS]),
+        "fcn.outputs": json.dumps(
+            output_names(with_confidence=with_confidence, with_scores=with_scores)
+        ),
         TILING_KEY: card.tiling.to_json(),
         "fcn.origin": json.dumps(dict(card.origin)),
         "fcn.created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
@@ -183,6 +208,7 @@ def build_onnx(
     checkpoint: Checkpoint,
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
 ) -> onnx.ModelProto:
@@ -191,6 +217,7 @@ def build_onnx(
         checkpoint.build_model(),
         checkpoint_card(checkpoint),
         fp16=fp16,
+        with_confidence=with_confidence,
         with_scores=with_scores,
         opset=opset,
     )
@@ -201,11 +228,13 @@ def trace_onnx(
     card: ModelCard,
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
 ) -> onnx.ModelProto:
     """Trace ``net`` (normalised float [N, 3, H, W] -> logits [N, C, H, W]) inside the
-    contract's graph into an in-memory ONNX model carrying ``card`` as its metadata."""
+    contract's graph into an in-memory ONNX model carrying ``card`` as its metadata; with
+    ``confidence`` unless not ``with_confidence``, with ``scores`` when ``with_scores``."""
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not MIN_OPSET <= opset <= newest:
         raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET} to {newest}")
@@ -214,11 +243,12 @@ def trace_onnx(
         card.preprocessing,
         num_classes=card.num_classes,
         fp16=fp16,
+        with_confidence=with_confidence,
         with_scores=with_scores,
     ).eval()
     example = torch.zeros(EXAMPLE_SHAPE, dtype=torch.uint8)
     dims = {i: torch.export.Dim(name, min=1) for i, name in enumerate(DIMS)}
-    outputs = [LABELS, SCORES] if with_scores else [LABELS]
+    outputs = output_names(with_confidence=with_confidence, with_scores=with_scores)
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
@@ -238,7 +268,7 @@ def trace_onnx(
         raise ExportError("torch.onnx.export returned no program")
     model = program.model_proto
     _name_dims(model)
-    meta = metadata(card, fp16=fp16, with_scores=with_scores)
+    meta = metadata(card, fp16=fp16, with_confidence=with_confidence, with_scores=with_scores)
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()

@@ -74,6 +74,7 @@ def export_checkpoint(
     out: str | os.PathLike[str],
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
     shift_and_stitch: int = 1,
@@ -102,6 +103,7 @@ def export_checkpoint(
             loaded,
             fp32_out,
             fp16=fp16,
+            with_confidence=with_confidence,
             with_scores=with_scores,
             opset=opset,
             shift_and_stitch=shift_and_stitch,
@@ -179,6 +181,7 @@ def _export(
     out: Path,
     *,
     fp16: bool,
+    with_confidence: bool,
     with_scores: bool,
     opset: int | None,
     shift_and_stitch: int,
@@ -195,7 +198,13 @@ def _export(
     try:
         if factor == 1:
             return export_model(
-                checkpoint, out, fp16=fp16, with_scores=with_scores, opset=opset, verify=verify
+                checkpoint,
+                out,
+                fp16=fp16,
+                with_confidence=with_confidence,
+                with_scores=with_scores,
+                opset=opset,
+                verify=verify,
             )
         try:
             net = stitched(checkpoint.build_model(), factor)
@@ -206,6 +215,7 @@ def _export(
             checkpoint_card(checkpoint),
             out,
             fp16=fp16,
+            with_confidence=with_confidence,
             with_scores=with_scores,
             opset=opset,
             verify=verify,

@@ -1,6 +1,7 @@
 """Verification of an exported model against its checkpoint (or any network it was traced
 from): the ONNX checker, the contract's names, types and metadata, and ONNX Runtime (CPU)
-against PyTorch on sizes unlike the export's.
+against PyTorch on sizes unlike the export's: labels, logits and, when the file has it,
+confidence.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import onnx
 import torch
 from torch import nn
 
-from contract.schema import INPUT, LABELS, SCORES, MetadataError, parse_metadata
+from contract.schema import CONFIDENCE, INPUT, LABELS, SCORES, MetadataError, parse_metadata
 from model import names
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.errors import FCNError
+from model.evaluation.calibration import confidence_of
 from model.export.graph import ModelCard, SegmentationGraph, checkpoint_card
 from model.export.metadata import model_metadata
 
@@ -33,6 +35,10 @@ MIN_AGREEMENT = {"fp32": 0.9999, "fp16": 0.995, "int8": 0.98}
 # (absolute when logits are below 1): float32 accumulation over thousands of channels
 # leaves ~1e-6 of the magnitude, so 1e-4 flags real divergence, not rounding.
 LOGIT_TOLERANCE = 1e-4
+# fp32 confidence must lie within this many units (of 255) of round(255 x max softmax) of
+# PyTorch's logits: float32 softmax differs in its last bits, which moves a value sitting on
+# a rounding tie by one.
+CONFIDENCE_TOLERANCE = 1
 # (N, H, W) of the comparison batches: 1x1 (the padding's corner case), a non-square odd
 # size and a batch of 2; none is the traced example (2, 67, 91).
 DEFAULT_CASES = names.VERIFY_CASES
@@ -49,6 +55,8 @@ class CaseResult:
     shape: tuple[int, int, int]  # (N, H, W)
     agreement: float  # share of pixels with the same label
     max_logit_error: float  # max |ORT - PyTorch|, relative to max(1, max |logit|)
+    # max |ORT - PyTorch| of ``confidence`` in units of 1/255; None when the file has none.
+    max_confidence_error: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,8 @@ class VerificationReport:
     min_agreement: float = MIN_AGREEMENT["fp32"]
     # None when logits are reported but not held to a bound (fp16).
     logit_tolerance: float | None = LOGIT_TOLERANCE
+    # Likewise for confidence (held to a bound in fp32 only, as the logits it comes from).
+    confidence_tolerance: int | None = CONFIDENCE_TOLERANCE
 
     @property
     def agreement(self) -> float:
@@ -80,6 +90,12 @@ class VerificationReport:
     @property
     def max_logit_error(self) -> float:
         return max((c.max_logit_error for c in self.cases), default=float("nan"))
+
+    @property
+    def max_confidence_error(self) -> int | None:
+        """The largest confidence error of any case; None when the file has no confidence."""
+        errors = [c.max_confidence_error for c in self.cases if c.max_confidence_error is not None]
+        return max(errors, default=None)
 
     @property
     def failures(self) -> list[str]:
@@ -95,6 +111,9 @@ class VerificationReport:
         tol = self.logit_tolerance
         if self.cases and tol is not None and not self.max_logit_error <= tol:
             failures.append(f"logit error {self.max_logit_error:.2e} above {tol:.0e}")
+        bound, error = self.confidence_tolerance, self.max_confidence_error
+        if bound is not None and error is not None and error > bound:
+            failures.append(f"confidence off by {error} (of 255), more than {bound}")
         return failures
 
     @property
@@ -112,9 +131,11 @@ class VerificationReport:
         ]
         for case in self.cases:
             n, h, w = case.shape
+            confidence = case.max_confidence_error
             out.append(
                 f"  batch {n} x {h}x{w}: labels agree {case.agreement:9.4%}, "
                 f"max logit error {case.max_logit_error:.1e}"
+                + ("" if confidence is None else f", confidence within {confidence}")
             )
         if self.cases:
             tol = self.logit_tolerance
@@ -124,6 +145,15 @@ class VerificationReport:
                 f"  logits ({self.logits_from}): max error {self.max_logit_error:.1e} "
                 f"of the largest logit ({bound})",
             ]
+            error, limit = self.max_confidence_error, self.confidence_tolerance
+            if error is None:
+                out.append("  confidence: no such output")
+            else:
+                need = "reported only" if limit is None else f"need <= {limit}"
+                out.append(
+                    f"  confidence: within {error} of round(255 x max softmax) of PyTorch's "
+                    f"logits ({need})"
+                )
         out.append("PASSED" if self.passed else "FAILED: " + "; ".join(self.failures))
         return out
 
@@ -260,6 +290,7 @@ def verify_net(
             problems=tuple(problems),
             min_agreement=MIN_AGREEMENT.get(precision, MIN_AGREEMENT["fp16"]),
             logit_tolerance=LOGIT_TOLERANCE if precision == "fp32" else None,
+            confidence_tolerance=CONFIDENCE_TOLERANCE if precision == "fp32" else None,
         )
 
     try:
@@ -283,7 +314,7 @@ def verify_net(
 
     reference = SegmentationGraph(
         build_net(), card.preprocessing, num_classes=card.num_classes, with_scores=True
-    ).eval()
+    ).eval()  # labels, confidence, logits
     found, trouble = _compare(
         session, logits_name, reference, cases, seed=seed, precision=precision
     )
@@ -307,17 +338,24 @@ def _compare(
     results: list[CaseResult] = []
     problems: list[str] = []
     overflowed: list[str] = []
+    names = [LABELS, logits_name]
+    if CONFIDENCE in {o.name for o in session.get_outputs()}:
+        names.append(CONFIDENCE)
     for n, h, w in cases:
         image = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
         try:
-            labels, logits = session.run([LABELS, logits_name], {INPUT: image})
+            labels, logits, *confidence = session.run(names, {INPUT: image})
         except Exception as exc:
             problems.append(f"ONNX Runtime failed on a batch of {n} x {h}x{w}: {exc}")
             continue
         with torch.no_grad():
-            expected_labels, expected_logits = reference(torch.from_numpy(image))
+            expected_labels, _, expected_logits = reference(torch.from_numpy(image))
         expected = expected_logits.numpy()
-        if labels.shape != (n, h, w) or logits.shape != expected.shape:
+        if (
+            labels.shape != (n, h, w)
+            or logits.shape != expected.shape
+            or any(c.shape != (n, h, w) for c in confidence)
+        ):
             problems.append(
                 f"batch {n} x {h}x{w}: ONNX Runtime gave labels {labels.shape} and logits "
                 f"{logits.shape}, PyTorch {tuple(expected_labels.shape)} and {expected.shape}"
@@ -328,7 +366,12 @@ def _compare(
             overflowed.append(f"{n}x{h}x{w}")
         scale = max(1.0, float(np.abs(expected).max()))
         error = float(np.abs(logits.astype(np.float32) - expected).max()) / scale
-        results.append(CaseResult((n, h, w), agreement, error))
+        confidence_error = None
+        if confidence:
+            # Against PyTorch's own float32 logits, by the contract's rule (confidence_of).
+            wanted = confidence_of(expected_logits).numpy().astype(np.int16)
+            confidence_error = int(np.abs(confidence[0].astype(np.int16) - wanted).max())
+        results.append(CaseResult((n, h, w), agreement, error, confidence_error))
     if overflowed:
         hint = ": beyond the float16 range, export without --fp16" if precision == "fp16" else ""
         problems.append(

@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from contract import distribution
-from contract.schema import LABELS
+from contract.schema import CONFIDENCE, LABELS
 from service.dependencies import ServiceDep
 from service.errors import REPORTED, protocol_error
 from service.fanout import predict_batches
@@ -66,7 +66,9 @@ def _check_model(service: Service, name: str, version: str | None = None) -> Non
 
 def _model_metadata(service: Service) -> dict[str, Any]:
     runtime = service.runtime
-    return codec.model_metadata(service.settings.name, runtime.info.version, runtime.label_type)
+    return codec.model_metadata(
+        service.settings.name, runtime.info.version, runtime.label_type, runtime.outputs
+    )
 
 
 @router.get("")
@@ -159,7 +161,8 @@ INFER_BODY: dict[str, Any] = {
 
 @router.post("/models/{name}/infer", openapi_extra=INFER_BODY)
 async def infer(name: str, request: Request, service: ServiceDep) -> Response:
-    """Segment the images of tensor ``image`` (UINT8 [N, H, W, 3]): tensor ``labels``."""
+    """Segment the images of tensor ``image`` (UINT8 [N, H, W, 3]): tensor ``labels`` and,
+    when asked of a model that has it, ``confidence`` (UINT8 [N, H, W])."""
     return await _infer(service, request, name)
 
 
@@ -186,7 +189,9 @@ async def _infer(
                 body,
                 request.headers.get(HEADER_LENGTH),
                 max_pixels=settings.max_pixels,
-                outputs=(LABELS,),
+                outputs=service.runtime.outputs,
+                # Clients that name no output get the labels, as before confidence existed.
+                default=(LABELS,),
             )
         )
         _, height, width, _ = asked.images.shape
@@ -199,9 +204,14 @@ async def _infer(
             timeout_s=settings.request_timeout_s,
             disconnected=request.is_disconnected,
         )
-        labels = np.stack([p.labels async for batch in batches for p in batch])
+        predictions = [p async for batch in batches for p in batch]
+    tensors = {LABELS: np.stack([p.labels for p in predictions])}
+    if CONFIDENCE in (name for name, _ in asked.outputs):
+        # Asked only of a model that has it (``outputs``): the runtime gave it every time.
+        maps = [p.confidence for p in predictions if p.confidence is not None]
+        tensors[CONFIDENCE] = np.stack(maps)
     model = {"model_name": settings.name, "model_version": service.runtime.info.version}
-    content, head = await anyio.to_thread.run_sync(encode_infer, model, asked, {LABELS: labels})
+    content, head = await anyio.to_thread.run_sync(encode_infer, model, asked, tensors)
     if head is None:
         return Response(content, media_type="application/json")
     return Response(
