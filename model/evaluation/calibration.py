@@ -198,6 +198,10 @@ def plot_reliability(report: CalibrationReport, path: Path) -> Path:
     top.legend(loc="upper left")
     shares = [b.pixels / max(1, report.pixels) for b in report.bins]
     bottom.bar(lefts, shares, width=width, align="edge", color="tab:gray", edgecolor="black")
+    seen = [share for share in shares if share > 0]
+    if seen:  # a trained model puts most pixels in the top bin: a log scale shows the rest
+        bottom.set_yscale("log")
+        bottom.set_ylim(min(seen) / 2, 1.5)
     bottom.set_xlabel("confidence (top class's probability)")
     bottom.set_ylabel("share of pixels")
     with atomic_path(path) as tmp:
