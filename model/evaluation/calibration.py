@@ -35,8 +35,11 @@ def confidence_of(logits: Tensor) -> Tensor:
     """The contract's ``confidence`` of logits [N, C, H, W]: the top class's softmax
     probability x 255 as uint8 [N, H, W], rounded half to even (torch.round and ONNX's Round
     alike). Computed in float32 whatever the logits' precision."""
-    top = logits.float().softmax(1).amax(1)  # [N, H, W], in [1/C, 1]
-    return (top * CONFIDENCE_SCALE).round().to(torch.uint8)
+    logits = logits.float()
+    # The top probability is exp(0) / sum_c exp(l_c - max l): no division over C x H x W, and
+    # no Softmax over axis 1, which ONNX Runtime's CPU provider runs 8x slower (transposing).
+    total = (logits - logits.amax(1, keepdim=True)).exp().sum(1)  # [N, H, W], in [1, C]
+    return (CONFIDENCE_SCALE / total).round().to(torch.uint8)
 
 
 @dataclass(frozen=True)
