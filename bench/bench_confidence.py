@@ -1,7 +1,7 @@
 """What the ``confidence`` output costs: the same network exported with it and without it
 (``--no-confidence``), side by side, through ONNX Runtime and through the HTTP service.
 
-    python bench/bench_confidence.py [--width 1] [--seconds 20] [--rounds 2] [--concurrency 2]
+    python bench/bench_confidence.py [--width 1] [--seconds 10] [--rounds 4] [--concurrency 2]
 
 A random-weight FCN-8s (21 classes, full width by default) is exported twice into a temporary
 folder (needs torch). The raw figures time ``session.run`` of each file on the 500x375 image,
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from bench_service import Figures, _http_worker, pooled, scene_jpeg
+from bench_service import Figures, _http_worker, pooled, scene_jpeg, scrape, stage_means
 from PIL import Image
 from serving import free_port, start_service
 
@@ -109,10 +109,10 @@ def bench_http(port: int, path: str, body: bytes, concurrency: int, seconds: flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=float, default=1.0, help="FCN-8s width (1: the paper's)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of one slice")
-    parser.add_argument("--rounds", type=int, default=2, help="slices per configuration")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of one slice")
+    parser.add_argument("--rounds", type=int, default=4, help="slices per configuration")
     parser.add_argument("--concurrency", type=int, default=2, help="connections at once")
-    parser.add_argument("--raw-runs", type=int, default=5, help="session runs per file")
+    parser.add_argument("--raw-runs", type=int, default=7, help="session runs per file")
     args = parser.parse_args()
 
     body = scene_jpeg()
@@ -155,14 +155,20 @@ def main() -> int:
             ),
         ]
         slices: dict[str, list[Figures]] = {name: [] for name, _, _ in configurations}
+        # Each configuration's share of its service's /metrics (stage times, batches).
+        stages: dict[str, dict[str, float]] = {name: {} for name, _, _ in configurations}
         try:
             for _, port, path in configurations:  # open the paths once
                 bench_http(port, path, body, 1, 0.1)
             for _ in range(args.rounds):
                 for name, port, path in configurations:
+                    before = scrape(port)
                     slices[name].append(
                         bench_http(port, path, body, args.concurrency, args.seconds)
                     )
+                    for key, value in scrape(port).items():
+                        gained = value - before.get(key, 0.0)
+                        stages[name][key] = stages[name].get(key, 0.0) + gained
         finally:
             for server in servers:
                 server.terminate()
@@ -188,6 +194,10 @@ def main() -> int:
             f"| {name} | {figures.throughput:.2f} | {figures.percentile(50):.0f} | "
             f"{figures.count} | {figures.throughput / baseline:.3f}x |"
         )
+    print("\nservice stages (mean ms per request):")
+    for name, _, _ in configurations:
+        seconds = sum(f.seconds for f in slices[name])
+        print(f"  {name}: {stage_means({}, stages[name], seconds)}")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -30,27 +30,13 @@ from contract.tiling import padded_pixels
 from service.admission import Places
 from service.errors import ClientGoneError, InferenceError, NotReadyError, RequestTimeoutError
 from service.metrics import Metrics
+from service.prediction import Outputs, Predict, Prediction
 
 logger = logging.getLogger("fcn.service")
 
-# [N, H, W, 3] uint8 -> the model's per-pixel outputs by name, each [N, H, W]: ``labels``,
-# and ``confidence`` when the model has it; blocking (runs on the inference thread).
-Predict = Callable[[NDArray[np.uint8]], Mapping[str, NDArray[Any]]]
 Disconnected = Callable[[], Awaitable[bool]]
 # Asks the running predict call to stop early (it then raises); whether one was running.
 Abort = Callable[[], bool]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One request's labels (H x W) and what it cost; its confidence (H x W uint8) when the
-    model has it."""
-
-    labels: NDArray[Any]
-    queue_s: float
-    inference_s: float
-    batch_size: int
-    confidence: NDArray[np.uint8] | None = None
 
 
 @dataclass(eq=False)
@@ -319,11 +305,8 @@ class Batcher:
         self._forming = []
         return batch
 
-    def _run_batch(
-        self, images: list[NDArray[np.uint8]]
-    ) -> tuple[Mapping[str, NDArray[Any]], float]:
-        """On the inference thread: stack, run, check the shapes; returns the outputs by name
-        and the seconds."""
+    def _run_batch(self, images: list[NDArray[np.uint8]]) -> tuple[Outputs, float]:
+        """On the inference thread: stack, run, check the shapes; returns outputs and seconds."""
         # [N, H, W, 3]; a tile is a view of its image, made contiguous here, off the loop.
         batch = np.ascontiguousarray(images[0][None]) if len(images) == 1 else np.stack(images)
         start = time.perf_counter()
@@ -390,14 +373,9 @@ class Batcher:
         labels, confidence = outputs[LABELS], outputs.get(CONFIDENCE)
         for i, request in enumerate(batch):
             if not request.future.done():
-                prediction = Prediction(
-                    labels[i],
-                    started - request.enqueued,
-                    seconds,
-                    len(batch),
-                    None if confidence is None else confidence[i],
-                )
-                request.future.set_result(prediction)
+                sure = None if confidence is None else confidence[i]
+                waited = started - request.enqueued
+                request.future.set_result(Prediction(labels[i], waited, seconds, len(batch), sure))
 
     async def _work(self) -> None:
         while True:

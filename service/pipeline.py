@@ -43,13 +43,14 @@ from contract.tiling import (
     cut,
 )
 from service import imaging
-from service.batching import Batcher, Disconnected, Prediction, Ticket
+from service.batching import Batcher, Disconnected, Ticket
 from service.budget import PixelBudget
 from service.config import Format, TileMode
 from service.errors import InvalidParameterError, RequestTimeoutError
 from service.fanout import predict_batches
 from service.imaging import LabelEncoding
 from service.metrics import Metrics
+from service.prediction import Prediction
 from service.runtime import ModelInfo
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "json": "application/json"}

@@ -18,7 +18,7 @@ import pytest
 from numpy.typing import NDArray
 
 from contract.tiling import padded_pixels
-from service.batching import Batcher, Prediction
+from service.batching import Batcher
 from service.errors import (
     ClientGoneError,
     InferenceError,
@@ -28,6 +28,7 @@ from service.errors import (
 )
 from service.main import create_app
 from service.metrics import Metrics
+from service.prediction import Prediction
 from service.runtime import Runtime
 from tests.images import encode, pattern
 from tests.service.support import (

@@ -8,10 +8,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.batching import Batcher, Prediction, Ticket
+from service.batching import Batcher, Ticket
 from service.errors import RequestTimeoutError
 from service.fanout import predict_batches
 from service.metrics import Metrics
+from service.prediction import Prediction
 from service.runtime import Runtime
 from tests.images import pattern
 from tests.service.support import metric
