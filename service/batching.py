@@ -25,28 +25,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from contract.schema import CONFIDENCE, LABELS
 from contract.tiling import padded_pixels
 from service.admission import Places
 from service.errors import ClientGoneError, InferenceError, NotReadyError, RequestTimeoutError
 from service.metrics import Metrics
+from service.prediction import Outputs, Predict, Prediction
 
 logger = logging.getLogger("fcn.service")
 
-# [N, H, W, 3] uint8 -> [N, H, W] labels; blocking (runs on the inference thread).
-Predict = Callable[[NDArray[np.uint8]], NDArray[Any]]
 Disconnected = Callable[[], Awaitable[bool]]
 # Asks the running predict call to stop early (it then raises); whether one was running.
 Abort = Callable[[], bool]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One request's labels (H x W) and what it cost."""
-
-    labels: NDArray[Any]
-    queue_s: float
-    inference_s: float
-    batch_size: int
 
 
 @dataclass(eq=False)
@@ -315,16 +305,17 @@ class Batcher:
         self._forming = []
         return batch
 
-    def _run_batch(self, images: list[NDArray[np.uint8]]) -> tuple[NDArray[Any], float]:
-        """On the inference thread: stack, run, check the shape; returns labels and seconds."""
+    def _run_batch(self, images: list[NDArray[np.uint8]]) -> tuple[Outputs, float]:
+        """On the inference thread: stack, run, check the shapes; returns outputs and seconds."""
         # [N, H, W, 3]; a tile is a view of its image, made contiguous here, off the loop.
         batch = np.ascontiguousarray(images[0][None]) if len(images) == 1 else np.stack(images)
         start = time.perf_counter()
-        labels = self._predict(batch)
+        outputs = self._predict(batch)
         seconds = time.perf_counter() - start
-        if labels.shape != batch.shape[:3]:
-            raise RuntimeError(f"labels of shape {labels.shape} for images {batch.shape}")
-        return labels, seconds
+        for name, values in outputs.items():
+            if values.shape != batch.shape[:3]:
+                raise RuntimeError(f"{name} of shape {values.shape} for images {batch.shape}")
+        return outputs, seconds
 
     def _abandoned(self, batch: list[_Request]) -> None:
         """Abort the running ``batch`` once none of its requests waits for it any more."""
@@ -349,7 +340,7 @@ class Batcher:
         for request in batch:
             request.future.add_done_callback(given_up)
         try:
-            labels, seconds = await loop.run_in_executor(
+            outputs, seconds = await loop.run_in_executor(
                 self._executor, self._run_batch, [r.image for r in batch]
             )
         except Exception as exc:
@@ -379,10 +370,12 @@ class Batcher:
             self._metrics.batches_running.dec()
             self._running = []
         self._metrics.busy_seconds.inc(seconds)
+        labels, confidence = outputs[LABELS], outputs.get(CONFIDENCE)
         for i, request in enumerate(batch):
             if not request.future.done():
-                prediction = Prediction(labels[i], started - request.enqueued, seconds, len(batch))
-                request.future.set_result(prediction)
+                sure = None if confidence is None else confidence[i]
+                waited = started - request.enqueued
+                request.future.set_result(Prediction(labels[i], waited, seconds, len(batch), sure))
 
     async def _work(self) -> None:
         while True:

@@ -11,8 +11,9 @@ from collections.abc import AsyncGenerator, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from service.batching import Batcher, Disconnected, Prediction, Ticket
+from service.batching import Batcher, Disconnected, Ticket
 from service.errors import RequestTimeoutError
+from service.prediction import Prediction
 
 
 async def predict_batches(

@@ -1,4 +1,5 @@
-"""One segmentation request end to end: decode, batch, predict, unbatch, encode.
+"""One segmentation request end to end: decode, batch, predict, unbatch, encode (labels, and
+the model's confidence where the answer uses it).
 
 Decoding and encoding run on worker threads, within a budget of pixels, and inference on the
 batcher's thread, so the event loop only moves bytes and answers probes.
@@ -16,7 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 import numpy as np
@@ -24,8 +25,15 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from contract.decode import decode_picture, open_image
-from contract.encode import ImageFormat, encode_labels, encode_overlay
+from contract.encode import (
+    ImageFormat,
+    below,
+    encode_confidence,
+    encode_labels,
+    encode_overlay,
+)
 from contract.palette import color_table
+from contract.schema import no_confidence
 from contract.tiling import (
     DEFAULT_OVERLAP,
     Tile,
@@ -35,16 +43,20 @@ from contract.tiling import (
     cut,
 )
 from service import imaging
-from service.batching import Batcher, Disconnected, Prediction, Ticket
+from service.batching import Batcher, Disconnected, Ticket
 from service.budget import PixelBudget
 from service.config import Format, TileMode
 from service.errors import InvalidParameterError, RequestTimeoutError
 from service.fanout import predict_batches
 from service.imaging import LabelEncoding
 from service.metrics import Metrics
+from service.prediction import Prediction
 from service.runtime import ModelInfo
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "json": "application/json"}
+# What an answer can be: the settings' formats, and the confidence map (a grey PNG), which
+# only files with the ``confidence`` output can give.
+AnswerFormat = Literal[Format, "confidence"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ class SegmentOptions:
     """Everything a request asks of the pipeline besides its image, defaults filled
     in (``service.request`` makes it from the query, the headers and the settings)."""
 
-    format: Format
+    format: AnswerFormat
     image_format: ImageFormat  # of overlays
     alpha: float  # overlays: the weight of the class colours
     label_encoding: LabelEncoding  # json
@@ -61,6 +73,18 @@ class SegmentOptions:
     tile: TileMode = "auto"
     tile_size: int = 0  # longest tile side; 0: the largest one pass holds
     tile_overlap: int = DEFAULT_OVERLAP
+    # overlays: paint pixels below it unsure; json: the share below it (a probability, 0-1)
+    min_confidence: float | None = None
+
+    @property
+    def uses_confidence(self) -> bool:
+        """Whether the answer reads the model's confidence (when it has it)."""
+        return self.format in ("confidence", "json") or self.min_confidence is not None
+
+    @property
+    def needs_confidence(self) -> bool:
+        """Whether the answer cannot be made without the model's confidence."""
+        return self.format == "confidence" or self.min_confidence is not None
 
     @property
     def media_type(self) -> str:
@@ -100,9 +124,19 @@ def _decode(picture: Image.Image, max_side: int, keep_image: bool) -> Decoded:
     return Decoded(height, width, imaging.shrink(image, max_side), image if keep_image else None)
 
 
-def _place(tiles: list[Tile], predictions: list[Prediction], out: NDArray[Any]) -> None:
+def _place(
+    tiles: list[Tile],
+    predictions: list[Prediction],
+    out: NDArray[Any],
+    confidence: NDArray[np.uint8] | None,
+) -> None:
+    """Each tile's kept labels into ``out`` and, given ``confidence``, its kept confidence
+    into that: the same pixels from the same tile, so the two maps stitch alike."""
     for tile, prediction in zip(tiles, predictions, strict=True):
         tile.place(prediction.labels, out)
+        if confidence is not None:
+            assert prediction.confidence is not None  # the runtime gives it with the labels
+            tile.place(prediction.confidence, confidence)
 
 
 class Segmenter:
@@ -134,6 +168,13 @@ class Segmenter:
         self.png_compress_level = png_compress_level
         self.table = color_table(info.meta.palette)
         self.model = {"name": info.name, "arch": info.meta.arch, "version": info.version}
+
+    def check_options(self, options: SegmentOptions) -> None:
+        """Refuse (422) an answer this model cannot give, before its upload is read: the
+        confidence of a file exported without it."""
+        if options.needs_confidence and not self.info.meta.has_confidence:
+            asked = "?format=confidence" if options.format == "confidence" else "?min_confidence="
+            raise InvalidParameterError(f"{asked}: {no_confidence(f'model {self.info.name!r}')}")
 
     def check_tiling(self, tile_size: int, tile_overlap: int) -> int:
         """The longest tile side of these parameters; TilingError when they cannot work."""
@@ -170,6 +211,16 @@ class Segmenter:
 
     def _encode(self, decoded: Decoded, prediction: Prediction, options: SegmentOptions) -> bytes:
         labels = imaging.enlarge(prediction.labels, decoded.height, decoded.width)
+        confidence = None
+        if options.uses_confidence and prediction.confidence is not None:
+            confidence = imaging.enlarge(prediction.confidence, decoded.height, decoded.width)
+        if options.format == "confidence":
+            assert confidence is not None  # check_options refused models without it
+            return encode_confidence(confidence, self.png_compress_level)
+        unsure = None
+        if options.min_confidence is not None:
+            assert confidence is not None
+            unsure = below(confidence, options.min_confidence)
         if options.format == "overlay":
             assert decoded.image is not None  # kept for overlays
             return encode_overlay(
@@ -181,6 +232,7 @@ class Segmenter:
                 jpeg_quality=self.jpeg_quality,
                 compress_level=self.png_compress_level,
                 legend_classes=self.info.meta.classes if options.legend else None,
+                unsure=unsure,
             )
         if options.format == "json":
             return imaging.encode_json(
@@ -190,6 +242,8 @@ class Segmenter:
                 model=self.model,
                 label_encoding=options.label_encoding,
                 compress_level=self.png_compress_level,
+                confidence=confidence,
+                min_confidence=options.min_confidence,
             )
         return encode_labels(labels, self.table, self.png_compress_level)
 
@@ -234,10 +288,14 @@ class Segmenter:
         plan: TilePlan,
         deadline: float,
         disconnected: Disconnected | None,
+        *,
+        with_confidence: bool,
     ) -> Prediction:
-        """Run the tiles a batch's worth at a time and stitch their labels."""
+        """Run the tiles a batch's worth at a time and stitch their labels (and, asked,
+        their confidence, tile by tile as the labels)."""
         tiles = list(plan.tiles())
         out: NDArray[Any] | None = None
+        confidence: NDArray[np.uint8] | None = None
         queue_s = inference_s = 0.0
         largest = done = 0
         batches = predict_batches(
@@ -255,12 +313,14 @@ class Segmenter:
                 self.metrics.tiles.inc(len(chunk))
                 if out is None:
                     out = np.empty((plan.height, plan.width), dtype=predictions[0].labels.dtype)
-                await anyio.to_thread.run_sync(_place, chunk, predictions, out)
+                    if with_confidence:
+                        confidence = np.empty((plan.height, plan.width), dtype=np.uint8)
+                await anyio.to_thread.run_sync(_place, chunk, predictions, out, confidence)
                 queue_s += max(p.queue_s for p in predictions)
                 inference_s += max(p.inference_s for p in predictions)
                 largest = max(largest, *(p.batch_size for p in predictions))
         assert out is not None
-        return Prediction(out, queue_s, inference_s, largest)
+        return Prediction(out, queue_s, inference_s, largest, confidence)
 
     async def segment(
         self,
@@ -272,6 +332,7 @@ class Segmenter:
     ) -> Result:
         """Segment the encoded image ``data`` in the place ``ticket`` holds and encode the
         result as ``options`` say."""
+        self.check_options(options)
         started = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.request_timeout_s
         side = options.max_side
@@ -301,7 +362,12 @@ class Segmenter:
             else:
                 self.metrics.tiled_requests.inc()
                 prediction = await self._predict_tiles(
-                    ticket, decoded.model_input, plan, deadline, disconnected
+                    ticket,
+                    decoded.model_input,
+                    plan,
+                    deadline,
+                    disconnected,
+                    with_confidence=options.uses_confidence and self.info.meta.has_confidence,
                 )
             predicted = time.perf_counter()
             encoding = (

@@ -30,6 +30,7 @@ from contract.runtimes import (
     choose,
 )
 from contract.schema import (
+    CONFIDENCE,
     INPUT,
     LABELS,
     MetadataError,
@@ -172,6 +173,11 @@ class Runtime:
         self.precision = precision
         self.threads = threads
         self.label_type = label_type  # ONNX Runtime's name: tensor(uint8) or tensor(int32)
+        # What each run returns: labels, and confidence when the file has it (the graph
+        # computes it whether fetched or not, so fetching it costs a copy of H x W bytes).
+        self.outputs: tuple[str, ...] = (
+            (LABELS, CONFIDENCE) if info.meta.has_confidence else (LABELS,)
+        )
 
     @property
     def keep_pixels(self) -> int:
@@ -189,19 +195,20 @@ class Runtime:
         """Whether the first provider in use is a GPU one."""
         return self.provider in GPU_PROVIDERS
 
-    def outputs(self, image: NDArray[np.uint8], names: Sequence[str]) -> dict[str, NDArray[Any]]:
+    def fetch(self, image: NDArray[np.uint8], names: Sequence[str]) -> dict[str, NDArray[Any]]:
         """The outputs ``names`` of [N, H, W, 3] uint8 RGB, by name; blocks, releases the GIL."""
         if isinstance(self.engine, OrtEngine):
             return self.engine.run(image, names)
         found = self.engine.run(image)
         return {name: found[name] for name in names}
 
-    def run(self, image: NDArray[np.uint8]) -> NDArray[Any]:
-        """[N, H, W, 3] uint8 RGB -> [N, H, W] labels; blocks, releases the GIL.
+    def run(self, image: NDArray[np.uint8]) -> dict[str, NDArray[Any]]:
+        """[N, H, W, 3] uint8 RGB -> the per-pixel ``outputs`` by name, each [N, H, W];
+        blocks, releases the GIL.
 
         ``terminate()`` from another thread makes it raise.
         """
-        return self.outputs(image, [LABELS])[LABELS]
+        return self.fetch(image, self.outputs)
 
     def terminate(self) -> bool:
         """Ask the running inference, if any, to stop; whether one runs."""

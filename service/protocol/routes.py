@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from contract import distribution
-from contract.schema import INPUT, LABELS
+from contract.schema import CONFIDENCE, INPUT, LABELS
 from service import errors
 from service.dependencies import ServiceDep
 from service.errors import REPORTED, protocol_error
@@ -101,7 +101,9 @@ def _check_model(service: Service, name: str, version: str | None = None) -> Non
 
 def _model_metadata(service: Service) -> dict[str, Any]:
     runtime = service.runtime
-    metadata = codec.model_metadata(service.settings.name, runtime.info.version, runtime.label_type)
+    metadata = codec.model_metadata(
+        service.settings.name, runtime.info.version, runtime.label_type, runtime.outputs
+    )
     where = {"runtime": runtime.runtime, "device": runtime.device, "precision": runtime.precision}
     return {**metadata, "parameters": where}
 
@@ -205,12 +207,14 @@ INFER_REQUEST: dict[str, Any] = {
         },
         "outputs": {
             "type": "array",
-            "maxItems": 1,
+            "description": "The tensors to answer, each at most once; none named: labels. "
+            "confidence only from a model exported with it (400 otherwise).",
+            "maxItems": 2,
             "items": {
                 "type": "object",
                 "required": ["name"],
                 "properties": {
-                    "name": {"type": "string", "enum": [LABELS]},
+                    "name": {"type": "string", "enum": [LABELS, CONFIDENCE]},
                     "parameters": {
                         "type": "object",
                         "properties": {"binary_data": {"type": "boolean"}},
@@ -233,8 +237,9 @@ INFER_BODY: dict[str, Any] = {
 BINARY_ANSWER: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Tensor labels, UINT8 [N, H, W] (INT32 above 255 classes): JSON, or "
-        f"with binary_data the JSON ({HEADER_LENGTH} bytes) followed by the tensor's bytes.",
+        "description": "Tensor labels, UINT8 [N, H, W] (INT32 above 255 classes), and "
+        "confidence, UINT8 [N, H, W], when asked: JSON, or with binary_data the JSON "
+        f"({HEADER_LENGTH} bytes) followed by the tensors' bytes.",
         "content": {"application/json": {}, "application/octet-stream": BINARY_ANSWER},
     },
     **errors.responses(400, 404, 408, 413, 500, 503, 504, protocol=True),
@@ -243,8 +248,9 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post("/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
 async def infer(name: Name, request: Request, service: ServiceDep) -> Response:
-    """Segment the images of tensor image (UINT8 [N, H, W, 3]) into tensor labels; the images
-    of one request share their size, and none is tiled (413 past FCN_MAX_MODEL_PIXELS)."""
+    """Segment the images of tensor image (UINT8 [N, H, W, 3]) into tensor labels and, when
+    asked of a model that has it, tensor confidence (UINT8 [N, H, W]); the images of one
+    request share their size, and none is tiled (413 past FCN_MAX_MODEL_PIXELS)."""
     return await _infer(service, request, name)
 
 
@@ -277,7 +283,9 @@ async def _infer(
                 body,
                 request.headers.get(HEADER_LENGTH),
                 max_pixels=settings.max_pixels,
-                outputs=(LABELS,),
+                outputs=service.runtime.outputs,
+                # Clients that name no output get the labels, as before confidence existed.
+                default=(LABELS,),
             )
         )
         _, height, width, _ = asked.images.shape
@@ -290,9 +298,14 @@ async def _infer(
             timeout_s=settings.request_timeout_s,
             disconnected=request.is_disconnected,
         )
-        labels = np.stack([p.labels async for batch in batches for p in batch])
+        predictions = [p async for batch in batches for p in batch]
+    tensors = {LABELS: np.stack([p.labels for p in predictions])}
+    if CONFIDENCE in (name for name, _ in asked.outputs):
+        # Asked only of a model that has it (``outputs``): the runtime gave it every time.
+        maps = [p.confidence for p in predictions if p.confidence is not None]
+        tensors[CONFIDENCE] = np.stack(maps)
     model = {"model_name": settings.name, "model_version": service.runtime.info.version}
-    content, head = await anyio.to_thread.run_sync(encode_infer, model, asked, {LABELS: labels})
+    content, head = await anyio.to_thread.run_sync(encode_infer, model, asked, tensors)
     if head is None:
         return Response(content, media_type="application/json")
     return Response(
