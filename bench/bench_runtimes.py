@@ -159,7 +159,7 @@ def raw_table(
     shown = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items())
     print(f"net: {flops / 1e9:.0f} GFLOP per image; GEMM peak ({args.threads} threads): {shown}")
     runtimes = {c.key: open_runtime(files[c.file], c, args.threads) for c in configs}
-    labels = {key: runtime.run(image) for key, runtime in runtimes.items()}  # and warm-up
+    labels = {key: runtime.run(image)["labels"] for key, runtime in runtimes.items()}  # warm-up
     # Round-robin, so that a noisy neighbour slows every configuration alike.
     took: dict[str, list[float]] = {key: [] for key in runtimes}
     for _ in range(args.runs):

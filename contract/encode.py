@@ -1,20 +1,26 @@
 """Label maps back to bytes: the palette PNG (pixel = class id, the PASCAL VOC way), the
-overlay of the image and its class colours, and COCO run-length encoding.
+confidence PNG, the overlay of the image and its class colours (pixels below a confidence in
+one "unsure" colour), and COCO run-length encoding.
 
-``labels`` is H x W (uint8, or int32 above 255 classes); ``table`` is
-``contract.palette.color_table``'s [>= 256, 3] uint8 colours. Both halves write with these
-functions, so a label PNG or overlay is the same bytes whichever wrote it.
+``labels`` is H x W (uint8, or int32 above 255 classes); ``confidence`` is H x W uint8 (the top
+class's probability x 255); ``table`` is ``contract.palette.color_table``'s [>= 256, 3] uint8
+colours. Both halves write with these functions, so a PNG or overlay is the same bytes
+whichever wrote it.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
+
+from contract.palette import IGNORE_COLOR
+from contract.schema import CONFIDENCE_SCALE
 
 ImageFormat = Literal["png", "jpeg"]
 DEFAULT_ALPHA = 0.5
@@ -31,6 +37,10 @@ LEGEND_TEXT_SHARE = 30
 LEGEND_TEXT_MIN_PX = 12
 LEGEND_BACKGROUND = (255, 255, 255)
 LEGEND_INK = (0, 0, 0)
+# Pixels below ?min_confidence= are painted in one colour, VOC's for the pixels it leaves
+# unlabelled, and named so in the legend.
+UNSURE_COLOR = IGNORE_COLOR
+UNSURE_NAME = "unsure"
 
 
 def as_labels(ids: NDArray[Any], num_classes: int) -> NDArray[Any]:
@@ -54,31 +64,70 @@ def encode_labels(
     return buffer.getvalue()
 
 
+def encode_confidence(
+    confidence: NDArray[np.uint8], compress_level: int = PNG_COMPRESS_LEVEL
+) -> bytes:
+    """The confidence map as an 8-bit grey PNG: 0 unsure of every class, 255 certain."""
+    buffer = io.BytesIO()
+    Image.fromarray(confidence).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def confidence_limit(min_confidence: float) -> int:
+    """The smallest confidence value (0-255) at or above ``min_confidence`` (a probability,
+    0 to 1): the one rule for ``?min_confidence=`` and ``fcn eval``'s coverage levels."""
+    # A value v is at or above t when v >= 255 t; rounding first keeps 0.2 x 255 at 51.
+    return math.ceil(round(min_confidence * CONFIDENCE_SCALE, 6))
+
+
+def below(confidence: NDArray[np.uint8], min_confidence: float) -> NDArray[np.bool_]:
+    """The pixels whose confidence is below ``min_confidence`` (a probability, 0 to 1)."""
+    below_limit: NDArray[np.bool_] = confidence < confidence_limit(min_confidence)
+    return below_limit
+
+
+def _colours(
+    labels: NDArray[Any], table: NDArray[np.uint8], unsure: NDArray[np.bool_] | None
+) -> NDArray[np.uint8]:
+    colours: NDArray[np.uint8] = table[labels]
+    if unsure is not None:
+        colours[unsure] = UNSURE_COLOR
+    return colours
+
+
 def overlay(
     image: NDArray[np.uint8],
     labels: NDArray[Any],
     table: NDArray[np.uint8],
     alpha: float = DEFAULT_ALPHA,
+    unsure: NDArray[np.bool_] | None = None,
 ) -> Image.Image:
-    """``image`` blended with each pixel's class colour (``alpha`` = weight of the colours).
+    """``image`` blended with each pixel's class colour (``alpha`` = weight of the colours),
+    or with ``UNSURE_COLOR`` where ``unsure`` (H x W) is set.
 
     Blended a strip of rows at a time into the one picture returned, so that a 100-megapixel
     overlay holds that picture and a strip, not the colours and the image again in full.
     """
     height, width = labels.shape
     if height <= STRIP_ROWS:
-        return Image.blend(Image.fromarray(image), Image.fromarray(table[labels]), alpha)
+        colours = _colours(labels, table, unsure)
+        return Image.blend(Image.fromarray(image), Image.fromarray(colours), alpha)
     blended = Image.new("RGB", (width, height))
     for top in range(0, height, STRIP_ROWS):
         rows = slice(top, top + STRIP_ROWS)
-        colours = Image.fromarray(table[labels[rows]])
-        blended.paste(Image.blend(Image.fromarray(image[rows]), colours, alpha), (0, top))
+        strip = _colours(labels[rows], table, None if unsure is None else unsure[rows])
+        picture = Image.blend(Image.fromarray(image[rows]), Image.fromarray(strip), alpha)
+        blended.paste(picture, (0, top))
     return blended
 
 
-def present(labels: NDArray[Any], classes: Sequence[str]) -> list[tuple[int, str, float]]:
-    """(class id, name, fraction of the pixels) of each class in ``labels``, most first."""
-    counts = np.bincount(labels.ravel(), minlength=len(classes))
+def present(
+    labels: NDArray[Any], classes: Sequence[str], unsure: NDArray[np.bool_] | None = None
+) -> list[tuple[int, str, float]]:
+    """(class id, name, fraction of the pixels) of each class in ``labels``, most first; the
+    pixels ``unsure`` marks are counted for no class."""
+    counted = labels.ravel() if unsure is None else labels[~unsure]
+    counts = np.bincount(counted, minlength=len(classes))
     total = max(1, labels.size)
     ids = np.flatnonzero(counts[: len(classes)])
     found = [(int(i), classes[int(i)], float(counts[i]) / total) for i in ids]
@@ -94,21 +143,32 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def legend(
-    labels: NDArray[Any], table: NDArray[np.uint8], classes: Sequence[str], width: int
+    labels: NDArray[Any],
+    table: NDArray[np.uint8],
+    classes: Sequence[str],
+    width: int,
+    unsure: NDArray[np.bool_] | None = None,
 ) -> Image.Image:
     """A strip ``width`` wide naming the classes present in ``labels``, most first: a swatch
     of each class colour, its name and its share of the pixels, wrapped onto more rows as
-    needed; its text scales with the overlay's shorter side."""
+    needed; then, when ``unsure`` marks any pixel, the unsure colour and its share. Its text
+    scales with the overlay's shorter side."""
     shorter = min(labels.shape[0], width)
     size = max(round(shorter / LEGEND_TEXT_SHARE), LEGEND_TEXT_MIN_PX)
     font = _font(size)
     pad = size // 2
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     entries = []  # (colour, text, text width)
-    for class_id, name, fraction in present(labels, classes):
+    shares = [
+        (tuple(int(v) for v in table[i]), name, f)
+        for i, name, f in present(labels, classes, unsure)
+    ]
+    if unsure is not None and unsure.any():
+        shares.append((UNSURE_COLOR, UNSURE_NAME, float(unsure.mean())))
+    for colour, name, fraction in shares:
         text = f"{name} {100 * fraction:.1f}%"
         left, _, right, _ = measure.textbbox((0, 0), text, font=font)
-        entries.append((tuple(int(v) for v in table[class_id]), text, int(right - left)))
+        entries.append((colour, text, int(right - left)))
     rows: list[list[tuple[tuple[int, ...], str, int]]] = [[]]
     used = pad
     for entry in entries:
@@ -131,10 +191,14 @@ def legend(
 
 
 def with_legend(
-    blended: Image.Image, labels: NDArray[Any], table: NDArray[np.uint8], classes: Sequence[str]
+    blended: Image.Image,
+    labels: NDArray[Any],
+    table: NDArray[np.uint8],
+    classes: Sequence[str],
+    unsure: NDArray[np.bool_] | None = None,
 ) -> Image.Image:
     """``blended`` with ``legend`` below it."""
-    strip = legend(labels, table, classes, blended.width)
+    strip = legend(labels, table, classes, blended.width, unsure)
     both = Image.new("RGB", (blended.width, blended.height + strip.height))
     both.paste(blended, (0, 0))
     both.paste(strip, (0, blended.height))
@@ -151,12 +215,13 @@ def encode_overlay(
     jpeg_quality: int = JPEG_QUALITY,
     compress_level: int = PNG_COMPRESS_LEVEL,
     legend_classes: Sequence[str] | None = None,
+    unsure: NDArray[np.bool_] | None = None,
 ) -> bytes:
-    """``overlay`` encoded as JPEG or PNG; with ``legend_classes`` (the class names), the
-    legend of the classes present below it."""
-    blended = overlay(image, labels, table, alpha)
+    """``overlay`` encoded as JPEG or PNG (``unsure`` pixels in ``UNSURE_COLOR``); with
+    ``legend_classes`` (the class names), the legend of the classes present below it."""
+    blended = overlay(image, labels, table, alpha, unsure)
     if legend_classes is not None:
-        blended = with_legend(blended, labels, table, legend_classes)
+        blended = with_legend(blended, labels, table, legend_classes, unsure)
     buffer = io.BytesIO()
     if image_format == "jpeg":
         blended.save(buffer, format="JPEG", quality=jpeg_quality)

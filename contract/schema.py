@@ -19,10 +19,14 @@ from contract.tiling import Tiling, parse_tiling
 SCHEMA = "1"
 INPUT = "image"
 LABELS = "labels"
+# The top class's softmax probability x 255, rounded half to even (optional, uint8 [N, H, W]).
+CONFIDENCE = "confidence"
+CONFIDENCE_SCALE = 255
 SCORES = "scores"
 # A second head's labels (SIFT Flow's geometric classes), uint8 [N, H, W], where the net has one.
 GEOMETRY = "geometry"
-OUTPUTS = (LABELS, SCORES, GEOMETRY)
+# Every output a file may have, in the order the exporter writes them.
+OUTPUTS = (LABELS, CONFIDENCE, SCORES, GEOMETRY)
 # The names of ``geometry``'s class ids, JSON; a file with the output but without the key
 # (exported before the key existed) has SIFT Flow's three, the only two-head net there is.
 GEOMETRY_CLASSES_KEY = "fcn.geometry_classes"
@@ -114,6 +118,11 @@ class ModelMetadata:
         return len(self.classes)
 
     @property
+    def has_confidence(self) -> bool:
+        """Whether the file outputs ``confidence`` beside its labels."""
+        return CONFIDENCE in self.outputs
+
+    @property
     def label_dtype(self) -> str:
         """The element type of ``labels``: ``uint8``, or ``int32`` above 255 classes."""
         return label_dtype(self.num_classes)
@@ -160,6 +169,15 @@ def note_problem(note: str) -> str | None:
     if len(note) > MAX_NOTE_CHARS:
         return f"is {len(note)} characters; a note is one line of at most {MAX_NOTE_CHARS}"
     return None
+
+
+def no_confidence(source: str) -> str:
+    """What either half says when asked for the confidence of a file without it."""
+    return (
+        f"{source} has no {CONFIDENCE!r} output (exported without it, or before it existed); "
+        "export it again: `fcn export --checkpoint CKPT --out MODEL.onnx` writes it unless "
+        "given --no-confidence"
+    )
 
 
 def _json(props: Mapping[str, str], key: str, source: str) -> Any:
@@ -313,6 +331,8 @@ def check_tensors(
     problems: list[str] = []
     found = {t.name: t for t in [*inputs, *outputs]}
     expected = {INPUT: ("uint8", 4), LABELS: (meta.label_dtype, 3)}
+    if CONFIDENCE in meta.outputs or CONFIDENCE in found:
+        expected[CONFIDENCE] = ("uint8", 3)
     if SCORES in meta.outputs or SCORES in found:
         expected[SCORES] = ("float", 4)
     if GEOMETRY in meta.outputs or GEOMETRY in found:

@@ -10,13 +10,14 @@ neighbours each kept label saw exactly what it sees in the whole image; a smalle
 trades a few labels near the seams (BENCHMARKS.md measures how many) for less computation.
 
 Tiles of one image all have one size, so they batch. Memory is the tiles in flight and the
-label map (one byte a pixel), never the whole image's activations.
+label map (one byte a pixel; the confidence map, stitched the same way, one more), never the
+whole image's activations.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,6 +310,8 @@ def _cheapest(
 
 # [N, h, w, 3] uint8 -> [N, h, w] labels.
 Predict = Callable[[NDArray[np.uint8]], NDArray[Any]]
+# [N, h, w, 3] uint8 -> per-pixel maps, each [N, h, w] (labels, then confidence, say).
+PredictMaps = Callable[[NDArray[np.uint8]], Sequence[NDArray[Any]]]
 
 
 def segment_tiled(
@@ -316,14 +319,33 @@ def segment_tiled(
 ) -> NDArray[Any]:
     """Run ``predict`` on the tiles of ``image`` (``batch_size`` at a time) and stitch the
     labels into one H x W map."""
-    out: NDArray[Any] | None = None
+    (labels,) = segment_tiled_maps(
+        image, plan, lambda batch: (predict(batch),), batch_size=batch_size
+    )
+    return labels
+
+
+def segment_tiled_maps(
+    image: NDArray[np.uint8], plan: TilePlan, predict: PredictMaps, *, batch_size: int = 1
+) -> list[NDArray[Any]]:
+    """``segment_tiled`` for a ``predict`` giving several per-pixel maps: each is stitched
+    as the labels are (every pixel from the one tile that owns it), so at the exact overlap
+    each equals the whole image's map."""
+    out: list[NDArray[Any]] = []
     tiles = list(plan.tiles())
     for start in range(0, len(tiles), batch_size):
         group = tiles[start : start + batch_size]
-        labels = predict(np.stack([tile.window(image) for tile in group]))
-        if out is None:
-            out = np.empty((plan.height, plan.width), dtype=labels.dtype)
-        for tile, tile_labels in zip(group, labels, strict=True):
-            tile.place(tile_labels, out)
-    assert out is not None
+        maps = predict(np.stack([tile.window(image) for tile in group]))
+        if not out:
+            out = [np.empty((plan.height, plan.width), dtype=m.dtype) for m in maps]
+        place(group, maps, out)
+    assert out
     return out
+
+
+def place(tiles: Sequence[Tile], maps: Sequence[NDArray[Any]], out: Sequence[NDArray[Any]]) -> None:
+    """Write the kept part of each tile's maps into ``out``: ``maps[k]`` (n x h x w) holds
+    map k of the n ``tiles``, stitched into ``out[k]`` (H x W)."""
+    for tile_maps, whole in zip(maps, out, strict=True):
+        for tile, part in zip(tiles, tile_maps, strict=True):
+            tile.place(part, whole)

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from contract.schema import GEOMETRY, LABELS
+from contract.schema import CONFIDENCE, GEOMETRY, LABELS
 from contract.tiling import padded_pixels
 from service.admission import Places
 from service.errors import ClientGoneError, InferenceError, NotReadyError, RequestTimeoutError
@@ -306,17 +306,16 @@ class Batcher:
         return batch
 
     def _run_batch(self, images: list[NDArray[np.uint8]]) -> tuple[Outputs, float]:
-        """On the inference thread: stack, run, check the shapes; returns maps and seconds."""
+        """On the inference thread: stack, run, check the shapes; returns outputs and seconds."""
         # [N, H, W, 3]; a tile is a view of its image, made contiguous here, off the loop.
         batch = np.ascontiguousarray(images[0][None]) if len(images) == 1 else np.stack(images)
         start = time.perf_counter()
-        found = self._predict(batch)
+        outputs = self._predict(batch)
         seconds = time.perf_counter() - start
-        maps = found if isinstance(found, Mapping) else {LABELS: found}
-        for name, values in maps.items():
+        for name, values in outputs.items():
             if values.shape != batch.shape[:3]:
                 raise RuntimeError(f"{name} of shape {values.shape} for images {batch.shape}")
-        return maps, seconds
+        return outputs, seconds
 
     def _abandoned(self, batch: list[_Request]) -> None:
         """Abort the running ``batch`` once none of its requests waits for it any more."""
@@ -341,7 +340,7 @@ class Batcher:
         for request in batch:
             request.future.add_done_callback(given_up)
         try:
-            maps, seconds = await loop.run_in_executor(
+            outputs, seconds = await loop.run_in_executor(
                 self._executor, self._run_batch, [r.image for r in batch]
             )
         except Exception as exc:
@@ -371,13 +370,15 @@ class Batcher:
             self._metrics.batches_running.dec()
             self._running = []
         self._metrics.busy_seconds.inc(seconds)
-        labels, geometry = maps[LABELS], maps.get(GEOMETRY)
+        labels, confidence = outputs[LABELS], outputs.get(CONFIDENCE)
+        geometry = outputs.get(GEOMETRY)
         for i, request in enumerate(batch):
             if not request.future.done():
+                sure = None if confidence is None else confidence[i]
                 second = None if geometry is None else geometry[i]
                 waited = started - request.enqueued
                 request.future.set_result(
-                    Prediction(labels[i], waited, seconds, len(batch), second)
+                    Prediction(labels[i], waited, seconds, len(batch), sure, second)
                 )
 
     async def _work(self) -> None:

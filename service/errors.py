@@ -215,7 +215,8 @@ MEANINGS: dict[int, str] = {
     413: "The body or the image is too large (FCN_MAX_UPLOAD_BYTES, FCN_MAX_PIXELS, or "
     "FCN_MAX_MODEL_PIXELS where the image cannot be tiled).",
     415: "Not a content type or image format the service reads.",
-    422: "A parameter is wrong; the message names it.",
+    422: "A parameter is wrong, or asks for an output the model lacks (format=confidence or "
+    "min_confidence of a file exported without confidence); the message names it.",
     500: "The model failed on the batch this request was part of; the service goes on.",
     503: "Not ready (loading, warming up or draining) or overloaded: retry after Retry-After "
     "seconds.",

@@ -1,7 +1,8 @@
 """The service's own image work around the contract's decoding and encoding: sizes at the
 model (conv1's padding, ``?max_side=``), resizing, and the JSON answer.
 
-``image`` is H x W x 3 uint8 RGB; ``labels`` is H x W (uint8, int32 above 255 classes).
+``image`` is H x W x 3 uint8 RGB; ``labels`` is H x W (uint8, int32 above 255 classes);
+``confidence`` is H x W uint8 (the top class's probability x 255).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from contract.decode import ImageTooLargeError
-from contract.encode import encode_labels, rle
+from contract.encode import below, encode_labels, rle
+from contract.schema import CONFIDENCE_SCALE
 from contract.tiling import PAD, padded_pixels
 
 LabelEncoding = Literal["rle", "png"]
@@ -72,12 +74,22 @@ def encode_json(
     model: dict[str, str],
     label_encoding: LabelEncoding,
     compress_level: int,
+    confidence: NDArray[np.uint8] | None = None,
+    min_confidence: float | None = None,
 ) -> bytes:
-    """The JSON result: size, model, classes present with pixel counts, and the label map."""
+    """The JSON result: size, model, classes present with pixel counts, and the label map;
+    given ``confidence``, each class's mean confidence and, given ``min_confidence``, the
+    share of its pixels below it (the whole image's too)."""
     height, width = labels.shape
     total = height * width
     counts = np.bincount(labels.ravel(), minlength=len(classes))
     runs = rle(labels) if label_encoding == "rle" else {}
+    sums = unsure = None
+    if confidence is not None:
+        sums = np.bincount(labels.ravel(), weights=confidence.ravel(), minlength=len(counts))
+        if min_confidence is not None:
+            low = below(confidence, min_confidence)
+            unsure = np.bincount(labels[low], minlength=len(counts))
     present = []
     for class_id in np.flatnonzero(counts):
         entry: dict[str, Any] = {
@@ -86,6 +98,12 @@ def encode_json(
             "pixels": int(counts[class_id]),
             "fraction": round(float(counts[class_id]) / total, 6),
         }
+        if sums is not None:
+            mean = sums[class_id] / counts[class_id] / CONFIDENCE_SCALE
+            entry["mean_confidence"] = round(float(mean), 6)
+        if unsure is not None:
+            share = unsure[class_id] / counts[class_id]
+            entry["below_min_confidence"] = round(float(share), 6)
         if label_encoding == "rle":
             entry["rle"] = {"size": [height, width], "counts": runs[int(class_id)]}
         present.append(entry)
@@ -94,8 +112,13 @@ def encode_json(
         "height": height,
         "model": model,
         "label_encoding": label_encoding,
-        "classes": present,
     }
+    if sums is not None:
+        body["mean_confidence"] = round(float(sums.sum()) / total / CONFIDENCE_SCALE, 6)
+    if unsure is not None:
+        body["min_confidence"] = min_confidence
+        body["below_min_confidence"] = round(float(unsure.sum()) / total, 6)
+    body["classes"] = present
     if label_encoding == "png":
         png = encode_labels(labels, table, compress_level)
         body["label_map"] = base64.b64encode(png).decode("ascii")

@@ -1,4 +1,5 @@
-"""One segmentation request end to end: decode, batch, predict, unbatch, encode.
+"""One segmentation request end to end: decode, batch, predict, unbatch, encode (labels, and
+the model's confidence where the answer uses it).
 
 Decoding and encoding run on worker threads, within a budget of pixels, and inference on the
 batcher's thread, so the event loop only moves bytes and answers probes.
@@ -24,12 +25,17 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from contract.decode import decode_picture, open_image
-from contract.encode import ImageFormat, encode_labels, encode_overlay
+from contract.encode import (
+    ImageFormat,
+    below,
+    encode_confidence,
+    encode_labels,
+    encode_overlay,
+)
 from contract.palette import color_table
-from contract.schema import GEOMETRY, GEOMETRY_PALETTE, no_geometry
+from contract.schema import GEOMETRY, no_confidence
 from contract.tiling import (
     DEFAULT_OVERLAP,
-    Tile,
     TilePlan,
     TilingError,
     check_tiles,
@@ -42,13 +48,15 @@ from service.config import Format, TileMode
 from service.errors import InvalidParameterError, RequestTimeoutError
 from service.fanout import predict_batches
 from service.imaging import LabelEncoding
+from service.maps import Output, check_output, drawn, place
 from service.metrics import Metrics
 from service.prediction import Prediction
 from service.runtime import ModelInfo
 
-# The map an answer is made of (?output=): the classes, or a two-head file's geometry.
-Output = Literal["labels", "geometry"]
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "json": "application/json"}
+# What an answer can be: the settings' formats, and the confidence map (a grey PNG), which
+# only files with the ``confidence`` output can give.
+AnswerFormat = Literal[Format, "confidence"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class SegmentOptions:
     """Everything a request asks of the pipeline besides its image, defaults filled
     in (``service.request`` makes it from the query, the headers and the settings)."""
 
-    format: Format
+    format: AnswerFormat
     image_format: ImageFormat  # of overlays
     alpha: float  # overlays: the weight of the class colours
     label_encoding: LabelEncoding  # json
@@ -65,8 +73,21 @@ class SegmentOptions:
     tile: TileMode = "auto"
     tile_size: int = 0  # longest tile side; 0: the largest one pass holds
     tile_overlap: int = DEFAULT_OVERLAP
+    # overlays: paint pixels below it unsure; json: the share below it (a probability, 0-1)
+    min_confidence: float | None = None
     # Which map every format is made of: the classes, or a two-head file's geometry.
     output: Output = "labels"
+
+    @property
+    def uses_confidence(self) -> bool:
+        """Whether the answer reads the model's confidence (when it has it): the labels'."""
+        labels = self.output != GEOMETRY
+        return labels and (self.format in ("confidence", "json") or self.min_confidence is not None)
+
+    @property
+    def needs_confidence(self) -> bool:
+        """Whether the answer cannot be made without the model's confidence."""
+        return self.format == "confidence" or self.min_confidence is not None
 
     @property
     def media_type(self) -> str:
@@ -106,21 +127,6 @@ def _decode(picture: Image.Image, max_side: int, keep_image: bool) -> Decoded:
     return Decoded(height, width, imaging.shrink(image, max_side), image if keep_image else None)
 
 
-def _place(
-    tiles: list[Tile],
-    predictions: list[Prediction],
-    out: NDArray[Any],
-    geometry: NDArray[np.uint8] | None,
-) -> None:
-    """Each tile's kept labels into ``out`` and, given ``geometry``, its kept geometry into
-    that: the same pixels from the same tile, so both maps stitch alike."""
-    for tile, prediction in zip(tiles, predictions, strict=True):
-        tile.place(prediction.labels, out)
-        if geometry is not None:
-            assert prediction.geometry is not None  # the runtime fetches it with the labels
-            tile.place(prediction.geometry, geometry)
-
-
 class Segmenter:
     """Runs the pipeline for the routes; holds the model's palette and the encoding options."""
 
@@ -149,14 +155,16 @@ class Segmenter:
         self.jpeg_quality = jpeg_quality
         self.png_compress_level = png_compress_level
         self.table = color_table(info.meta.palette)
-        self.geometry_table = color_table(GEOMETRY_PALETTE)
         self.model = {"name": info.name, "arch": info.meta.arch, "version": info.version}
 
-    def check_output(self, options: SegmentOptions) -> None:
-        """Refuse (422) ``?output=geometry`` of a file without that output, before its
-        upload is read."""
-        if options.output == GEOMETRY and not self.info.meta.has_geometry:
-            raise InvalidParameterError(f"?output=geometry: {no_geometry(repr(self.info.name))}")
+    def check_options(self, options: SegmentOptions) -> None:
+        """Refuse (422) an answer this model cannot give, before its upload is read: the
+        confidence of a file exported without it, the geometry of a one-head file, and the
+        confidence of the geometry (the confidence is the labels')."""
+        asked = "?format=confidence" if options.format == "confidence" else "?min_confidence="
+        check_output(options.output, self.info, asked if options.needs_confidence else None)
+        if options.needs_confidence and not self.info.meta.has_confidence:
+            raise InvalidParameterError(f"{asked}: {no_confidence(f'model {self.info.name!r}')}")
 
     def check_tiling(self, tile_size: int, tile_overlap: int) -> int:
         """The longest tile side of these parameters; TilingError when they cannot work."""
@@ -192,12 +200,18 @@ class Segmenter:
         return plan
 
     def _encode(self, decoded: Decoded, prediction: Prediction, options: SegmentOptions) -> bytes:
-        labels, table, classes = prediction.labels, self.table, self.info.meta.classes
-        if options.output == GEOMETRY:
-            assert prediction.geometry is not None  # check_output refused files without it
-            labels, table = prediction.geometry, self.geometry_table
-            classes = self.info.meta.geometry_classes
+        labels, table, classes = drawn(prediction, options.output, self.info, self.table)
         labels = imaging.enlarge(labels, decoded.height, decoded.width)
+        confidence = None
+        if options.uses_confidence and prediction.confidence is not None:
+            confidence = imaging.enlarge(prediction.confidence, decoded.height, decoded.width)
+        if options.format == "confidence":
+            assert confidence is not None  # check_options refused models without it
+            return encode_confidence(confidence, self.png_compress_level)
+        unsure = None
+        if options.min_confidence is not None:
+            assert confidence is not None
+            unsure = below(confidence, options.min_confidence)
         if options.format == "overlay":
             assert decoded.image is not None  # kept for overlays
             return encode_overlay(
@@ -209,6 +223,7 @@ class Segmenter:
                 jpeg_quality=self.jpeg_quality,
                 compress_level=self.png_compress_level,
                 legend_classes=classes if options.legend else None,
+                unsure=unsure,
             )
         if options.format == "json":
             return imaging.encode_json(
@@ -218,6 +233,8 @@ class Segmenter:
                 model=self.model,
                 label_encoding=options.label_encoding,
                 compress_level=self.png_compress_level,
+                confidence=confidence,
+                min_confidence=options.min_confidence,
             )
         return encode_labels(labels, table, self.png_compress_level)
 
@@ -262,10 +279,15 @@ class Segmenter:
         plan: TilePlan,
         deadline: float,
         disconnected: Disconnected | None,
+        *,
+        with_confidence: bool,
+        with_geometry: bool = False,
     ) -> Prediction:
-        """Run the tiles a batch's worth at a time and stitch their labels."""
+        """Run the tiles a batch's worth at a time and stitch their labels (and, asked,
+        their confidence, tile by tile as the labels)."""
         tiles = list(plan.tiles())
         out: NDArray[Any] | None = None
+        confidence: NDArray[np.uint8] | None = None
         geometry: NDArray[np.uint8] | None = None
         queue_s = inference_s = 0.0
         largest = done = 0
@@ -284,14 +306,16 @@ class Segmenter:
                 self.metrics.tiles.inc(len(chunk))
                 if out is None:
                     out = np.empty((plan.height, plan.width), dtype=predictions[0].labels.dtype)
-                    if predictions[0].geometry is not None:
+                    if with_confidence:
+                        confidence = np.empty((plan.height, plan.width), dtype=np.uint8)
+                    if with_geometry:
                         geometry = np.empty((plan.height, plan.width), dtype=np.uint8)
-                await anyio.to_thread.run_sync(_place, chunk, predictions, out, geometry)
+                await anyio.to_thread.run_sync(place, chunk, predictions, out, confidence, geometry)
                 queue_s += max(p.queue_s for p in predictions)
                 inference_s += max(p.inference_s for p in predictions)
                 largest = max(largest, *(p.batch_size for p in predictions))
         assert out is not None
-        return Prediction(out, queue_s, inference_s, largest, geometry)
+        return Prediction(out, queue_s, inference_s, largest, confidence, geometry)
 
     async def segment(
         self,
@@ -303,6 +327,7 @@ class Segmenter:
     ) -> Result:
         """Segment the encoded image ``data`` in the place ``ticket`` holds and encode the
         result as ``options`` say."""
+        self.check_options(options)
         started = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.request_timeout_s
         side = options.max_side
@@ -332,7 +357,13 @@ class Segmenter:
             else:
                 self.metrics.tiled_requests.inc()
                 prediction = await self._predict_tiles(
-                    ticket, decoded.model_input, plan, deadline, disconnected
+                    ticket,
+                    decoded.model_input,
+                    plan,
+                    deadline,
+                    disconnected,
+                    with_confidence=options.uses_confidence and self.info.meta.has_confidence,
+                    with_geometry=options.output == GEOMETRY,
                 )
             predicted = time.perf_counter()
             encoding = (

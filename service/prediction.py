@@ -1,5 +1,6 @@
-"""What one run of the model gives each image: its per-pixel maps by name (``labels``, and
-``geometry`` when the file has it), and what the answer cost."""
+"""What one run of the model gives each image: its per-pixel outputs by name (``labels``, and
+``confidence`` and a two-head file's ``geometry`` where the model has them), and what the
+answer cost."""
 
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-# The model's per-pixel maps by name, each [N, H, W]: labels, and a two-head file's geometry.
+# The model's per-pixel outputs by name, each [N, H, W]: labels, confidence, geometry.
 Outputs = Mapping[str, NDArray[Any]]
-# [N, H, W, 3] uint8 -> [N, H, W] labels, or Outputs; blocking (runs on the inference thread).
-Predict = Callable[[NDArray[np.uint8]], NDArray[Any] | Outputs]
+# [N, H, W, 3] uint8 -> its outputs; blocking (the batcher runs it on its inference thread).
+Predict = Callable[[NDArray[np.uint8]], Outputs]
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One request's labels (H x W), what it cost, and its geometry (H x W uint8) if any."""
+    """One request's labels (H x W), what it cost, and its confidence and geometry (each
+    H x W uint8) where the model has them."""
 
     labels: NDArray[Any]
     queue_s: float
     inference_s: float
     batch_size: int
-    geometry: NDArray[np.uint8] | None = None
+    confidence: NDArray[np.uint8] | None = None
+    geometry: NDArray[np.uint8] | None = None  # a two-head file's second labels

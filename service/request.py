@@ -30,7 +30,8 @@ from service.errors import (
     UploadTimeoutError,
 )
 from service.imaging import LabelEncoding
-from service.pipeline import Output, SegmentOptions
+from service.maps import Output
+from service.pipeline import AnswerFormat, SegmentOptions
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -226,12 +227,13 @@ class SegmentQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Format | None = Field(
+    format: AnswerFormat | None = Field(
         None,
         description="What to answer: png, the label map as a palette PNG whose pixel values "
         "are class ids; overlay, the image blended with the class colours; json, the "
-        "classes found, their pixel counts and the label map. Default: from the Accept "
-        "header, else FCN_DEFAULT_FORMAT (png).",
+        "classes found, their pixel counts and the label map; confidence, a grey PNG of the "
+        "top class's probability x 255 (a model exported with that output; 422 otherwise). "
+        "Default: from the Accept header, else FCN_DEFAULT_FORMAT (png).",
     )
     output: Output = Field(
         "labels",
@@ -290,19 +292,27 @@ class SegmentQuery(BaseModel):
         "context; must leave tiles of tile_size room (see tile_size). Default: "
         "FCN_TILE_OVERLAP.",
     )
+    min_confidence: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Overlays: paint pixels whose confidence is below it in the unsure "
+        "colour; json: the share of each class's pixels below it. Other formats ignore it. "
+        "Needs a model with the confidence output (422 otherwise).",
+    )
 
 
 def negotiate(
     query: SegmentQuery, accept: str | None, default: Format
-) -> tuple[Format, ImageFormat]:
+) -> tuple[AnswerFormat, ImageFormat]:
     """(format, overlay image format) from ?format=, else from the Accept header (highest q),
     else ``default``."""
     if query.format is not None:
         return query.format, query.image_format or "png"
-    wildcard: tuple[Format, ImageFormat] = (default, query.image_format or "png")
+    wildcard: tuple[AnswerFormat, ImageFormat] = (default, query.image_format or "png")
     if not accept or not accept.strip():
         return wildcard
-    best: tuple[float, tuple[Format, ImageFormat]] | None = None
+    best: tuple[float, tuple[AnswerFormat, ImageFormat]] | None = None
     for item in accept.split(","):
         media, options = parse_options_header(item)
         try:
@@ -312,6 +322,7 @@ def negotiate(
         name = media.decode("latin-1")
         if q <= 0:
             continue
+        choice: tuple[AnswerFormat, ImageFormat]
         if name in ACCEPTS:
             fmt, image_format = ACCEPTS[name]
             choice = (fmt, query.image_format or image_format)
@@ -346,6 +357,7 @@ def segment_options(query: SegmentQuery, accept: str | None, settings: Settings)
         tile=query.tile or settings.tiling,
         tile_size=settings.tile_size if query.tile_size is None else query.tile_size,
         tile_overlap=settings.tile_overlap if query.tile_overlap is None else query.tile_overlap,
+        min_confidence=query.min_confidence,
         output=query.output,
     )
 

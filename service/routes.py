@@ -69,10 +69,10 @@ def _probe(meaning: str) -> dict[int | str, dict[str, Any]]:
     responses={
         200: {
             "content": {"image/png": BINARY, "image/jpeg": BINARY, "application/json": {}},
-            "description": "The label map (png), the overlay (png or jpeg) or the JSON "
-            "answer, at the image's own width and height. Headers X-Model-Version and "
-            "X-Decode-Time-Ms, X-Queue-Time-Ms, X-Inference-Time-Ms, X-Encode-Time-Ms, "
-            "X-Batch-Size, X-Tiles say what the request took.",
+            "description": "The label map (png), the overlay (png or jpeg), the JSON answer or "
+            "the confidence map (grey png), at the image's own width and height. Headers "
+            "X-Model-Version and X-Decode-Time-Ms, X-Queue-Time-Ms, X-Inference-Time-Ms, "
+            "X-Encode-Time-Ms, X-Batch-Size, X-Tiles say what the request took.",
         },
         **errors.responses(400, 406, 408, 413, 415, 422, 500, 503, 504),
     },
@@ -89,7 +89,7 @@ async def segment(
     settings = service.settings
     service.health.check_serving(settings.retry_after_s)
     options = segment_options(query, request.headers.get("accept"), settings)
-    service.segmenter.check_output(options)  # 422 before the upload is read
+    service.segmenter.check_options(options)
     request.state.format = options.format
     # The place is taken before the upload is read (waiting for one while uploads hold them),
     # and held from the body's arrival until the answer is made.

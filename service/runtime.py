@@ -30,6 +30,7 @@ from contract.runtimes import (
     choose,
 )
 from contract.schema import (
+    CONFIDENCE,
     GEOMETRY,
     INPUT,
     LABELS,
@@ -173,9 +174,14 @@ class Runtime:
         self.precision = precision
         self.threads = threads
         self.label_type = label_type  # ONNX Runtime's name: tensor(uint8) or tensor(int32)
-        # What each batch fetches: labels, and a two-head file's geometry too (a request of
-        # either may share the batch; the copy of H x W bytes is all fetching it adds).
-        self.served: tuple[str, ...] = (LABELS, GEOMETRY) if info.meta.has_geometry else (LABELS,)
+        # What each run returns: labels, and confidence and a two-head file's geometry when
+        # the file has them (a request of any may share the batch; the graph computes them
+        # whether fetched or not, so fetching one costs a copy of H x W bytes).
+        self.outputs: tuple[str, ...] = (
+            LABELS,
+            *((CONFIDENCE,) if info.meta.has_confidence else ()),
+            *((GEOMETRY,) if info.meta.has_geometry else ()),
+        )
 
     @property
     def keep_pixels(self) -> int:
@@ -193,23 +199,20 @@ class Runtime:
         """Whether the first provider in use is a GPU one."""
         return self.provider in GPU_PROVIDERS
 
-    def outputs(self, image: NDArray[np.uint8], names: Sequence[str]) -> dict[str, NDArray[Any]]:
+    def fetch(self, image: NDArray[np.uint8], names: Sequence[str]) -> dict[str, NDArray[Any]]:
         """The outputs ``names`` of [N, H, W, 3] uint8 RGB, by name; blocks, releases the GIL."""
         if isinstance(self.engine, OrtEngine):
             return self.engine.run(image, names)
         found = self.engine.run(image)
         return {name: found[name] for name in names}
 
-    def run(self, image: NDArray[np.uint8]) -> NDArray[Any]:
-        """[N, H, W, 3] uint8 RGB -> [N, H, W] labels; blocks, releases the GIL.
+    def run(self, image: NDArray[np.uint8]) -> dict[str, NDArray[Any]]:
+        """[N, H, W, 3] uint8 RGB -> the per-pixel ``outputs`` by name, each [N, H, W];
+        blocks, releases the GIL.
 
         ``terminate()`` from another thread makes it raise.
         """
-        return self.outputs(image, [LABELS])[LABELS]
-
-    def maps(self, image: NDArray[np.uint8]) -> dict[str, NDArray[Any]]:
-        """[N, H, W, 3] uint8 RGB -> every ``served`` [N, H, W] map by name; blocks."""
-        return self.outputs(image, self.served)
+        return self.fetch(image, self.outputs)
 
     def terminate(self) -> bool:
         """Ask the running inference, if any, to stop; whether one runs."""
@@ -224,7 +227,7 @@ class Runtime:
         """Run one image of each H x W size; returns the seconds it took."""
         start = time.perf_counter()
         for height, width in sizes:
-            self.maps(np.zeros((1, height, width, 3), dtype=np.uint8))
+            self.run(np.zeros((1, height, width, 3), dtype=np.uint8))
         return time.perf_counter() - start
 
 

@@ -157,7 +157,7 @@ class Service:
         batch_size = s.max_batch_size or default_batch_size(runtime.on_gpu)
         runtime.keep_pixels = arena_keep_pixels(s.warmup_sizes, batch_size)
         batcher = Batcher(
-            runtime.maps,
+            runtime.run,
             max_batch_size=batch_size,
             max_batch_pixels=s.batch_pixels,
             max_delay_s=s.max_delay_ms / 1000,

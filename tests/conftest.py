@@ -27,8 +27,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    """The tiny FCN-8s (width 1/32, 5 classes) as ``fcn8s-tiny.onnx``: labels only; from the
-    suite's one factory (``tests.factory``), read-only."""
+    """The tiny FCN-8s (width 1/32, 5 classes) as ``fcn8s-tiny.onnx``: labels and confidence,
+    as ``fcn export`` writes it; from the suite's one factory (``tests.factory``), read-only."""
     from tests.factory import exported_as
 
     return exported_as("fcn8s-tiny")
@@ -40,3 +40,12 @@ def model_with_scores_path() -> Path:
     from tests.factory import exported_as
 
     return exported_as("fcn8s-tiny-scores", with_scores=True)
+
+
+@pytest.fixture(scope="session")
+def model_without_confidence_path() -> Path:
+    """The same network exported without its ``confidence`` output (``--no-confidence``, or
+    a file from before confidence existed)."""
+    from tests.factory import exported_as
+
+    return exported_as("fcn8s-tiny-noconf", confidence=False)

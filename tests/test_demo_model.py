@@ -59,8 +59,25 @@ def test_demo_model_still_scores_its_recorded_mean_iu(
     for image_id in ids:
         image = np.asarray(Image.open(root / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
         target = np.asarray(Image.open(root / "SegmentationClass" / f"{image_id}.png"))
-        (labels,) = session.run(None, {"image": image[None]})
+        (labels,) = session.run(["labels"], {"image": image[None]})
         confusion.update(torch.from_numpy(target.astype(np.int64)), torch.from_numpy(labels[0]))
     measured = confusion.compute().mean_iu * 100
     recorded = read_metadata(MODEL).metrics["mean_iu"] * 100
     assert measured == pytest.approx(recorded, abs=0.5)
+
+
+def test_demo_model_says_how_sure_it_is() -> None:
+    if not read_metadata(MODEL).has_confidence:
+        pytest.skip(
+            "the committed demo predates the confidence output; models/demo/build.sh "
+            "(fcn export writes it by default) regenerates it"
+        )
+    session = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["labels", "confidence"]
+    image = np.asarray(Image.open(DEMO / "samples" / "val_000000.jpg").convert("RGB"))
+    labels, confidence = session.run(["labels", "confidence"], {"image": image[None]})
+    assert confidence.dtype == np.uint8
+    assert confidence.shape == labels.shape == (1, *image.shape[:2])
+    # A trained model: sure of most pixels (the shapes' insides), unsure along their edges.
+    assert np.median(confidence) > 200
+    assert confidence.min() < 200

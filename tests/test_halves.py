@@ -50,16 +50,16 @@ needs_bf16 = pytest.mark.skipif(not native_bf16(), reason="no native bf16 on thi
         ("checkpoint", "onnxruntime", "fp32"),
     ],
 )
-async def test_predict_and_the_service_give_identical_labels_and_overlays(
+async def test_predict_and_the_service_give_identical_labels_overlays_and_confidence(
     source: str, runtime: str, precision: str, corpus: Path, tmp_path: Path
 ) -> None:
     checkpoint, onnx_path = exported("fcn8s")
     choice = {"runtime": runtime, "precision": precision}
     if source == "checkpoint":  # PyTorch on the CPU against ONNX Runtime in the service
         model = save_checkpoint(checkpoint, tmp_path / "fcn8s.pt")
-        written = predict(model, [corpus], tmp_path / "out")
+        written = predict(model, [corpus], tmp_path / "out", confidence=True)
     else:  # the same file on the same runtime and precision
-        written = predict(onnx_path, [corpus], tmp_path / "out", **choice)
+        written = predict(onnx_path, [corpus], tmp_path / "out", confidence=True, **choice)
     assert len(written) == len(odd_images())
     classes_seen: set[int] = set()
     async with serve(onnx_path, **choice) as client:
@@ -79,6 +79,14 @@ async def test_predict_and_the_service_give_identical_labels_and_overlays(
             assert overlay.status_code == 200, overlay.text
             overlay_jpg = label_png.with_name(f"{label_png.stem}_overlay.jpg")
             assert overlay.content == overlay_jpg.read_bytes(), photo.name
+            sure = await client.post("/segment?format=confidence", content=body, headers=headers)
+            assert sure.status_code == 200, sure.text
+            sure_png = label_png.with_name(f"{label_png.stem}_confidence.png")
+            if source == "onnx":  # the same graph: the same bytes
+                assert sure.content == sure_png.read_bytes(), photo.name
+            else:  # PyTorch's softmax against the graph's: a rounding tie may move by one
+                served = np.asarray(Image.open(io.BytesIO(sure.content)), dtype=np.int16)
+                assert np.abs(served - np.asarray(Image.open(sure_png))).max() <= 1
             with Image.open(label_png) as picture:
                 height, width = decode_image(body).shape[:2]
                 assert picture.size == (width, height)  # EXIF-rotated: the turned size

@@ -1,11 +1,13 @@
 """``fcn eval``: the four metrics of a checkpoint or ONNX model on a data set, per class too
-(optionally by shift-and-stitch); with ``--upper-bound``, the paper's Appendix A instead."""
+(optionally by shift-and-stitch), and how well its confidence is calibrated; with
+``--upper-bound``, the paper's Appendix A instead."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from contract.schema import no_confidence
 from contract.tiling import DEFAULT_OVERLAP as DEFAULT_TILE_OVERLAP
 from model.cli import CLIError, check_output_folder
 from model.commands.arguments import (
@@ -42,7 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", default="auto", choices=FORMATS, help="data layout (default: auto)"
     )
-    parser.add_argument("--out", type=Path, help="write metrics.json and confusion.png here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="write metrics.json, confusion.png and reliability.png (calibration) here",
+    )
     parser.add_argument(
         "--predictions", action="store_true", help="also write predicted label PNGs"
     )
@@ -108,8 +114,15 @@ def run(args: argparse.Namespace) -> int:
     geometry_text = "" if geometry is None else f"  geom. acc {100 * geometry:.2f}"
     print(loss + format_summary(result.metrics) + geometry_text)
     print(class_table(result.metrics, result.classes, result.confusion))
+    if result.calibration is None:
+        print(f"calibration: not measured; {no_confidence(str(args.checkpoint))}")
+    else:
+        print("\n".join(result.calibration.lines()))
     if args.out is not None:
-        print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}")
+        written = ["metrics.json", "confusion.png"]
+        if result.calibration is not None:
+            written.append("reliability.png")
+        print(f"wrote {', '.join(str(args.out / name) for name in written)}")
     return 0
 
 

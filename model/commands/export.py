@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fp16", action="store_true", help="float16 weights and compute (for GPUs)"
     )
     parser.add_argument(
+        "--no-confidence",
+        action="store_true",
+        help="leave out the 'confidence' output (the top class's probability x 255, uint8, "
+        "computed in the graph; written by default)",
+    )
+    parser.add_argument(
         "--with-scores", action="store_true", help="also output float32 logits 'scores'"
     )
     parser.add_argument(
@@ -246,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.out,
         fp16=args.fp16,
+        with_confidence=not args.no_confidence,
         with_scores=args.with_scores,
         opset=args.opset,
         shift_and_stitch=args.shift_and_stitch,

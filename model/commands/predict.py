@@ -1,4 +1,5 @@
-"""``fcn predict``: label-map PNGs and overlays for images, from a checkpoint or ONNX file."""
+"""``fcn predict``: label-map PNGs, overlays and confidence maps for images, from a
+checkpoint or ONNX file."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--alpha", type=float, default=DEFAULT_ALPHA, help="overlay opacity of the colours"
+    )
+    parser.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also write STEM_confidence.png: grey, the top class's probability x 255 "
+        "(an ONNX file needs its 'confidence' output)",
     )
     parser.add_argument(
         "--legend",
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         shift_and_stitch=args.shift_and_stitch,
         runtime=args.runtime,
         precision=args.precision,
+        confidence=args.confidence,
     )
     maps = f"{len(written)} label map{'s' if len(written) != 1 else ''}"
     if not unreadable:

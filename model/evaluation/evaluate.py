@@ -1,7 +1,7 @@
 """``fcn eval``: a checkpoint's, or an exported ONNX file's, four metrics on a data set, with
-its report (``model.evaluation.report``) and optionally the predicted label maps and
-overlays. Images run whole, or, when asked, cut into tiles as ``fcn predict`` and the
-service cut them (``contract.tiling``).
+its report (``model.evaluation.report``), its calibration (``model.evaluation.calibration``)
+and optionally the predicted label maps and overlays. Images run whole, or, when asked, cut
+into tiles as ``fcn predict`` and the service cut them (``contract.tiling``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from model.data.layouts import open_dataset
 from model.data.reference_sets import SIFTFlowDataset
 from model.data.transforms import collate_padded
 from model.devices import resolve_device
+from model.evaluation.calibration import Calibration, plot_reliability
 from model.evaluation.geometry import geometric_accuracy, geometry_counts, has_geometry
 from model.evaluation.metrics import ConfusionMatrix
 from model.evaluation.outputs import write_label_png, write_overlay
@@ -28,6 +29,7 @@ from model.evaluation.predictors import (
     TorchPredictor,
     load_predictor,
     segment,
+    segment_with_confidence,
 )
 from model.evaluation.report import Evaluation, plot_confusion, write_metrics
 from model.evaluation.tiles import DEFAULT_TILE_OVERLAP, TileOptions
@@ -56,8 +58,9 @@ def evaluate(
     precision: str = "auto",
 ) -> Evaluation:
     """Evaluate a checkpoint, or an exported ONNX file (on ONNX Runtime or OpenVINO at
-    ``runtime`` and ``precision``, chosen as the service chooses), on ``data``; with ``out``,
-    write metrics.json and confusion.png there (and predictions/ID.png, overlays/ID.jpg when
+    ``runtime`` and ``precision``, chosen as the service chooses), on ``data``, with its
+    calibration (unless an ONNX file lacks ``confidence``); with ``out``, write metrics.json,
+    confusion.png and reliability.png there (and predictions/ID.png, overlays/ID.jpg when
     asked). The data is checked first, so a bad file is named rather than failing mid-way.
 
     Images run whole, unless ``tile_size`` is given or an image's padded size exceeds
@@ -119,9 +122,10 @@ def evaluate(
                     write_overlay(rgb, label_np, palette, overlay_dir / f"{sample.id}.jpg")
 
     meter = None
+    calibration = Calibration(len(classes)) if predictor.has_confidence else None
     if torch_predictor is None:
         confusion = evaluate_predictor(
-            predictor, loader, len(classes), on_batch=on_batch, tiles=tiles
+            predictor, loader, len(classes), on_batch=on_batch, tiles=tiles, calibration=calibration
         )
     else:
         if tiles is None:
@@ -136,6 +140,7 @@ def evaluate(
             on_batch=on_batch,
             tiles=tiles,
             loss=meter,
+            calibration=calibration,
         )
     geometry = _geometric_accuracy(torch_predictor, dataset)
     result = Evaluation(
@@ -146,11 +151,10 @@ def evaluate(
         loss=None if meter is None else meter.value(),
         loss_mode=meter.mode if meter is not None else "sum",
         geometric_accuracy=geometry,
+        calibration=None if calibration is None else calibration.compute(),
     )
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_metrics(result, Path(checkpoint), dataset, out_dir / "metrics.json")
-        plot_confusion(result.confusion, result.classes, out_dir / "confusion.png")
+        _write_report(result, Path(checkpoint), dataset, out_dir)
     return result
 
 
@@ -169,6 +173,17 @@ def _geometric_accuracy(
     return geometric_accuracy(counts)
 
 
+def _write_report(
+    result: Evaluation, checkpoint: Path, dataset: SegmentationDataset, out_dir: Path
+) -> None:
+    """metrics.json, confusion.png and, when measured, reliability.png in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(result, checkpoint, dataset, out_dir / "metrics.json")
+    plot_confusion(result.confusion, result.classes, out_dir / "confusion.png")
+    if result.calibration is not None:
+        plot_reliability(result.calibration, out_dir / "reliability.png")
+
+
 def evaluate_predictor(
     predictor: Predictor,
     loader: DataLoader[tuple[Tensor, Tensor]],
@@ -176,19 +191,25 @@ def evaluate_predictor(
     *,
     on_batch: BatchCallback | None = None,
     tiles: TileOptions | None = None,
+    calibration: Calibration | None = None,
 ) -> ConfusionMatrix:
     """The confusion matrix of an exported model over ``loader``, each image run as
-    ``fcn predict`` and the service run it (whole, unless ``tiles`` cut it)."""
+    ``fcn predict`` and the service run it (whole, unless ``tiles`` cut it); with
+    ``calibration``, the model's confidence of every pixel is added to it."""
     tiles = tiles or TileOptions(max_model_pixels=None)
     confusion = ConfusionMatrix(num_classes)
     for batch_images, batch_targets in loader:
-        labels = torch.stack(
-            [
-                torch.from_numpy(segment(predictor, image.permute(1, 2, 0).numpy(), tiles))
-                for image in batch_images
-            ]
-        ).long()
+        rgbs = [image.permute(1, 2, 0).numpy() for image in batch_images]
+        if calibration is None:
+            maps = [torch.from_numpy(segment(predictor, rgb, tiles)) for rgb in rgbs]
+            labels = torch.stack(maps).long()
+        else:
+            pairs = [segment_with_confidence(predictor, rgb, tiles) for rgb in rgbs]
+            labels = torch.stack([torch.from_numpy(p[0]) for p in pairs]).long()
+            confidence = torch.stack([torch.from_numpy(p[1]) for p in pairs])
         confusion.update(batch_targets, labels)
+        if calibration is not None:
+            calibration.update(batch_targets, labels, confidence)
         if on_batch is not None:
             on_batch(batch_images, batch_targets, labels)
     return confusion

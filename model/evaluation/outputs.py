@@ -1,5 +1,6 @@
-"""Label maps (palette PNGs, pixel = class id, the VOC way) and overlays written to files,
-encoded by ``contract`` as the service encodes them, for ``fcn predict`` and ``fcn eval``."""
+"""Label maps (palette PNGs, pixel = class id, the VOC way), confidence maps and overlays
+written to files, encoded by ``contract`` as the service encodes them, for ``fcn predict``
+and ``fcn eval``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ def write_label_png(labels: NDArray[Any], palette: Sequence[Color], path: Path) 
     """A palette PNG whose pixel values are the class ids (16-bit grey past 255 classes)."""
     labels = encode.as_labels(labels, len(palette))
     data = encode.encode_labels(labels, color_table(palette))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def write_confidence_png(confidence: NDArray[np.uint8], path: Path) -> Path:
+    """An 8-bit grey PNG of the confidence (the top class's probability x 255)."""
+    data = encode.encode_confidence(confidence)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path

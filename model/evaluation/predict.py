@@ -1,5 +1,5 @@
-"""``fcn predict``: label maps and overlays for the images a list of paths names, from a
-checkpoint or an exported ONNX file.
+"""``fcn predict``: label maps, overlays and confidence maps for the images a list of paths
+names, from a checkpoint or an exported ONNX file.
 
 Images are collected by the project's one rule (``contract.inputs``), decoded and results
 encoded by ``contract``, and an image too large for one pass is cut into tiles by
@@ -18,11 +18,16 @@ from numpy.typing import NDArray
 from contract import encode
 from contract.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image, guard_bombs
 from contract.inputs import InputError, collect_images
-from contract.schema import GEOMETRY_PALETTE
+from contract.schema import GEOMETRY_PALETTE, no_confidence
 from contract.tiling import DEFAULT_MAX_MODEL_PIXELS
 from model.evaluation.geometry_maps import has_geometry, segment_with_geometry
-from model.evaluation.outputs import write_label_png, write_overlay
-from model.evaluation.predictors import PredictError, load_predictor, segment
+from model.evaluation.outputs import write_confidence_png, write_label_png, write_overlay
+from model.evaluation.predictors import (
+    PredictError,
+    load_predictor,
+    segment,
+    segment_with_confidence,
+)
 from model.evaluation.tiles import DEFAULT_TILE_OVERLAP, TileOptions
 from model.files import check_folder
 
@@ -61,11 +66,15 @@ def predict(
     shift_and_stitch: int = 1,
     runtime: str = "auto",
     precision: str = "auto",
+    confidence: bool = False,
 ) -> list[Path]:
     """Write ``out/STEM.png`` (label map) and ``out/STEM_overlay.jpg`` for each image (with
-    the legend of its classes below, given ``legend``), with a checkpoint or an ONNX
-    ``model``; returns the label map paths. A two-head model (SIFT Flow's) also writes
-    ``out/STEM_geometry.png``, its geometric classes' map, as ``?output=geometry`` answers.
+    the legend of its classes below, given ``legend``), and with ``confidence``
+    ``out/STEM_confidence.png`` (grey, the top class's probability x 255), with a checkpoint
+    or an ONNX ``model``; returns the label map paths. An ONNX file without the
+    ``confidence`` output cannot give it: ``PredictError`` before any image is read. A
+    two-head model (SIFT Flow's) also writes ``out/STEM_geometry.png``, its geometric
+    classes' map, as ``?output=geometry`` answers.
 
     The images are those ``inputs`` name by ``contract.inputs.collect_images``: files named,
     and the images of folders at any depth (hidden files and anything under ``out`` left
@@ -93,6 +102,8 @@ def predict(
         model, device, amp, shift_and_stitch, runtime=runtime, precision=precision
     )
     tiles.check(predictor.tiling)
+    if confidence and not predictor.has_confidence:
+        raise PredictError(no_confidence(str(model)))
     two_head = has_geometry(predictor)
     written: list[Path] = []
     for path, stem in images.items():
@@ -105,11 +116,13 @@ def predict(
             continue
         folder = out_dir / stem.parent
         folder.mkdir(parents=True, exist_ok=True)
-        if two_head:
+        if two_head:  # both heads from one run
             labels, geometry = segment_with_geometry(predictor, image, tiles)
-            path_geometry = folder / f"{stem.name}_geometry.png"
-            write_label_png(geometry, GEOMETRY_PALETTE, path_geometry)
-        else:
+            write_label_png(geometry, GEOMETRY_PALETTE, folder / f"{stem.name}_geometry.png")
+        if confidence:
+            labels, certainty = segment_with_confidence(predictor, image, tiles)
+            write_confidence_png(certainty, folder / f"{stem.name}_confidence.png")
+        elif not two_head:
             labels = segment(predictor, image, tiles)
         written.append(write_label_png(labels, predictor.palette, folder / f"{stem.name}.png"))
         if overlays:

@@ -1,7 +1,7 @@
 """Predictors: a checkpoint's net (PyTorch) or an exported file (ONNX Runtime or OpenVINO,
-chosen by ``contract.runtimes`` as the service chooses) that labels images, loaded by one
-function that also refuses the options a model cannot take, and run on one image whole or
-cut into tiles (``segment``)."""
+chosen by ``contract.runtimes`` as the service chooses) that labels images (and says how sure
+it is), loaded by one function that also refuses the options a model cannot take, and run on
+one image whole or cut into tiles (``segment``)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,20 @@ from contract import encode
 from contract.palette import Color
 from contract.providers import missing_library
 from contract.runtimes import OPENVINO, OpenVinoModel, RuntimeChoiceError, choose
-from contract.schema import INPUT, LABELS, MetadataError, check_model, session_tensors
-from contract.tiling import Tiling, segment_tiled
+from contract.schema import (
+    CONFIDENCE,
+    INPUT,
+    LABELS,
+    MetadataError,
+    check_model,
+    no_confidence,
+    session_tensors,
+)
+from contract.tiling import Tiling, segment_tiled, segment_tiled_maps
 from model.checkpoint import load_checkpoint
 from model.devices import amp_dtype, resolve_device
 from model.errors import FCNError
+from model.evaluation.calibration import confidence_of
 from model.evaluation.tiles import TileOptions
 from model.nets.base import FCNBase
 from model.nets.preprocessing import Normalize, Preprocessing
@@ -36,15 +45,21 @@ class PredictError(FCNError, ValueError):
 
 class Predictor(Protocol):
     """A model that labels images: RGB uint8 [H, W, 3] -> contract labels [H, W], or a
-    batch of one size, [N, H, W, 3] -> [N, H, W]; ``tiling`` says where it may be cut."""
+    batch of one size, [N, H, W, 3] -> [N, H, W]; ``tiling`` says where it may be cut.
+    Where ``has_confidence``, ``predict_with_confidence`` adds the contract's confidence."""
 
     palette: Sequence[Color]
     classes: list[str]
     tiling: Tiling
+    has_confidence: bool
 
     def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]: ...
 
     def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]: ...
+
+    def predict_with_confidence(
+        self, images: NDArray[np.uint8]
+    ) -> tuple[NDArray[Any], NDArray[np.uint8]]: ...
 
 
 def net_labels(
@@ -56,6 +71,17 @@ def net_labels(
         torch.autocast(images.device.type, autocast, enabled=autocast is not None),
     ):
         return net(normalize(images)).argmax(1)  # type: ignore[no-any-return]
+
+
+def net_outputs(
+    net: nn.Module, normalize: Normalize, images: Tensor, autocast: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
+    """The argmax labels [N, H, W] and the contract's confidence (uint8 [N, H, W]) of uint8
+    images [N, 3, H, W] on their device."""
+    with torch.inference_mode():
+        with torch.autocast(images.device.type, autocast, enabled=autocast is not None):
+            logits = net(normalize(images))
+        return logits.argmax(1), confidence_of(logits)
 
 
 class TorchPredictor:
@@ -83,11 +109,23 @@ class TorchPredictor:
         self.num_classes = ckpt.spec.num_classes
         self.palette: Sequence[Color] = ckpt.palette
         self.classes: list[str] = list(ckpt.classes)
+        self.has_confidence = True
+
+    def _batch(self, images: NDArray[np.uint8]) -> Tensor:
+        batch = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a writable copy
+        return batch.to(self.device)
 
     def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]:
-        batch = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a writable copy
-        labels = net_labels(self.net, self.normalize, batch.to(self.device), self.autocast)
+        labels = net_labels(self.net, self.normalize, self._batch(images), self.autocast)
         return encode.as_labels(labels.cpu().numpy(), self.num_classes)
+
+    def predict_with_confidence(
+        self, images: NDArray[np.uint8]
+    ) -> tuple[NDArray[Any], NDArray[np.uint8]]:
+        labels, confidence = net_outputs(
+            self.net, self.normalize, self._batch(images), self.autocast
+        )
+        return encode.as_labels(labels.cpu().numpy(), self.num_classes), confidence.cpu().numpy()
 
     def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]:
         return np.asarray(self.predict_batch(image[None])[0])
@@ -150,6 +188,8 @@ class OnnxPredictor:
         self.palette: Sequence[Color] = meta.palette
         self.tiling = meta.tiling
         self.classes: list[str] = list(meta.classes)
+        self.has_confidence = meta.has_confidence
+        self.source = source
         self.has_geometry = meta.has_geometry  # a two-head net's second labels
 
     def outputs(self, images: NDArray[np.uint8], names: Sequence[str]) -> dict[str, NDArray[Any]]:
@@ -163,6 +203,15 @@ class OnnxPredictor:
 
     def predict_batch(self, images: NDArray[np.uint8]) -> NDArray[Any]:
         return self.outputs(images, [LABELS])[LABELS]
+
+    def predict_with_confidence(
+        self, images: NDArray[np.uint8]
+    ) -> tuple[NDArray[Any], NDArray[np.uint8]]:
+        """The file's own ``labels`` and ``confidence``; PredictError when it has none."""
+        if not self.has_confidence:
+            raise PredictError(no_confidence(self.source))
+        found = self.outputs(images, [LABELS, CONFIDENCE])
+        return found[LABELS], found[CONFIDENCE]
 
     def __call__(self, image: NDArray[np.uint8]) -> NDArray[Any]:
         return np.asarray(self.predict_batch(image[None])[0])
@@ -216,3 +265,16 @@ def segment(predictor: Predictor, image: NDArray[np.uint8], tiles: TileOptions) 
     if plan is None:
         return predictor(image)
     return segment_tiled(image, plan, predictor.predict_batch)
+
+
+def segment_with_confidence(
+    predictor: Predictor, image: NDArray[np.uint8], tiles: TileOptions
+) -> tuple[NDArray[Any], NDArray[np.uint8]]:
+    """The labels and confidence [H, W] of one image, whole or cut into tiles as ``tiles``
+    says (both maps stitched alike, as the service stitches them)."""
+    plan = tiles.plan(image.shape[0], image.shape[1], predictor.tiling)
+    if plan is None:
+        labels, confidence = predictor.predict_with_confidence(image[None])
+        return labels[0], confidence[0]
+    labels, confidence = segment_tiled_maps(image, plan, predictor.predict_with_confidence)
+    return labels, confidence

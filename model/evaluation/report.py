@@ -1,5 +1,5 @@
 """An evaluation's report: the four metrics on one line, the per-class table, the confusion
-matrix as a PNG, and metrics.json."""
+matrix as a PNG, and metrics.json (with the calibration, when measured)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from model.data.datasets import SegmentationDataset
+from model.evaluation.calibration import CalibrationReport
 from model.evaluation.metrics import SegmentationMetrics, json_safe
 from model.files import atomic_path
 
@@ -36,6 +38,8 @@ class Evaluation:
     loss_mode: str = "sum"
     # SIFT Flow's geometric accuracy of a two-head net (``model.evaluation.geometry``).
     geometric_accuracy: float | None = None
+    # None where the model gives no confidence (an ONNX file exported without it).
+    calibration: CalibrationReport | None = None
 
 
 def class_table(metrics: SegmentationMetrics, classes: list[str], confusion: Tensor) -> str:
@@ -104,7 +108,7 @@ def write_metrics(
 ) -> Path:
     """``metrics.json``: the figures, per-class IoU and accuracy, and the confusion matrix
     of ``result``, with the model and data they came from."""
-    record = {
+    record: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "data": dataset.describe(),
         "images": result.images,
@@ -121,6 +125,8 @@ def write_metrics(
         "class_accuracy": result.metrics.class_accuracy,
         "confusion": result.confusion.tolist(),
     }
+    if result.calibration is not None:
+        record["calibration"] = result.calibration.to_dict()
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(json_safe(record), indent=2) + "\n")
     return path

@@ -1,6 +1,7 @@
-"""The validation pass: the confusion matrix (and the validation loss) of a PyTorch net over a
-loader, images whole or cut into tiles. Training validates with it on one rank's shard (the
-caller reduces the confusion matrix across ranks); ``fcn eval`` runs checkpoints with it.
+"""The validation pass: the confusion matrix (and the validation loss, and the calibration) of
+a PyTorch net over a loader, images whole or cut into tiles. Training validates with it on one
+rank's shard (the caller reduces the confusion matrix across ranks); ``fcn eval`` runs
+checkpoints with it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from contract.palette import IGNORE_INDEX
-from contract.tiling import segment_tiled
+from contract.tiling import segment_tiled_maps
+from model.evaluation.calibration import Calibration, confidence_of
 from model.evaluation.metrics import ConfusionMatrix
-from model.evaluation.predictors import net_labels
+from model.evaluation.predictors import net_outputs
 from model.evaluation.tiles import TileOptions
 from model.nets.fcn import FCN
 from model.nets.preprocessing import Normalize
@@ -68,10 +70,12 @@ def evaluate_model(
     on_batch: BatchCallback | None = None,
     tiles: TileOptions | None = None,
     loss: LossMeter | None = None,
+    calibration: Calibration | None = None,
 ) -> ConfusionMatrix:
     """The confusion matrix of ``net`` over ``loader`` (images at native size), on ``device``;
     with ``tiles``, each image cut as they say (``net`` an FCN, whose tiling says where).
-    ``loss`` (whole images only) accumulates the validation loss of the logits."""
+    ``loss`` (whole images only) accumulates the validation loss of the logits,
+    ``calibration`` the contract's confidence of every pixel."""
     if loss is not None and tiles is not None:
         raise ValueError("the validation loss needs whole-image logits, not tiles")
     was_training = net.training
@@ -85,40 +89,50 @@ def evaluate_model(
                 with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                     logits = net(normalize(images))
                 labels = logits.argmax(1)
+                confidence = confidence_of(logits) if calibration is not None else None
                 if loss is not None:
                     loss.add(logits, targets)
             else:
                 assert isinstance(net, FCN), "tiling needs the FCN's own grid and context"
-                labels = tiled_labels(net, normalize, images, tiles, autocast=autocast)
+                labels, confidence = tiled_outputs(net, normalize, images, tiles, autocast=autocast)
             confusion.update(targets, labels)
+            if calibration is not None:
+                assert confidence is not None
+                calibration.update(targets, labels, confidence)
             if on_batch is not None:
                 on_batch(images, targets, labels)
     net.train(was_training)
     return confusion
 
 
-def tiled_labels(
+def tiled_outputs(
     net: FCN,
     normalize: Normalize,
     images: Tensor,
     tiles: TileOptions,
     *,
     autocast: torch.dtype | None = None,
-) -> Tensor:
-    """The labels [N, H, W] of uint8 images [N, 3, H, W], each cut into tiles by ``tiles``
-    (one tile a pass) or run whole where they say so."""
+) -> tuple[Tensor, Tensor]:
+    """The labels and confidence [N, H, W] of uint8 images [N, 3, H, W], each cut into tiles
+    by ``tiles`` (one tile a pass, both maps stitched alike) or run whole where they say so."""
 
-    def predict(batch: NDArray[np.uint8]) -> NDArray[Any]:
+    def predict(batch: NDArray[np.uint8]) -> tuple[NDArray[Any], NDArray[Any]]:
         # [n, 3, h, w], laid out as the loader lays out whole images
         tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(images.device)
-        return net_labels(net, normalize, tensor, autocast).cpu().numpy()
+        labels, confidence = net_outputs(net, normalize, tensor, autocast)
+        return labels.cpu().numpy(), confidence.cpu().numpy()
 
     labels: list[Tensor] = []
+    confidence: list[Tensor] = []
     for image in images:
         plan = tiles.plan(image.shape[1], image.shape[2], net.tiling)
         if plan is None:
-            labels.append(net_labels(net, normalize, image[None], autocast)[0])
+            whole = net_outputs(net, normalize, image[None], autocast)
+            labels.append(whole[0][0])
+            confidence.append(whole[1][0])
             continue
         rgb = image.permute(1, 2, 0).cpu().numpy()  # [H, W, 3]
-        labels.append(torch.from_numpy(segment_tiled(rgb, plan, predict)).to(images.device))
-    return torch.stack(labels)
+        maps = segment_tiled_maps(rgb, plan, predict)
+        labels.append(torch.from_numpy(maps[0]).to(images.device))
+        confidence.append(torch.from_numpy(maps[1]).to(images.device))
+    return torch.stack(labels), torch.stack(confidence)

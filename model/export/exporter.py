@@ -16,7 +16,8 @@ from torch import nn
 
 from model.checkpoint import Checkpoint
 from model.export.graph import ExportError, ModelCard, build_onnx, trace_onnx
-from model.export.verify import DEFAULT_CASES, VerificationReport, verify_net, verify_onnx
+from model.export.verification import VerificationReport
+from model.export.verify import DEFAULT_CASES, verify_net, verify_onnx
 from model.files import atomic_path
 
 
@@ -56,6 +57,7 @@ def export_model(
     out: str | os.PathLike[str],
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
     verify: bool = True,
@@ -74,7 +76,14 @@ def export_model(
 
     return write_model(
         out,
-        lambda: build_onnx(checkpoint, fp16=fp16, with_scores=with_scores, opset=opset, note=note),
+        lambda: build_onnx(
+            checkpoint,
+            fp16=fp16,
+            with_confidence=with_confidence,
+            with_scores=with_scores,
+            opset=opset,
+            note=note,
+        ),
         check if verify else None,
     )
 
@@ -122,6 +131,7 @@ def export_net(
     out: str | os.PathLike[str],
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
     verify: bool = True,
@@ -136,7 +146,14 @@ def export_net(
         return verify_net(tmp, lambda: net, card, source=source, subject=subject)
 
     def build() -> onnx.ModelProto:
-        return trace_onnx(net, card, fp16=fp16, with_scores=with_scores, opset=opset)
+        return trace_onnx(
+            net,
+            card,
+            fp16=fp16,
+            with_confidence=with_confidence,
+            with_scores=with_scores,
+            opset=opset,
+        )
 
     return write_model(out, build, check if verify else None)
 
@@ -146,6 +163,7 @@ def export_onnx(
     out: str | os.PathLike[str],
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
     verify: bool = True,
@@ -153,6 +171,12 @@ def export_onnx(
     """``export_model`` returning just the path: ``checkpoint`` to ``out`` (one file, no
     external data), verified unless asked not."""
     result = export_model(
-        checkpoint, out, fp16=fp16, with_scores=with_scores, opset=opset, verify=verify
+        checkpoint,
+        out,
+        fp16=fp16,
+        with_confidence=with_confidence,
+        with_scores=with_scores,
+        opset=opset,
+        verify=verify,
     )
     return result.path

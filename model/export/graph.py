@@ -1,9 +1,9 @@
-"""The schema-1 graph in memory: uint8 RGB [N, H, W, 3] in, labels [N, H, W] out, traced
-from a network (a checkpoint's, or any module returning logits) with the normalisation and the
-argmax inside and the ``fcn.*`` metadata on.
+"""The schema-1 graph in memory: uint8 RGB [N, H, W, 3] in, labels (and confidence)
+[N, H, W] out, traced from a network (a checkpoint's, or any module returning logits) with the
+normalisation, the argmax and the softmax inside and the ``fcn.*`` metadata on.
 
-Preprocessing (cast, channel order, mean/std, NHWC -> NCHW) and the argmax live inside the
-graph, so a server only moves bytes; the metadata makes the file self-describing.
+Preprocessing (cast, channel order, mean/std, NHWC -> NCHW), the argmax and the confidence live
+inside the graph, so a server only moves bytes; the metadata makes the file self-describing.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from contract.palette import IGNORE_INDEX, Color
 from contract.schema import (
+    CONFIDENCE,
     DIMS,
     GEOMETRY,
     GEOMETRY_CLASSES,
@@ -39,6 +40,7 @@ from contract.tiling import Tiling
 from model import names
 from model.checkpoint import Checkpoint
 from model.errors import FCNError
+from model.evaluation.calibration import confidence_of
 from model.nets.fcn import network_tiling
 from model.nets.preprocessing import Normalize, Preprocessing
 
@@ -52,13 +54,27 @@ class ExportError(FCNError, RuntimeError):
     """The export could not produce a model file; nothing was written."""
 
 
-class SegmentationGraph(nn.Module):
-    """The exported computation: normalise, score, argmax.
+def output_names(
+    *, with_confidence: bool, with_scores: bool, with_geometry: bool = False
+) -> list[str]:
+    """The graph's outputs, in the contract's order."""
+    return [
+        LABELS,
+        *([CONFIDENCE] if with_confidence else []),
+        *([SCORES] if with_scores else []),
+        *([GEOMETRY] if with_geometry else []),
+    ]
 
-    ``image`` uint8 [N, H, W, 3] RGB -> labels [N, H, W] (uint8, int32 above 255 classes)
-    and, optionally, float32 logits [N, C, H, W]. ``net`` maps the normalised float image
-    [N, 3, H, W] to logits [N, C, H, W]; ``num_classes`` is C (default: ``net.num_classes``).
-    ``with_geometry``: also a two-head net's second labels, uint8 [N, H, W], last.
+
+class SegmentationGraph(nn.Module):
+    """The exported computation: normalise, score, argmax (and softmax).
+
+    ``image`` uint8 [N, H, W, 3] RGB -> labels [N, H, W] (uint8, int32 above 255 classes),
+    then, as asked, ``confidence_of`` the logits (uint8 [N, H, W]) and float32 logits
+    [N, C, H, W]. ``net`` maps the normalised float image [N, 3, H, W] to the final
+    (upsampled, cropped) logits [N, C, H, W]; ``num_classes`` is C (default:
+    ``net.num_classes``). ``with_geometry``: also a two-head net's second labels, uint8
+    [N, H, W], last.
     """
 
     def __init__(
@@ -68,6 +84,7 @@ class SegmentationGraph(nn.Module):
         *,
         num_classes: int | None = None,
         fp16: bool = False,
+        with_confidence: bool = True,
         with_scores: bool = False,
         with_geometry: bool = False,
     ):
@@ -77,6 +94,7 @@ class SegmentationGraph(nn.Module):
         self.net = net.to(self.dtype).eval()
         # Normalisation stays float32 (Caffe's 0-255 means lose bits in half), then casts.
         self.normalize = Normalize(preprocessing)
+        self.with_confidence = with_confidence
         self.with_scores = with_scores
         if num_classes is None:
             # getattr: nn.Module types its attributes as Tensor | Module.
@@ -90,10 +108,14 @@ class SegmentationGraph(nn.Module):
         else:
             logits = self.net(x)  # [N, C, H, W]
         labels = logits.argmax(1).to(self.label_dtype)  # [N, H, W]
-        outputs = (labels, logits.float()) if self.with_scores else (labels,)
+        outputs = [labels]
+        if self.with_confidence:
+            outputs.append(confidence_of(logits))
+        if self.with_scores:
+            outputs.append(logits.float())
         if self.with_geometry:
-            outputs += (geometry_logits.argmax(1).to(torch.uint8),)
-        return outputs
+            outputs.append(geometry_logits.argmax(1).to(torch.uint8))
+        return tuple(outputs)
 
 
 @dataclass(frozen=True)
@@ -139,21 +161,23 @@ def checkpoint_card(checkpoint: Checkpoint) -> ModelCard:
     )
 
 
-def output_names(*, with_scores: bool, with_geometry: bool = False) -> list[str]:
-    """The graph's outputs, in ``SegmentationGraph``'s order."""
-    return [LABELS, *([SCORES] if with_scores else []), *([GEOMETRY] if with_geometry else [])]
-
-
 def has_geometry_head(net: nn.Module) -> bool:
     """Whether ``net`` has a second, geometric head (``model.nets``: ``geometry_classes``)."""
     return bool(getattr(net, "geometry_classes", 0))
 
 
 def metadata(
-    card: ModelCard, *, fp16: bool, with_scores: bool, with_geometry: bool = False
+    card: ModelCard,
+    *,
+    fp16: bool,
+    with_confidence: bool,
+    with_scores: bool,
+    with_geometry: bool = False,
 ) -> dict[str, str]:
     """The ``fcn.*`` metadata of the contract: every value a string, JSON where structured."""
-    outputs = output_names(with_scores=with_scores, with_geometry=with_geometry)
+    outputs = output_names(
+        with_confidence=with_confidence, with_scores=with_scores, with_geometry=with_geometry
+    )
     return {
         "fcn.schema": SCHEMA,
         "fcn.arch": card.arch,
@@ -220,6 +244,7 @@ def build_onnx(
     checkpoint: Checkpoint,
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
     note: str = "",
@@ -230,6 +255,7 @@ def build_onnx(
         checkpoint.build_model(),
         replace(checkpoint_card(checkpoint), note=note),
         fp16=fp16,
+        with_confidence=with_confidence,
         with_scores=with_scores,
         opset=opset,
     )
@@ -240,11 +266,13 @@ def trace_onnx(
     card: ModelCard,
     *,
     fp16: bool = False,
+    with_confidence: bool = True,
     with_scores: bool = False,
     opset: int | None = None,
 ) -> onnx.ModelProto:
     """Trace ``net`` (normalised float [N, 3, H, W] -> logits [N, C, H, W]) inside the
-    contract's graph into an in-memory ONNX model carrying ``card`` as its metadata."""
+    contract's graph into an in-memory ONNX model carrying ``card`` as its metadata; with
+    ``confidence`` unless not ``with_confidence``, with ``scores`` when ``with_scores``."""
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not MIN_OPSET <= opset <= newest:
         raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET} to {newest}")
@@ -255,12 +283,15 @@ def trace_onnx(
         card.preprocessing,
         num_classes=card.num_classes,
         fp16=fp16,
+        with_confidence=with_confidence,
         with_scores=with_scores,
         with_geometry=with_geometry,
     ).eval()
     example = torch.zeros(EXAMPLE_SHAPE, dtype=torch.uint8)
     dims = {i: torch.export.Dim(name, min=1) for i, name in enumerate(DIMS)}
-    outputs = output_names(with_scores=with_scores, with_geometry=with_geometry)
+    outputs = output_names(
+        with_confidence=with_confidence, with_scores=with_scores, with_geometry=with_geometry
+    )
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
@@ -280,7 +311,13 @@ def trace_onnx(
         raise ExportError("torch.onnx.export returned no program")
     model = program.model_proto
     _name_dims(model)
-    meta = metadata(card, fp16=fp16, with_scores=with_scores, with_geometry=with_geometry)
+    meta = metadata(
+        card,
+        fp16=fp16,
+        with_confidence=with_confidence,
+        with_scores=with_scores,
+        with_geometry=with_geometry,
+    )
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()

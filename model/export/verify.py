@@ -1,6 +1,7 @@
 """Verification of an exported model against its checkpoint (or any network it was traced
 from): the ONNX checker, the contract's names, types and metadata, and the file on the CPU
-(ONNX Runtime, or OpenVINO at fp32 or bf16) against PyTorch on sizes unlike the export's.
+(ONNX Runtime, or OpenVINO at fp32 or bf16) against PyTorch on sizes unlike the export's:
+labels, logits and, when the file has them, confidence and the geometry labels.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +18,32 @@ import torch
 from torch import nn
 
 from contract.runtimes import ONNXRUNTIME, OPENVINO, OpenVinoModel
-from contract.schema import GEOMETRY, INPUT, LABELS, SCORES, MetadataError, parse_metadata
+from contract.schema import (
+    CONFIDENCE,
+    GEOMETRY,
+    INPUT,
+    LABELS,
+    SCORES,
+    MetadataError,
+    parse_metadata,
+)
 from model import names
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.errors import FCNError
+from model.evaluation.calibration import confidence_of
 from model.export.graph import ModelCard, SegmentationGraph, checkpoint_card, has_geometry_head
 from model.export.metadata import model_metadata
+from model.export.verification import (
+    CONFIDENCE_TOLERANCE,
+    LOGIT_TOLERANCE,
+    MIN_AGREEMENT,
+    CaseResult,
+    VerificationReport,
+)
 
 # Runs the file: (output names, [N, H, W, 3] uint8) -> those outputs.
 Runner = Callable[[list[str], np.ndarray], list[np.ndarray[Any, Any]]]
 
-# Share of pixels whose label must match PyTorch's (float32 reference) for each precision.
-# int8 (``fcn export --int8``, static QDQ): its rounding moves near-tied pixels by design.
-MIN_AGREEMENT = {"fp32": 0.9999, "fp16": 0.995, "int8": 0.98, "bf16": 0.99}
-# fp32 logits must lie within this of PyTorch's, relative to the largest logit magnitude
-# (absolute when logits are below 1): float32 accumulation over thousands of channels
-# leaves ~1e-6 of the magnitude, so 1e-4 flags real divergence, not rounding.
-LOGIT_TOLERANCE = 1e-4
 # (N, H, W) of the comparison batches: 1x1 (the padding's corner case), a non-square odd
 # size and a batch of 2; none is the traced example (2, 67, 91).
 DEFAULT_CASES = names.VERIFY_CASES
@@ -42,98 +51,6 @@ DEFAULT_CASES = names.VERIFY_CASES
 
 class VerifyError(FCNError, ValueError):
     """The model or checkpoint cannot be read at all; the message names the file."""
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    """One batch through both runtimes."""
-
-    shape: tuple[int, int, int]  # (N, H, W)
-    agreement: float  # share of pixels with the same label
-    max_logit_error: float  # max |ORT - PyTorch|, relative to max(1, max |logit|)
-
-
-@dataclass(frozen=True)
-class VerificationReport:
-    """What was checked and what was found; ``passed`` is the verdict."""
-
-    model: Path
-    arch: str
-    precision: str
-    num_classes: int
-    # Where ORT's logits came from: the model's ``scores`` output or, without it, the
-    # tensor its ArgMax reads (exposed as an extra output of an in-memory copy).
-    logits_from: str
-    cases: tuple[CaseResult, ...]
-    # Failed checks besides the thresholds (checker, contract, metadata, runtime errors).
-    problems: tuple[str, ...] = ()
-    min_agreement: float = MIN_AGREEMENT["fp32"]
-    # None when logits are reported but not held to a bound (fp16).
-    logit_tolerance: float | None = LOGIT_TOLERANCE
-    # What ran the file: "onnxruntime fp32", or OpenVINO at fp32 or bf16 (``--runtime``).
-    runtime: str = "onnxruntime fp32"
-
-    @property
-    def agreement(self) -> float:
-        """Share of all compared pixels whose labels agree."""
-        total = sum(int(np.prod(c.shape)) for c in self.cases)
-        if not total:
-            return 0.0
-        return sum(c.agreement * int(np.prod(c.shape)) for c in self.cases) / total
-
-    @property
-    def max_logit_error(self) -> float:
-        return max((c.max_logit_error for c in self.cases), default=float("nan"))
-
-    @property
-    def failures(self) -> list[str]:
-        """Every reason the model fails, empty when it passes."""
-        failures = list(self.problems)
-        if not self.cases and not self.problems:
-            failures.append("no comparison ran")
-        if self.cases and self.agreement < self.min_agreement:
-            failures.append(
-                f"labels agree on {self.agreement:.4%} of pixels, "
-                f"below the {self.min_agreement:.2%} required"
-            )
-        tol = self.logit_tolerance
-        if self.cases and tol is not None and not self.max_logit_error <= tol:
-            failures.append(f"logit error {self.max_logit_error:.2e} above {tol:.0e}")
-        return failures
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def lines(self) -> list[str]:
-        """A short human-readable report."""
-        out = [
-            f"{self.model}: {self.arch}, {self.precision}, {self.num_classes} classes, "
-            f"on {self.runtime}",
-            "  onnx.checker (full), contract and metadata: ok"
-            if not self.problems
-            else "  problems:",
-            *(f"    - {p}" for p in self.problems),
-        ]
-        for case in self.cases:
-            n, h, w = case.shape
-            out.append(
-                f"  batch {n} x {h}x{w}: labels agree {case.agreement:9.4%}, "
-                f"max logit error {case.max_logit_error:.1e}"
-            )
-        if self.cases:
-            tol = self.logit_tolerance
-            bound = "reported only" if tol is None else f"need <= {tol:.0e}"
-            out += [
-                f"  labels: {self.agreement:.4%} agree (need >= {self.min_agreement:.2%})",
-                f"  logits ({self.logits_from}): max error {self.max_logit_error:.1e} "
-                f"of the largest logit ({bound})",
-            ]
-        out.append("PASSED" if self.passed else "FAILED: " + "; ".join(self.failures))
-        return out
-
-    def __str__(self) -> str:
-        return "\n".join(self.lines())
 
 
 def _precision(model: onnx.ModelProto, props: dict[str, str]) -> str:
@@ -273,6 +190,7 @@ def verify_net(
             problems=tuple(problems),
             min_agreement=MIN_AGREEMENT.get(bound, MIN_AGREEMENT["fp16"]),
             logit_tolerance=LOGIT_TOLERANCE if bound == "fp32" else None,
+            confidence_tolerance=CONFIDENCE_TOLERANCE if bound == "fp32" else None,
             runtime=f"{runtime} {compute}",
         )
 
@@ -298,8 +216,16 @@ def verify_net(
 
     reference = SegmentationGraph(
         build_net(), card.preprocessing, num_classes=card.num_classes, with_scores=True
-    ).eval()
-    found, trouble = _compare(run, logits_name, reference, cases, seed=seed, precision=precision)
+    ).eval()  # labels, confidence, logits
+    found, trouble = _compare(
+        run,
+        logits_name,
+        reference,
+        cases,
+        seed=seed,
+        precision=precision,
+        with_confidence=CONFIDENCE in outputs,
+    )
     results += found
     problems += trouble
     problems += _geometry_problems(
@@ -384,6 +310,7 @@ def _compare(
     *,
     seed: int,
     precision: str,
+    with_confidence: bool,
 ) -> tuple[list[CaseResult], list[str]]:
     """The runtime against PyTorch on random images of each (N, H, W): the results, and
     the problems met on the way."""
@@ -391,17 +318,22 @@ def _compare(
     results: list[CaseResult] = []
     problems: list[str] = []
     overflowed: list[str] = []
+    names = [LABELS, logits_name, *([CONFIDENCE] if with_confidence else [])]
     for n, h, w in cases:
         image = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
         try:
-            labels, logits = run([LABELS, logits_name], image)
+            labels, logits, *confidence = run(names, image)
         except Exception as exc:
             problems.append(f"ONNX Runtime failed on a batch of {n} x {h}x{w}: {exc}")
             continue
         with torch.no_grad():
-            expected_labels, expected_logits = reference(torch.from_numpy(image))
+            expected_labels, _, expected_logits = reference(torch.from_numpy(image))
         expected = expected_logits.numpy()
-        if labels.shape != (n, h, w) or logits.shape != expected.shape:
+        if (
+            labels.shape != (n, h, w)
+            or logits.shape != expected.shape
+            or any(c.shape != (n, h, w) for c in confidence)
+        ):
             problems.append(
                 f"batch {n} x {h}x{w}: ONNX Runtime gave labels {labels.shape} and logits "
                 f"{logits.shape}, PyTorch {tuple(expected_labels.shape)} and {expected.shape}"
@@ -412,7 +344,12 @@ def _compare(
             overflowed.append(f"{n}x{h}x{w}")
         scale = max(1.0, float(np.abs(expected).max()))
         error = float(np.abs(logits.astype(np.float32) - expected).max()) / scale
-        results.append(CaseResult((n, h, w), agreement, error))
+        confidence_error = None
+        if confidence:
+            # Against PyTorch's own float32 logits, by the contract's rule (confidence_of).
+            wanted = confidence_of(expected_logits).numpy().astype(np.int16)
+            confidence_error = int(np.abs(confidence[0].astype(np.int16) - wanted).max())
+        results.append(CaseResult((n, h, w), agreement, error, confidence_error))
     if overflowed:
         hint = ": beyond the float16 range, export without --fp16" if precision == "fp16" else ""
         problems.append(

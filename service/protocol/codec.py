@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from contract.decode import ImageTooLargeError, too_many_pixels
-from contract.schema import GEOMETRY, INPUT, LABELS, no_geometry
+from contract.schema import CONFIDENCE, GEOMETRY, INPUT, LABELS, no_geometry
 from contract.tiling import PAD, padded_pixels
 
 SERVER = "fcn"
@@ -45,20 +45,19 @@ def server_metadata(version: str) -> dict[str, Any]:
 
 
 def model_metadata(
-    name: str, version: str, label_type: str, *, geometry: bool = False
+    name: str, version: str, label_type: str, outputs: tuple[str, ...] = (LABELS,)
 ) -> dict[str, Any]:
     """The model's versions, platform and tensors; ``label_type`` is ONNX Runtime's type of
-    ``labels`` (``tensor(uint8)`` or ``tensor(int32)``); ``geometry``: the file has it."""
+    ``labels`` (``tensor(uint8)`` or ``tensor(int32)``), ``outputs`` the per-pixel outputs
+    the runtime gives (``labels``, and ``confidence`` and ``geometry`` when the file has them)."""
+    types = {LABELS: DATATYPES[label_type], CONFIDENCE: "UINT8", GEOMETRY: "UINT8"}
     return {
         "name": name,
         "versions": [version],
         "platform": PLATFORM,
         "inputs": [{"name": INPUT, "datatype": "UINT8", "shape": [-1, -1, -1, 3]}],
-        # The batcher hands back labels only; a file's `scores` stay inside the service.
-        "outputs": [
-            {"name": LABELS, "datatype": DATATYPES[label_type], "shape": [-1, -1, -1]},
-            *([{"name": GEOMETRY, "datatype": "UINT8", "shape": [-1, -1, -1]}] if geometry else []),
-        ],
+        # The batcher hands back per-pixel maps only; a file's `scores` stay inside.
+        "outputs": [{"name": o, "datatype": types[o], "shape": [-1, -1, -1]} for o in outputs],
     }
 
 
@@ -135,9 +134,16 @@ def _json_data(data: object, shape: tuple[int, ...]) -> NDArray[np.uint8]:
 
 
 def parse_infer(
-    body: bytes, header_length: str | None, *, max_pixels: int, outputs: tuple[str, ...]
+    body: bytes,
+    header_length: str | None,
+    *,
+    max_pixels: int,
+    outputs: tuple[str, ...],
+    default: tuple[str, ...] | None = None,
 ) -> InferRequest:
-    """Read an inference request: its JSON header, then any binary tensor data after it."""
+    """Read an inference request: its JSON header, then any binary tensor data after it;
+    ``outputs`` are those it may ask for, ``default`` those it gets when it names none (None:
+    all of them)."""
     if header_length is None:
         head, binary = body, b""
     else:
@@ -188,19 +194,23 @@ def parse_infer(
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise TensorError(f"id is {request_id!r}; the protocol's id is a string")
-    return InferRequest(request_id, images, _outputs(request, parameters, outputs))
+    chosen = _outputs(request, parameters, outputs, outputs if default is None else default)
+    return InferRequest(request_id, images, chosen)
 
 
 def _outputs(
-    request: Mapping[str, Any], parameters: Mapping[str, Any], known: tuple[str, ...]
+    request: Mapping[str, Any],
+    parameters: Mapping[str, Any],
+    known: tuple[str, ...],
+    default: tuple[str, ...],
 ) -> tuple[tuple[str, bool], ...]:
-    """(name, binary) of every output asked for; all of them when none is named."""
+    """(name, binary) of every output asked for; ``default`` when none is named."""
     binary = parameters.get("binary_data_output", False)
     if not isinstance(binary, bool):
         raise TensorError(f"parameters.binary_data_output is {binary!r}, not true or false")
     asked = request.get("outputs")
     if asked is None:
-        return tuple((name, binary) for name in known)
+        return tuple((name, binary) for name in default)
     if not isinstance(asked, list):
         raise TensorError("outputs must be a list of {name, parameters}")
     chosen: list[tuple[str, bool]] = []

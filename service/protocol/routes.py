@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from contract import distribution
-from contract.schema import GEOMETRY, INPUT, LABELS
+from contract.schema import CONFIDENCE, GEOMETRY, INPUT, LABELS
 from service import errors
 from service.dependencies import ServiceDep
 from service.errors import REPORTED, protocol_error
@@ -102,10 +102,7 @@ def _check_model(service: Service, name: str, version: str | None = None) -> Non
 def _model_metadata(service: Service) -> dict[str, Any]:
     runtime = service.runtime
     metadata = codec.model_metadata(
-        service.settings.name,
-        runtime.info.version,
-        runtime.label_type,
-        geometry=runtime.info.meta.has_geometry,
+        service.settings.name, runtime.info.version, runtime.label_type, runtime.outputs
     )
     where = {"runtime": runtime.runtime, "device": runtime.device, "precision": runtime.precision}
     return {**metadata, "parameters": where}
@@ -210,14 +207,15 @@ INFER_REQUEST: dict[str, Any] = {
         },
         "outputs": {
             "type": "array",
-            "description": "The outputs to answer, each named once: labels, and geometry where "
-            "the model has it (GET /v2/models/{name} lists them); all of them when absent.",
-            "maxItems": 2,
+            "description": "The tensors to answer, each at most once; none named: labels. "
+            "confidence only from a model exported with it, geometry only from a two-head "
+            "model (400 otherwise).",
+            "maxItems": 3,
             "items": {
                 "type": "object",
                 "required": ["name"],
                 "properties": {
-                    "name": {"type": "string", "enum": [LABELS, GEOMETRY]},
+                    "name": {"type": "string", "enum": [LABELS, CONFIDENCE, GEOMETRY]},
                     "parameters": {
                         "type": "object",
                         "properties": {"binary_data": {"type": "boolean"}},
@@ -241,8 +239,8 @@ BINARY_ANSWER: dict[str, Any] = {"schema": {"type": "string", "format": "binary"
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Tensor labels, UINT8 [N, H, W] (INT32 above 255 classes), and "
-        "geometry (UINT8) where the model has it and it is asked: JSON, or "
-        f"with binary_data the JSON ({HEADER_LENGTH} bytes) followed by the tensor's bytes.",
+        "confidence and geometry, UINT8 [N, H, W], when asked: JSON, or with binary_data the JSON "
+        f"({HEADER_LENGTH} bytes) followed by the tensors' bytes.",
         "content": {"application/json": {}, "application/octet-stream": BINARY_ANSWER},
     },
     **errors.responses(400, 404, 408, 413, 500, 503, 504, protocol=True),
@@ -251,8 +249,9 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post("/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_RESPONSES)
 async def infer(name: Name, request: Request, service: ServiceDep) -> Response:
-    """Segment the images of tensor image (UINT8 [N, H, W, 3]) into tensor labels; the images
-    of one request share their size, and none is tiled (413 past FCN_MAX_MODEL_PIXELS)."""
+    """Segment the images of tensor image (UINT8 [N, H, W, 3]) into tensor labels and, when
+    asked of a model that has it, tensor confidence (UINT8 [N, H, W]); the images of one
+    request share their size, and none is tiled (413 past FCN_MAX_MODEL_PIXELS)."""
     return await _infer(service, request, name)
 
 
@@ -285,7 +284,9 @@ async def _infer(
                 body,
                 request.headers.get(HEADER_LENGTH),
                 max_pixels=settings.max_pixels,
-                outputs=service.runtime.served,
+                outputs=service.runtime.outputs,
+                # Clients that name no output get the labels, as before confidence existed.
+                default=(LABELS,),
             )
         )
         _, height, width, _ = asked.images.shape
@@ -300,8 +301,12 @@ async def _infer(
         )
         predictions = [p async for batch in batches for p in batch]
     tensors = {LABELS: np.stack([p.labels for p in predictions])}
-    if any(name == GEOMETRY for name, _ in asked.outputs):
-        # The runtime fetches geometry with the labels of a file that has it.
+    if CONFIDENCE in (name for name, _ in asked.outputs):
+        # Asked only of a model that has it (``outputs``): the runtime gave it every time.
+        maps = [p.confidence for p in predictions if p.confidence is not None]
+        tensors[CONFIDENCE] = np.stack(maps)
+    if GEOMETRY in (name for name, _ in asked.outputs):
+        # Asked only of a two-head model (``outputs``): the runtime gave it every time.
         tensors[GEOMETRY] = np.stack([p.geometry for p in predictions if p.geometry is not None])
     model = {"model_name": settings.name, "model_version": service.runtime.info.version}
     content, head = await anyio.to_thread.run_sync(encode_infer, model, asked, tensors)

@@ -1,12 +1,16 @@
 // The page: send an image to POST /segment, show the labels blended over it in the browser.
 // The label map comes as a PNG (pixel = class id) inside the JSON answer; it is decoded here
-// so that the slider re-blends at once and hovering names the exact class of a pixel.
+// so that the slider re-blends at once and hovering names the exact class of a pixel. A model
+// with a confidence output also gives its confidence map (?format=confidence, grey PNG),
+// shown beside the overlay; the second slider paints the pixels below it in the unsure colour.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const GREY = [128, 128, 128];
+// contract.encode.UNSURE_COLOR, the service's colour for ?min_confidence= (a test checks).
+const UNSURE = [224, 224, 192];
 let model = null; // GET /v1/model
-let result = null; // {width, height, ids, base: ImageData, classes}
+let result = null; // {width, height, ids, base: ImageData, classes, confidence: Uint16Array | null}
 let current = 0; // the latest upload; answers to older ones are dropped
 
 class ServiceError extends Error {}
@@ -68,7 +72,8 @@ async function decodeLabels(bytes) {
     } else if (kind === "IEND") break;
     at += 12 + length;
   }
-  if (interlace || !((type === 3 && depth <= 8) || (type === 0 && depth === 16))) {
+  // Palette labels (8 bits or fewer), 16-bit grey labels, or the 8-bit grey confidence map.
+  if (interlace || !((type === 3 && depth <= 8) || (type === 0 && (depth === 16 || depth === 8)))) {
     throw new Error(`unexpected label PNG (colour type ${type}, ${depth} bits)`);
   }
   const stream = new Blob(chunks).stream().pipeThrough(new DecompressionStream("deflate"));
@@ -135,14 +140,27 @@ function base64Bytes(text) {
 
 // --- showing it ----------------------------------------------------------------------------
 
+// The smallest confidence value (0-255) at or above a probability: contract.encode's rule.
+function limit(probability) {
+  return Math.ceil(Math.round(probability * 255 * 1e6) / 1e6);
+}
+
+// Whether pixel k is below the unsure slider (never, without a confidence map).
+function unsureAt(k, below) {
+  return result.confidence !== null && result.confidence[k] < below;
+}
+
 function blend() {
   if (!result) return;
   const alpha = Number($("alpha").value);
   $("alpha-value").textContent = alpha.toFixed(2);
+  const threshold = Number($("min-confidence").value);
+  $("min-confidence-value").textContent = threshold.toFixed(2);
+  const below = limit(threshold);
   const { width, height, ids, base } = result;
   const out = new ImageData(width, height);
   for (let k = 0, p = 0; k < ids.length; k++, p += 4) {
-    const rgb = colour(ids[k]);
+    const rgb = unsureAt(k, below) ? UNSURE : colour(ids[k]);
     for (let ch = 0; ch < 3; ch++) {
       out.data[p + ch] = Math.round(base.data[p + ch] * (1 - alpha) + rgb[ch] * alpha);
     }
@@ -151,6 +169,40 @@ function blend() {
   const canvas = $("overlay");
   [canvas.width, canvas.height] = [width, height];
   canvas.getContext("2d").putImageData(out, 0, 0);
+  legend(shares(below));
+}
+
+// The confidence map as grey pixels: 255 (white) sure, 0 unsure.
+function showConfidence() {
+  const figure = $("confidence-figure");
+  figure.hidden = result.confidence === null;
+  if (figure.hidden) return;
+  const { width, height, confidence } = result;
+  const out = new ImageData(width, height);
+  for (let k = 0, p = 0; k < confidence.length; k++, p += 4) {
+    out.data[p] = out.data[p + 1] = out.data[p + 2] = confidence[k];
+    out.data[p + 3] = 255;
+  }
+  const canvas = $("confidence");
+  [canvas.width, canvas.height] = [width, height];
+  canvas.getContext("2d").putImageData(out, 0, 0);
+}
+
+// The legend's entries: the service's classes, or, with pixels below the unsure slider, the
+// classes of the other pixels and the unsure share (as the service's overlay legend counts).
+function shares(below) {
+  if (result.confidence === null || below === 0) return result.classes;
+  const counts = new Map();
+  let unsure = 0;
+  for (let k = 0; k < result.ids.length; k++) {
+    if (unsureAt(k, below)) unsure++;
+    else counts.set(result.ids[k], (counts.get(result.ids[k]) || 0) + 1);
+  }
+  const total = result.ids.length;
+  const entries = [...counts].map(([id, n]) => ({ id, name: model.classes[id] ?? String(id), fraction: n / total }));
+  entries.sort((a, b) => b.fraction - a.fraction || a.id - b.id);
+  if (unsure) entries.push({ id: null, name: "unsure", fraction: unsure / total });
+  return entries;
 }
 
 function percent(fraction) {
@@ -162,12 +214,12 @@ function legend(classes) {
     const item = document.createElement("li");
     const swatch = document.createElement("span");
     swatch.className = "swatch";
-    swatch.style.background = `rgb(${colour(entry.id).join(",")})`;
+    swatch.style.background = `rgb(${(entry.id === null ? UNSURE : colour(entry.id)).join(",")})`;
     const name = document.createElement("span");
     name.className = "name";
     name.textContent = entry.name;
     item.append(swatch, name, ` ${percent(entry.fraction)}`);
-    item.dataset.id = entry.id;
+    if (entry.id !== null) item.dataset.id = entry.id;
     return item;
   });
   $("legend").replaceChildren(...items);
@@ -181,7 +233,8 @@ function hover(event) {
   if (x < 0 || y < 0 || x >= result.width || y >= result.height) return;
   const id = result.ids[y * result.width + x];
   const name = model.classes[id] ?? String(id);
-  $("hover").textContent = `x ${x}, y ${y}: ${name}`;
+  const sure = result.confidence === null ? "" : `, ${Math.round((result.confidence[y * result.width + x] / 255) * 100)}% sure`;
+  $("hover").textContent = `x ${x}, y ${y}: ${name}${sure}`;
   $("hover").dataset.id = id;
 }
 
@@ -191,19 +244,25 @@ async function segment(file) {
   $("status").textContent = `Segmenting ${file.name}\u2026`;
   try {
     const started = performance.now();
+    model = model || (await loadModel());
     const response = await post(file, "format=json&label_encoding=png");
     const answer = await response.json();
     const png = base64Bytes(answer.label_map);
     const labels = await decodeLabels(png);
+    // A second pass for the confidence map, when the model has one.
+    let confidence = null;
+    if ((model.outputs || []).includes("confidence")) {
+      const grey = await (await post(file, "format=confidence")).arrayBuffer();
+      confidence = (await decodeLabels(new Uint8Array(grey))).ids;
+    }
     const seen = await original(file, answer.width, answer.height);
     if (upload !== current) return URL.revokeObjectURL(seen.url);
-    model = model || (await loadModel());
-    if (upload !== current) return URL.revokeObjectURL(seen.url);
-    result = { ...labels, base: seen.base, classes: answer.classes };
+    result = { ...labels, base: seen.base, classes: answer.classes, confidence };
     URL.revokeObjectURL($("original").src);
     $("original").src = seen.url;
+    $("unsure-controls").hidden = confidence === null;
     blend();
-    legend(answer.classes);
+    showConfidence();
     const link = $("download");
     URL.revokeObjectURL(link.href);
     link.href = URL.createObjectURL(new Blob([png], { type: "image/png" }));
@@ -240,7 +299,10 @@ function start() {
     if (file) segment(file);
   });
   $("alpha").addEventListener("input", blend);
-  for (const picture of [$("original"), $("overlay")]) picture.addEventListener("mousemove", hover);
+  $("min-confidence").addEventListener("input", blend);
+  for (const picture of [$("original"), $("overlay"), $("confidence")]) {
+    picture.addEventListener("mousemove", hover);
+  }
   loadModel().then((info) => { model = model || info; }, showError);
 }
 

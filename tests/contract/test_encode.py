@@ -108,3 +108,55 @@ def test_a_legend_wraps_onto_more_rows_when_the_image_is_narrow() -> None:
     narrow = encode.legend(labels, table, classes, 120)
     assert narrow.width == one_row.width == 120
     assert narrow.height > 4 * one_row.height  # one entry, or so, a row
+
+
+def test_the_confidence_png_is_8_bit_grey_of_the_values() -> None:
+    confidence = np.array([[0, 51, 128], [200, 254, 255]], dtype=np.uint8)
+    picture = Image.open(io.BytesIO(encode.encode_confidence(confidence)))
+    assert (picture.format, picture.mode, picture.size) == ("PNG", "L", (3, 2))
+    np.testing.assert_array_equal(np.asarray(picture), confidence)
+
+
+@pytest.mark.parametrize(
+    ("min_confidence", "limit"),
+    [(0.0, 0), (0.2, 51), (0.5, 128), (0.9, 230), (1.0, 255)],
+)
+def test_a_pixel_is_below_min_confidence_when_its_value_is_below_255_times_it(
+    min_confidence: float, limit: int
+) -> None:
+    assert encode.confidence_limit(min_confidence) == limit
+    values = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(encode.below(values, min_confidence), values < limit)
+
+
+def test_unsure_pixels_are_painted_one_colour_and_named_in_the_legend() -> None:
+    classes = ["background", "cat", "dog"]
+    table = color_table(PALETTE[:3])
+    labels = np.zeros((300, 200), np.uint8)  # taller than one blending strip
+    labels[:, 100:] = 1
+    confidence = np.full((300, 200), 250, np.uint8)
+    confidence[280:, :50] = 100  # 1000 unsure background pixels, in the second strip
+    unsure = encode.below(confidence, 0.5)
+    image = np.full((300, 200, 3), 90, np.uint8)
+    plain = encode_overlay(image, labels, table, alpha=1.0, image_format="png")
+    marked = encode_overlay(image, labels, table, alpha=1.0, image_format="png", unsure=unsure)
+    painted = np.asarray(Image.open(io.BytesIO(marked)))
+    assert (painted[unsure] == encode.UNSURE_COLOR).all()
+    np.testing.assert_array_equal(
+        painted[~unsure], np.asarray(Image.open(io.BytesIO(plain)))[~unsure]
+    )
+    present = encode.present(labels, classes, unsure)
+    # Shares of all pixels, most first: the unsure ones count for no class.
+    assert [(name, round(f, 4)) for _, name, f in present] == [
+        ("cat", 0.5),
+        ("background", round(29000 / 60000, 4)),
+    ]
+    with_legend = encode_overlay(
+        image, labels, table, image_format="png", legend_classes=classes, unsure=unsure
+    )
+    strip = np.asarray(Image.open(io.BytesIO(with_legend)))[300:]
+    assert encode.UNSURE_COLOR in {tuple(c) for c in strip.reshape(-1, 3).tolist()}
+    without = encode.legend(labels, table, classes, 200)
+    assert encode.UNSURE_COLOR not in {
+        tuple(c) for c in np.asarray(without).reshape(-1, 3).tolist()
+    }

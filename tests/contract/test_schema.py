@@ -104,12 +104,39 @@ def test_malformed_metadata_is_refused_naming_the_key(key: str, value: str, word
         parse_metadata({**PROPS, key: value}, "m.onnx")
 
 
+CONFIDENT = {**PROPS, "fcn.outputs": json.dumps(["labels", "confidence"])}
+CONFIDENCE = TensorSpec("confidence", "uint8", ("N", "H", "W"))
+
+
 def test_tensors_that_keep_the_contract_pass() -> None:
     meta = parse_metadata(PROPS)
+    assert not meta.has_confidence
     assert check_tensors(INPUTS, OUTPUTS, meta) == []
     scored = parse_metadata({**PROPS, "fcn.outputs": json.dumps(["labels", "scores"])})
     scores = TensorSpec("scores", "float", ("N", 3, "H", "W"))
     assert check_tensors(INPUTS, [*OUTPUTS, scores], scored) == []
+    confident = parse_metadata(CONFIDENT)
+    assert confident.has_confidence
+    assert check_tensors(INPUTS, [*OUTPUTS, CONFIDENCE], confident) == []
+
+
+@pytest.mark.parametrize(
+    ("outputs", "words"),
+    [
+        ([*OUTPUTS, TensorSpec("confidence", "float", ("N", "H", "W"))], "'confidence' is float"),
+        ([*OUTPUTS, TensorSpec("confidence", "uint8", ("N", 1, "H", "W"))], "has rank 4"),
+        (OUTPUTS, "the graph has no 'confidence' tensor"),
+    ],
+    ids=["float", "rank", "missing"],
+)
+def test_a_confidence_output_is_held_to_the_contract(outputs: list[TensorSpec], words: str) -> None:
+    with pytest.raises(MetadataError, match=f"^m.onnx: .*{words}"):
+        check_model(CONFIDENT, INPUTS, outputs, "m.onnx")
+
+
+def test_a_graph_with_an_undeclared_confidence_output_is_refused() -> None:
+    with pytest.raises(MetadataError, match="the graph's outputs are .*fcn.outputs says"):
+        check_model(PROPS, INPUTS, [*OUTPUTS, CONFIDENCE], "m.onnx")
 
 
 @pytest.mark.parametrize(

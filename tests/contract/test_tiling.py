@@ -20,8 +20,10 @@ from contract.tiling import (
     parse_tiling,
     plan_tiles,
     segment_tiled,
+    segment_tiled_maps,
 )
 from model.data.synthetic import render_sample, sample_rng
+from tests.factory import exported
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo" / "fcn8s.onnx"
 VGG = Tiling()  # the VGG16 FCNs: align 32, context 246
@@ -180,6 +182,27 @@ def test_tiles_at_the_exact_overlap_give_the_whole_image_labels(
     tiled = segment_tiled(image, plan, lambda batch: run(demo, batch), batch_size=2)
     assert tiled.dtype == whole.dtype
     np.testing.assert_array_equal(tiled, whole)
+
+
+@pytest.mark.slow
+def test_confidence_tiles_stitch_as_labels_do_and_equal_one_pass_at_the_exact_overlap() -> None:
+    _, path = exported("fcn8s")  # labels and confidence, as `fcn export` writes them
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def maps(batch: NDArray[np.uint8]) -> list[NDArray[np.uint8]]:
+        return list(session.run(["labels", "confidence"], {"image": np.ascontiguousarray(batch)}))
+
+    image = mosaic(517, 803)
+    labels, confidence = (m[0] for m in maps(image[None]))
+    plan = plan_tiles(
+        517, 803, max_pixels=10**9, overlap=VGG.exact_overlap, tiling=VGG, tile_size=600
+    )
+    assert plan.count > 1
+    tiled_labels, tiled_confidence = segment_tiled_maps(image, plan, maps, batch_size=2)
+    np.testing.assert_array_equal(tiled_labels, labels)
+    assert tiled_confidence.dtype == np.uint8
+    np.testing.assert_array_equal(tiled_confidence, confidence)
+    assert len(np.unique(confidence)) > 10  # a real map, not a constant
 
 
 def test_the_default_overlap_differs_only_near_seams_and_rarely(

@@ -18,7 +18,7 @@ import pytest
 from numpy.typing import NDArray
 
 from contract.tiling import padded_pixels
-from service.batching import Batcher, Prediction
+from service.batching import Batcher
 from service.errors import (
     ClientGoneError,
     InferenceError,
@@ -28,6 +28,7 @@ from service.errors import (
 )
 from service.main import create_app
 from service.metrics import Metrics
+from service.prediction import Prediction
 from service.runtime import Runtime
 from tests.images import encode, pattern
 from tests.service.support import (
@@ -48,13 +49,13 @@ pytestmark = pytest.mark.anyio
 class Gate:
     """The real session behind a gate; records the batch shapes it ran."""
 
-    def __init__(self, run: Callable[[NDArray[np.uint8]], NDArray[Any]]):
+    def __init__(self, run: Callable[[NDArray[np.uint8]], dict[str, NDArray[Any]]]):
         self.run = run
         self.open = threading.Event()
         self.entered = threading.Event()
         self.shapes: list[tuple[int, ...]] = []
 
-    def __call__(self, batch: NDArray[np.uint8]) -> NDArray[Any]:
+    def __call__(self, batch: NDArray[np.uint8]) -> dict[str, NDArray[Any]]:
         self.entered.set()
         assert self.open.wait(30)
         self.shapes.append(batch.shape)
@@ -120,9 +121,11 @@ async def test_requests_are_grouped_by_size_and_get_their_own_slice(
     # The held request alone, then the oldest size with its kind, then the other size.
     assert gate.shapes == [(1, 16, 16, 3), (3, 20, 30, 3), (2, 24, 16, 3)]
     for image, result in zip(images, results[1:], strict=True):
-        alone = runtime.run(image[None])[0]
+        alone = runtime.run(image[None])
         assert result.labels.shape == image.shape[:2]
-        assert result.labels.tobytes() == alone.tobytes()
+        assert result.labels.tobytes() == alone["labels"][0].tobytes()
+        assert result.confidence is not None  # the model has it: every slice carries its own
+        assert result.confidence.tobytes() == alone["confidence"][0].tobytes()
     assert [r.batch_size for r in results] == [1, 3, 2, 3, 2, 3]
 
 

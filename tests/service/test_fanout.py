@@ -8,10 +8,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.batching import Batcher, Prediction, Ticket
+from service.batching import Batcher, Ticket
 from service.errors import RequestTimeoutError
 from service.fanout import predict_batches
 from service.metrics import Metrics
+from service.prediction import Prediction
 from service.runtime import Runtime
 from tests.images import pattern
 from tests.service.support import metric
@@ -46,7 +47,9 @@ async def test_the_images_come_back_in_order_a_batch_at_a_time(
     assert [len(batch) for batch in batches] == [2, 2, 1]
     predictions: list[Prediction] = [p for batch in batches for p in batch]
     for image, prediction in zip(images, predictions, strict=True):
-        np.testing.assert_array_equal(prediction.labels, runtime.run(image[None])[0])
+        alone = runtime.run(image[None])
+        np.testing.assert_array_equal(prediction.labels, alone["labels"][0])
+        np.testing.assert_array_equal(prediction.confidence, alone["confidence"][0])
 
 
 async def test_past_the_deadline_all_fail_with_the_one_message_and_none_run(

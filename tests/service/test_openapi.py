@@ -142,7 +142,7 @@ def test_every_operation_answers_as_its_document_says(
             if served:
                 name_served(case, names)
             if mode is schemathesis.GenerationMode.POSITIVE:
-                made_valid(case, largest, align, serving.tile_overlap, runtime.served)
+                made_valid(case, largest, align, serving.tile_overlap, runtime.outputs)
             try:
                 response = case.call_and_validate()  # every check schemathesis has
                 answers[response.status_code] += 1

@@ -7,6 +7,7 @@ The browser tests skip when chromium or chromedriver is not installed; CI instal
 from __future__ import annotations
 
 import fnmatch
+import io
 import re
 import shutil
 import subprocess
@@ -20,7 +21,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
+from contract.encode import UNSURE_COLOR
 from tests.images import encode, pattern
 from tests.service.support import (
     IMAGE,
@@ -77,6 +80,13 @@ def test_the_page_links_only_to_files_it_ships_and_routes_it_has() -> None:
     assert {"app.js", "app.css"} <= set(assets)
     assert all((STATIC / asset).is_file() for asset in assets)
     assert all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+
+
+def test_the_page_paints_unsure_pixels_in_the_services_colour() -> None:
+    script = (STATIC / "app.js").read_text()
+    found = re.search(r"const UNSURE = \[(\d+), (\d+), (\d+)\];", script)
+    assert found is not None
+    assert tuple(int(v) for v in found.groups()) == UNSURE_COLOR
 
 
 def test_the_wheel_ships_the_page() -> None:
@@ -168,12 +178,13 @@ def wait(driver: Any, condition: Any, timeout_s: float = 30) -> Any:
     return WebDriverWait(driver, timeout_s).until(condition)
 
 
-def canvas_rgb(driver: Any) -> np.ndarray:
-    """The overlay canvas' pixels, H x W x 3."""
+def canvas_rgb(driver: Any, canvas: str = "overlay") -> np.ndarray:
+    """A canvas' pixels (the overlay's by default), H x W x 3."""
     width, height, data = driver.execute_script(
-        "const c = document.getElementById('overlay');"
+        "const c = document.getElementById(arguments[0]);"
         "return [c.width, c.height, Array.from(c.getContext('2d')"
-        ".getImageData(0, 0, c.width, c.height).data)];"
+        ".getImageData(0, 0, c.width, c.height).data)];",
+        canvas,
     )
     return np.asarray(data, dtype=np.uint8).reshape(height, width, 4)[..., :3]
 
@@ -205,7 +216,9 @@ def test_the_page_segments_an_image_in_a_browser(
         info = client.get("/v1/model").json()
         expected = client.post("/segment?format=json", files={"image": ("s.png", png)}).json()
         label_png = client.post("/segment", files={"image": ("s.png", png)}).content
+        grey = client.post("/segment?format=confidence", files={"image": ("s.png", png)}).content
     labels = png_labels(label_png)
+    confidence = np.asarray(Image.open(io.BytesIO(grey)))
     height, width = labels.shape
     colours = np.asarray(PALETTE, dtype=np.float64)[labels]
 
@@ -236,6 +249,17 @@ def test_the_page_segments_an_image_in_a_browser(
     browser.find_element(By.ID, "alpha").send_keys(Keys.END)
     assert browser.find_element(By.ID, "alpha-value").text == "1.00"
     assert np.array_equal(canvas_rgb(browser), colours.astype(np.uint8))
+    # Beside it, the service's confidence map; the unsure slider paints what is below it.
+    assert np.array_equal(canvas_rgb(browser, "confidence")[..., 0], confidence)
+    browser.find_element(By.ID, "min-confidence").send_keys(Keys.END)
+    assert browser.find_element(By.ID, "min-confidence-value").text == "1.00"
+    unsure = confidence < 255
+    assert unsure.any()
+    painted = canvas_rgb(browser)
+    assert (painted[unsure] == UNSURE_COLOR).all()
+    assert np.array_equal(painted[~unsure], colours.astype(np.uint8)[~unsure])
+    assert browser.find_elements(By.CSS_SELECTOR, "#legend li")[-1].text.startswith("unsure ")
+    browser.find_element(By.ID, "min-confidence").send_keys(Keys.HOME)
 
     # The legend: exactly the classes the service finds, with their fractions.
     items = browser.find_elements(By.CSS_SELECTOR, "#legend li")
@@ -250,12 +274,15 @@ def test_the_page_segments_an_image_in_a_browser(
     ActionChains(browser).move_to_element(overlay).perform()
     hovered = wait(
         browser,
-        lambda d: re.fullmatch(r"x (\d+), y (\d+): (.+)", d.find_element(By.ID, "hover").text),
+        lambda d: re.fullmatch(
+            r"x (\d+), y (\d+): (.+), (\d+)% sure", d.find_element(By.ID, "hover").text
+        ),
     )
     x, y, name = int(hovered[1]), int(hovered[2]), hovered[3]
     assert abs(x - width // 2) <= 1
     assert abs(y - height // 2) <= 1
     assert name == info["classes"][labels[y, x]]
+    assert int(hovered[4]) == round(100 * int(confidence[y, x]) / 255)
 
     # The download link saves the label PNG: the same bytes POST /segment answers.
     browser.find_element(By.ID, "download").click()

@@ -177,7 +177,7 @@ async def test_a_model_with_scores_serves_the_same_labels(
         info = (await client.get("/v1/model")).json()
     async with serve(model_path) as client:
         plain = await client.post("/segment", files={"image": ("a", PNG)})
-    assert info["outputs"] == ["labels", "scores"]
+    assert info["outputs"] == ["labels", "confidence", "scores"]
     assert scored.status_code == plain.status_code == 200
     assert scored.content == plain.content
 

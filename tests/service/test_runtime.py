@@ -49,10 +49,15 @@ def test_sessions_run_one_inference_at_a_time_on_threads_that_sleep() -> None:
 def test_tensors_are_read_as_the_contract_names_them(model_with_scores_path: Path) -> None:
     session = ort.InferenceSession(model_with_scores_path, providers=["CPUExecutionProvider"])
     (image,) = session_tensors(session.get_inputs())
-    labels, scores = sorted(session_tensors(session.get_outputs()), key=lambda t: t.name)
+    labels, confidence, scores = session_tensors(session.get_outputs())
     assert (image.name, image.dtype, image.shape) == ("image", "uint8", ("N", "H", "W", 3))
-    assert (labels.dtype, len(labels.shape)) == ("uint8", 3)
-    assert (scores.dtype, len(scores.shape)) == ("float", 4)
+    assert (labels.name, labels.dtype, labels.shape) == ("labels", "uint8", ("N", "H", "W"))
+    assert (confidence.name, confidence.dtype, confidence.shape) == (
+        "confidence",
+        "uint8",
+        ("N", "H", "W"),
+    )
+    assert (scores.name, scores.dtype, len(scores.shape)) == ("scores", "float", 4)
 
 
 def test_loads_the_exported_model_and_its_metadata(
@@ -70,18 +75,34 @@ def test_loads_the_exported_model_and_its_metadata(
     assert runtime.threads == available_cpus()
     assert load(model_path, intra_op_threads=1).threads == 1
     image = pattern(20, 30)[None]
-    np.testing.assert_array_equal(runtime.run(image), session.run(None, {"image": image})[0])
+    labels, confidence = session.run(["labels", "confidence"], {"image": image})
+    outputs = runtime.run(image)
+    assert list(outputs) == ["labels", "confidence"]
+    np.testing.assert_array_equal(outputs["labels"], labels)
+    np.testing.assert_array_equal(outputs["confidence"], confidence)
 
 
 def test_a_model_with_scores_serves_the_same_labels(
     model_path: Path, model_with_scores_path: Path
 ) -> None:
     plain, scored = load(model_path), load(model_with_scores_path)
-    assert scored.info.meta.outputs == ("labels", "scores")
+    assert scored.info.meta.outputs == ("labels", "confidence", "scores")
     image = pattern(33, 47)[None]
-    labels = scored.run(image)
-    assert labels.shape == (1, 33, 47)
-    np.testing.assert_array_equal(labels, plain.run(image))
+    outputs = scored.run(image)
+    assert list(outputs) == ["labels", "confidence"]  # the scores stay in the session
+    assert outputs["labels"].shape == (1, 33, 47)
+    np.testing.assert_array_equal(outputs["labels"], plain.run(image)["labels"])
+
+
+def test_a_model_without_confidence_serves_its_labels_alone(
+    model_path: Path, model_without_confidence_path: Path
+) -> None:
+    runtime = load(model_without_confidence_path)
+    assert runtime.info.meta.outputs == ("labels",)
+    image = pattern(21, 34)[None]
+    outputs = runtime.run(image)
+    assert list(outputs) == ["labels"]
+    np.testing.assert_array_equal(outputs["labels"], load(model_path).run(image)["labels"])
 
 
 def test_a_file_of_another_schema_is_refused(model_path: Path, tmp_path: Path) -> None:
@@ -184,7 +205,7 @@ def test_require_gpu_runs_on_cuda_when_there_is_one(model_path: Path, cuda_works
         model_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], require_gpu=True
     )
     assert runtime.provider == "CUDAExecutionProvider"
-    assert runtime.run(pattern(40, 30)[None]).shape == (1, 40, 30)
+    assert runtime.run(pattern(40, 30)[None])["labels"].shape == (1, 40, 30)
 
 
 def rss_mib() -> float:

@@ -69,9 +69,19 @@ async def test_tiles_at_the_exact_overlap_answer_the_same_bytes_as_one_pass(
             params={**query, "format": "overlay", "image_format": "png"},
             files={"image": ("a.png", png)},
         )
+        # The confidence map is stitched tile by tile as the labels are.
+        sure = {"format": "confidence"}
+        sure_whole = await client.post("/segment", params=sure, files={"image": ("a.png", png)})
+        sure_tiled = await client.post(
+            "/segment", params={**query, **sure}, files={"image": ("a.png", png)}
+        )
     assert whole.headers["X-Tiles"] == "1"
     assert int(tiled.headers["X-Tiles"]) >= 4
     assert tiled.content == whole.content
+    assert sure_whole.headers["X-Tiles"] == "1"
+    assert sure_tiled.headers["X-Tiles"] == tiled.headers["X-Tiles"]
+    assert sure_tiled.content == sure_whole.content
+    assert len(np.unique(np.asarray(Image.open(io.BytesIO(sure_whole.content))))) > 10
     assert overlay.status_code == 200
     assert Image.open(io.BytesIO(overlay.content)).size == (777, 613)
 

@@ -23,6 +23,7 @@ from model.evaluation.predictors import PredictError
 from model.export.exporter import export_onnx
 from model.nets.fcn import ModelSpec, build_fcn, network_tiling
 from model.nets.preprocessing import TORCHVISION
+from tests.factory import without_confidence
 from tests.model.evaluation.margins import TIE, smallest_margin
 from tests.model.evaluation.reference import reference_confusion
 
@@ -79,6 +80,18 @@ def test_command_prints_table_and_writes_files(
     assert record["classes"] == list(SYNTH_CLASSES)
     assert len(record["confusion"]) == len(SYNTH_CLASSES)
     assert (out / "confusion.png").read_bytes()[:8] == PNG
+    # Calibration: printed, in metrics.json, and plotted; at level 0 every pixel is kept.
+    assert "calibration (15 bins" in printed
+    assert "reliability.png" in printed
+    assert (out / "reliability.png").read_bytes()[:8] == PNG
+    calibration = record["calibration"]
+    assert 0 <= calibration["ece"] <= 1
+    assert calibration["pixels"] == sum(map(sum, record["confusion"]))
+    everything = calibration["coverage"][0]
+    assert (everything["level"], everything["kept"]) == (0.0, 1.0)
+    assert everything["mean_iu"] == pytest.approx(record["mean_iu"])
+    kept = [row["kept"] for row in calibration["coverage"]]
+    assert kept == sorted(kept, reverse=True)
     # One palette PNG and one overlay per image, at the image's size.
     for sample_id in ("val_000000", "val_000001", "val_000002"):
         with Image.open(out / "predictions" / f"{sample_id}.png") as label:
@@ -197,8 +210,19 @@ def test_an_onnx_model_is_evaluated_on_onnx_runtime_as_the_service_runs_it(
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     for i, (image, _) in enumerate(voc_dataset(synth, "val")):
         sample = voc_dataset(synth, "val").samples[i]
-        (labels,) = session.run(None, {"image": image.permute(1, 2, 0).numpy()[None]})
+        (labels,) = session.run(["labels"], {"image": image.permute(1, 2, 0).numpy()[None]})
         written = np.array(Image.open(out / "predictions" / f"{sample.id}.png"))
         assert np.array_equal(written, labels[0])
     with pytest.raises(PredictError, match="--amp bf16: an ONNX model runs at its exported"):
         evaluate(onnx_path, synth, workers=0, amp="bf16")
+    # The file's own confidence gives the checkpoint's calibration, to rounding.
+    by_torch = evaluate(checkpoint, synth, workers=0, check_data=False).calibration
+    assert by_torch is not None
+    assert record["calibration"]["ece"] == pytest.approx(by_torch.ece, abs=0.005)
+    bare = without_confidence(onnx_path, tmp_path / "bare.onnx")
+    bare_out = tmp_path / "bare-eval"
+    flags = ["--data", str(synth), "--workers", "0", "--out", str(bare_out)]
+    assert main(["eval", *flags, "--checkpoint", str(bare)]) == 0
+    assert "calibration: not measured;" in capsys.readouterr().out
+    assert "calibration" not in json.loads((bare_out / "metrics.json").read_text())
+    assert not (bare_out / "reliability.png").exists()

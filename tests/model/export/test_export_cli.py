@@ -48,9 +48,11 @@ def test_export_verifies_reports_and_writes_the_triton_repository(
     report = capsys.readouterr().out
     assert "batch 1 x 1x1: labels agree 100.0000%" in report
     assert "PASSED" in report
+    assert "confidence: within" in report  # checked against PyTorch's softmax
     assert f"wrote {out} (" in report
     session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
     assert session.get_modelmeta().custom_metadata_map["fcn.arch"] == "fcn32s"
+    assert [o.name for o in session.get_outputs()] == ["labels", "confidence"]  # by default
     # The exporter's caveat travels in the file, and `fcn info` shows it.
     assert session.get_modelmeta().custom_metadata_map["fcn.note"] == NOTE
     assert main(["info", str(out)]) == 0
@@ -58,9 +60,22 @@ def test_export_verifies_reports_and_writes_the_triton_repository(
     assert main(["info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["note"] == NOTE
     assert (repo / "segmenter" / "1" / "model.onnx").read_bytes() == out.read_bytes()
+    assert 'name: "confidence"' in (repo / "segmenter" / "config.pbtxt").read_text()
     assert 'name: "segmenter"' in (repo / "segmenter" / "config.pbtxt").read_text()
     assert "max_batch_size: 4" in (repo / "segmenter" / "config.pbtxt").read_text()
     assert not [p for p in files_under(tmp_path) if p.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_no_confidence_leaves_the_output_out(
+    tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "labels-only.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint_file), "--out", str(out),
+                 "--no-confidence"]) == 0  # fmt: skip
+    assert "confidence: no such output" in capsys.readouterr().out
+    session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["labels"]
 
 
 @pytest.mark.slow

@@ -81,6 +81,7 @@ def test_int8_file_quantizes_the_convolutions_and_keeps_the_metadata(
     assert meta.metrics == {"mean_iu": 0.25}
     assert meta.quantization["format"] == "QDQ"
     assert meta.quantization["calibration"]["images"] == 4
+    assert meta.outputs == ("labels", "confidence")  # the softmax stays float, as the argmax
     model = onnx.load(out)
     weights = {i.name: i for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -138,8 +139,12 @@ async def test_the_service_serves_the_int8_file(
 
     async with serve(out, runtime=runtime) as client:
         response = await client.post("/segment", files={"image": ("a.png", encode(image, "PNG"))})
+        sure = await client.post(
+            "/segment?format=confidence", files={"image": ("a.png", encode(image, "PNG"))}
+        )
         info = (await client.get("/v1/model")).json()
     assert response.status_code == 200
+    assert sure.status_code == 200, sure.text
     labels = png_labels(response.content)
     assert labels.shape == (37, 29)
     assert int(labels.max()) < NUM_CLASSES

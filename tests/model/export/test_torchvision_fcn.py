@@ -38,13 +38,24 @@ def random_fcn_resnet50() -> nn.Module:
     return model.eval()
 
 
-def torchvision_labels(model: nn.Module, image: np.ndarray) -> np.ndarray:
-    """torchvision's own labels for a uint8 [N, H, W, 3] batch: its normalisation, its forward."""
+def torchvision_logits(model: nn.Module, image: np.ndarray) -> Tensor:
+    """torchvision's own logits for a uint8 [N, H, W, 3] batch: its normalisation, its forward."""
     x = torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        labels: Tensor = model(x)["out"].argmax(1)
-    return labels.numpy()
+        logits: Tensor = model(x)["out"]
+    return logits
+
+
+def torchvision_labels(model: nn.Module, image: np.ndarray) -> np.ndarray:
+    """torchvision's own labels for a uint8 [N, H, W, 3] batch."""
+    return torchvision_logits(model, image).argmax(1).numpy()
+
+
+def torchvision_confidence(model: nn.Module, image: np.ndarray) -> np.ndarray:
+    """round(255 x torchvision's top softmax probability), in float64."""
+    top = torchvision_logits(model, image).double().softmax(1).amax(1)
+    return (255 * top).round().numpy()
 
 
 def images() -> list[np.ndarray]:
@@ -110,7 +121,7 @@ def test_the_export_keeps_the_contract_as_onnx_runtime_reads_it(random_export: P
     assert (meta.preprocessing["mean"], meta.preprocessing["std"]) == (list(MEAN), list(STD))
     assert meta.preprocessing["scale"] == pytest.approx(1 / 255)
     assert meta.tiling == Tiling(align=8, context=232)
-    assert meta.outputs == ("labels",)
+    assert meta.outputs == ("labels", "confidence")
 
 
 @pytest.mark.slow
@@ -119,8 +130,9 @@ def test_labels_equal_torchvisions_own_forward_pass(random_export: Path) -> None
     model = random_fcn_resnet50()
     sess = session(random_export)
     for image in images():
-        (labels,) = sess.run(None, {"image": image})
+        labels, confidence = sess.run(None, {"image": image})
         expected = torchvision_labels(model, image)
+        assert np.abs(confidence.astype(np.int16) - torchvision_confidence(model, image)).max() <= 1
         assert labels.dtype == np.uint8
         assert labels.shape == image.shape[:3]
         assert len(np.unique(expected)) > 3  # the comparison is not of one constant class
@@ -134,8 +146,8 @@ def test_published_weights_load_through_weights_path_without_their_aux_head(
     loaded_sess, random_sess = session(loaded_export), session(random_export)
     meta = loaded_sess.get_modelmeta().custom_metadata_map
     for image in images():
-        (labels,) = loaded_sess.run(None, {"image": image})
-        (random_labels,) = random_sess.run(None, {"image": image})
+        (labels,) = loaded_sess.run(["labels"], {"image": image})
+        (random_labels,) = random_sess.run(["labels"], {"image": image})
         assert np.array_equal(labels, torchvision_labels(loaded, image))
         assert (labels != random_labels).mean() > 0.5  # the file's weights, not the seed's
     assert json.loads(meta["fcn.metrics"]) == FIGURES

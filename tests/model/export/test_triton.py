@@ -130,8 +130,9 @@ def test_the_parser_rejects_what_triton_would() -> None:
         ({"arch": "fcn8s", "fp16": True}, 8),
         ({"arch": "fcn8s", "num_classes": 256}, 8),
         ({"arch": "fcn8s", "with_scores": True}, 0),
+        ({"arch": "fcn8s", "confidence": False}, 8),
     ],
-    ids=["labels", "scores", "fp16", "int32-labels", "no-batching"],
+    ids=["labels", "scores", "fp16", "int32-labels", "no-batching", "no-confidence"],
 )
 def test_config_names_types_and_dims_match_the_onnx_graph(
     tmp_path: Path, variant: dict[str, Any], max_batch_size: int
@@ -155,6 +156,8 @@ def test_config_names_types_and_dims_match_the_onnx_graph(
         assert not config.HasField("dynamic_batching")
     assert config_tensors(config.input) == inputs
     assert config_tensors(config.output) == outputs
+    declared = [name for name, _, _ in config_tensors(config.output)]
+    assert ("confidence" in declared) == variant.get("confidence", True)
     assert config_tensors(config.input)[0][1:] == (
         ("TYPE_UINT8", [-1, -1, 3]) if max_batch_size else ("TYPE_UINT8", [-1, -1, -1, 3])
     )

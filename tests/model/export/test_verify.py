@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
 from contract.runtimes import native_bf16, openvino_installed
@@ -32,7 +34,35 @@ def test_a_faithful_export_passes_on_the_contract_sizes() -> None:
     assert report.max_logit_error <= 1e-4
     # Without a scores output the logits are the very tensor the graph's ArgMax reads.
     assert report.logits_from == "ArgMax input"
+    assert report.max_confidence_error is not None
+    assert report.max_confidence_error <= report.confidence_tolerance == 1
+    assert "confidence: within" in str(report)
     assert str(report).endswith("PASSED")
+
+
+def test_a_confidence_that_is_not_the_softmax_fails(tmp_path: Path) -> None:
+    checkpoint, path = exported("fcn8s")
+    model = onnx.load(path)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    scale = producers[producers[producers["confidence"].input[0]].input[0]]  # Cast <- Round <- Mul
+    assert scale.op_type == "Mul"
+    weights = {init.name: init for init in model.graph.initializer}
+    (factor,) = [weights[name] for name in scale.input if name in weights]
+    factor.CopyFrom(onnx.numpy_helper.from_array(np.array(200, np.float32), factor.name))
+    off = tmp_path / "off.onnx"
+    onnx.save_model(model, off)
+    report = verify_onnx(off, checkpoint, cases=[(1, 9, 11)])
+    assert not report.passed
+    assert report.agreement == 1.0  # the labels are untouched
+    assert any(f.startswith("confidence off by") for f in report.failures), report.failures
+
+
+def test_an_export_without_confidence_passes_and_says_so() -> None:
+    checkpoint, path = exported("fcn8s", confidence=False)
+    report = verify_onnx(path, checkpoint, cases=[(1, 5, 7)])
+    assert report.passed, report
+    assert report.max_confidence_error is None
+    assert "confidence: no such output" in str(report)
 
 
 @pytest.mark.slow

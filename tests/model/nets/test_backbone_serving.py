@@ -72,13 +72,21 @@ async def test_an_export_serves_the_labels_of_the_checkpoint(
     net = checkpoint.build_model().eval()
     with torch.no_grad():
         pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
-        expected = net(Normalize(checkpoint.preprocessing)(pixels)).argmax(1)[0].numpy()
+        logits = net(Normalize(checkpoint.preprocessing)(pixels))
+    expected = logits.argmax(1)[0].numpy()
+    certainty = (255 * logits.double().softmax(1).amax(1)[0]).round().numpy()
     assert len(np.unique(expected)) > 1
     async with serve(path) as client:
         response = await client.post("/segment", files={"image": ("a", buffer.getvalue())})
+        sure = await client.post(
+            "/segment?format=confidence", files={"image": ("a", buffer.getvalue())}
+        )
         model = (await client.get("/v1/model")).json()
     assert response.status_code == 200
     labels = png_labels(response.content)
     # ONNX Runtime's float32 may flip a label where two scores all but tie.
     assert (labels == expected).mean() > 0.99
+    assert sure.status_code == 200, sure.text
+    confidence = np.asarray(Image.open(io.BytesIO(sure.content)), dtype=np.int16)
+    assert np.abs(confidence - certainty).max() <= 1
     assert model["backbone"] == backbone

@@ -257,7 +257,7 @@ def test_exports_to_onnx_with_the_labels_torch_gives(tmp_path: Path) -> None:
     path = export_onnx(checkpoint, tmp_path / "googlenet.onnx", verify=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     image = np.random.default_rng(0).integers(0, 256, (1, 37, 53, 3), dtype=np.uint8)
-    (labels,) = session.run(None, {"image": image})
+    (labels,) = session.run(["labels"], {"image": image})
     x = Normalize(GOOGLENET)(torch.from_numpy(image).permute(0, 3, 1, 2))
     with torch.no_grad():
         expected = net(x).argmax(1).numpy()

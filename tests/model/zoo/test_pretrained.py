@@ -326,7 +326,7 @@ def test_torchvision_weights_are_checked_exported_with_their_figures_and_label_a
     assert meta.origin["checked"] == f"SHA256 {digest}"
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     image = np.random.default_rng(2).integers(0, 256, size=(1, 75, 101, 3), dtype=np.uint8)
-    (labels,) = session.run(None, {"image": image})
+    (labels,) = session.run(["labels"], {"image": image})
     expected = torchvision_labels(model, image)
     assert len(np.unique(expected)) > 1
     assert np.array_equal(labels, expected)

@@ -110,6 +110,35 @@ def test_the_model_metadata_names_its_label_type() -> None:
     assert metadata["outputs"] == [{"name": "labels", "datatype": "INT32", "shape": [-1, -1, -1]}]
 
 
+def test_confidence_is_offered_beside_the_labels_and_sent_only_when_asked() -> None:
+    metadata = model_metadata("m", "v", "tensor(int32)", ("labels", "confidence"))
+    assert [(o["name"], o["datatype"]) for o in metadata["outputs"]] == [
+        ("labels", "INT32"),
+        ("confidence", "UINT8"),
+    ]
+    outputs, default = ("labels", "confidence"), ("labels",)
+    body, length = binary_body(IMAGES)
+    plain = parse_infer(body, length, max_pixels=100, outputs=outputs, default=default)
+    assert plain.outputs == (("labels", False),)
+    head = json.loads(body[: int(length)])
+    head["outputs"] = [{"name": "confidence", "parameters": {"binary_data": True}}]
+    text = json.dumps(head).encode()
+    asked = parse_infer(
+        text + IMAGES.tobytes(), str(len(text)), max_pixels=100, outputs=outputs, default=default
+    )
+    assert asked.outputs == (("confidence", True),)
+    confidence = np.full((2, 3, 4), 200, np.uint8)
+    content, size = encode_infer(MODEL, asked, {"labels": IMAGES[..., 0], "confidence": confidence})
+    assert size is not None
+    (output,) = json.loads(content[:size])["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == (
+        "confidence",
+        "UINT8",
+        [2, 3, 4],
+    )
+    assert content[size:] == confidence.tobytes()
+
+
 @pytest.mark.parametrize("encoding", [None, "identity", "IDENTITY"])
 def test_an_uncompressed_body_is_taken(encoding: str | None) -> None:
     check_content_encoding(encoding)

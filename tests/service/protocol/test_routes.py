@@ -3,6 +3,7 @@ port, and raw JSON bodies in process for what the client never sends."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 import uvicorn
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from service.main import create_app
@@ -88,7 +90,10 @@ def test_metadata_and_readiness_through_the_client(client: triton.InferenceServe
     assert version.startswith("fcn8s-")  # arch and the file's digest, as /v1/model says
     assert model["platform"] == "onnxruntime_onnx"
     assert model["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
-    assert model["outputs"] == [{"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]}]
+    assert model["outputs"] == [
+        {"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]},
+        {"name": "confidence", "datatype": "UINT8", "shape": [-1, -1, -1]},
+    ]
     assert client.get_model_metadata(MODEL, model_version=version) == model
     assert client.is_model_ready(MODEL)
     assert client.is_model_ready(MODEL, model_version=version)
@@ -127,6 +132,42 @@ def test_infer_gives_the_labels_of_segment(
     # No outputs named: the client asks for all of them, binary.
     default = client.infer(MODEL, [image_input(IMAGE[None], binary=binary)])
     np.testing.assert_array_equal(default.as_numpy("labels"), labels)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_confidence_comes_when_asked_and_equals_segments(
+    client: triton.InferenceServerClient, url: str, binary: bool
+) -> None:
+    answer = httpx.post(
+        f"http://{url}/segment?format=confidence",
+        files={"image": ("a.png", PNG, "image/png")},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    expected = np.asarray(Image.open(io.BytesIO(answer.content)))
+    asked = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("labels", "confidence")]
+    result = client.infer(MODEL, [image_input(IMAGE[None], binary=binary)], outputs=asked)
+    confidence = result.as_numpy("confidence")
+    assert confidence.dtype == np.uint8
+    assert confidence.shape == (1, *IMAGE.shape[:2])
+    np.testing.assert_array_equal(confidence[0], expected)
+    np.testing.assert_array_equal(result.as_numpy("labels")[0], segment(url, IMAGE))
+
+
+@pytest.mark.anyio
+async def test_a_model_without_confidence_offers_labels_alone(
+    model_without_confidence_path: Path,
+) -> None:
+    name = model_without_confidence_path.stem
+    body = request_body(SMALL, outputs=[{"name": "confidence"}])
+    async with serve(model_without_confidence_path) as client:
+        metadata = (await client.get(f"/v2/models/{name}")).json()
+        refused = await client.post(f"/v2/models/{name}/infer", json=body)
+        plain = await client.post(f"/v2/models/{name}/infer", json=request_body(SMALL))
+    assert [o["name"] for o in metadata["outputs"]] == ["labels"]
+    assert "no output named 'confidence'; the model gives ['labels']" in _error(refused, 400)
+    assert plain.status_code == 200
+    assert [o["name"] for o in plain.json()["outputs"]] == ["labels"]
 
 
 def test_a_batch_of_two_gets_each_images_own_labels(
@@ -275,7 +316,7 @@ SMALL = pattern(4, 5)[None]
         (
             json.dumps(request_body(SMALL, outputs=[{"name": "scores"}])).encode(),
             {},
-            "no output named 'scores'; the model gives ['labels']",
+            "no output named 'scores'; the model gives ['labels', 'confidence']",
         ),
         (
             json.dumps(request_body(SMALL, id=3)).encode(),
