@@ -80,7 +80,8 @@ async def test_every_format_draws_the_geometric_head_with_its_own_classes(two_he
         if mask is not None:
             assert np.array_equal(mask, geometry == entry["id"])
     assert overlay.status_code == 200
-    assert model["outputs"] == ["labels", "geometry"]
+    assert model["outputs"][0] == "labels"
+    assert "geometry" in model["outputs"]
     assert model["geometry_classes"] == SKY_GROUND_WALL
     table = color_table(GEOMETRY_PALETTE)
     assert model["geometry_palette"] == table[:3].tolist()
@@ -112,7 +113,7 @@ async def test_the_protocol_route_gives_geometry_where_the_file_has_it(two_head:
         meta = (await client.get("/v2/models/fcn8s-two-head")).json()
         asked = {**body, "outputs": [{"name": "geometry"}]}
         answer = await client.post("/v2/models/fcn8s-two-head/infer", json=asked)
-    assert [o["name"] for o in meta["outputs"]] == ["labels", "geometry"]
+    assert {"name": "geometry", "datatype": "UINT8", "shape": [-1, -1, -1]} in meta["outputs"]
     assert answer.status_code == 200, answer.text
     (output,) = answer.json()["outputs"]
     assert (output["name"], output["datatype"], output["shape"]) == (
@@ -146,7 +147,7 @@ async def test_a_file_without_geometry_refuses_it_and_keeps_serving_labels(
     assert "two-head" in error["message"]
     assert labels.status_code == 200
     assert "geometry_classes" not in model
-    assert [o["name"] for o in meta["outputs"]] == ["labels"]
+    assert "geometry" not in [o["name"] for o in meta["outputs"]]
     assert infer.status_code == 400
     assert "no output named 'geometry'" in infer.json()["error"]
     assert "two-head" in infer.json()["error"]

@@ -19,7 +19,7 @@ def test_the_geometry_classes_travel_in_the_file_and_fcn_info_shows_them(
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     props = session.get_modelmeta().custom_metadata_map
     assert json.loads(props["fcn.geometry_classes"]) == ["sky", "horizontal", "vertical"]
-    assert [o.name for o in session.get_outputs()] == ["labels", "geometry"]
+    assert [o.name for o in session.get_outputs()][-1] == "geometry"
     assert main(["info", str(path)]) == 0
     assert "\ngeometry output (3): sky, horizontal, vertical\n" in capsys.readouterr().out
     assert main(["info", str(path), "--json"]) == 0
