@@ -174,7 +174,7 @@ def test_a_second_heads_geometry_output_is_optional_uint8_labels() -> None:
         "the graph has no 'geometry' tensor",
         "the graph's outputs are ['labels'], fcn.outputs says ['geometry', 'labels']",
     ]
-    with pytest.raises(MetadataError, match="may add 'scores', 'geometry'"):
+    with pytest.raises(MetadataError, match="may add 'confidence', 'scores', 'geometry'"):
         parse_metadata({**PROPS, "fcn.outputs": json.dumps(["labels", "depth"])})
 
 

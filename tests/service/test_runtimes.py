@@ -119,7 +119,7 @@ def test_openvino_fp32_labels_are_onnx_runtimes_but_for_near_ties(
     images = np.stack([pattern(61, 83), pattern(61, 83)[::-1], 255 - pattern(61, 83)])
     reference = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     expected, scores = reference.run([LABELS, "scores"], {"image": images})
-    found = cpu_runtime(path, OPENVINO).outputs(images, [LABELS, "scores"])
+    found = cpu_runtime(path, OPENVINO).fetch(images, [LABELS, "scores"])
     assert found[LABELS].dtype == expected.dtype
     differ = found[LABELS] != expected
     assert differ.mean() <= 0.001
