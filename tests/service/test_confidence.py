@@ -102,11 +102,8 @@ async def test_overlays_paint_pixels_below_min_confidence_unsure_and_name_them(
         ("format=json&min_confidence=-0.1", "min_confidence: Input should be greater than"),
         ("format=json&min_confidence=1.5", "min_confidence: Input should be less than"),
         ("format=json&min_confidence=high", "min_confidence: Input should be a valid number"),
-        ("format=png&min_confidence=0.5", "?min_confidence=: applies to overlays and json"),
-        ("format=confidence&min_confidence=0.5", "and this answer is confidence"),
-        ("format=confidence&legend=true", "a legend is drawn on overlays only"),
     ],
-    ids=["negative", "above-one", "not-a-number", "labels", "confidence", "legend"],
+    ids=["negative", "above-one", "not-a-number"],
 )
 async def test_bad_confidence_parameters_are_422(model_path: Path, query: str, words: str) -> None:
     async with serve(model_path) as client:
@@ -115,6 +112,22 @@ async def test_bad_confidence_parameters_are_422(model_path: Path, query: str, w
     error = assert_error(response, 422, "invalid_parameter")
     assert words in error["message"]
     assert after.status_code == 200
+
+
+async def test_options_of_other_formats_are_ignored_as_alpha_and_legend_are(
+    model_path: Path,
+) -> None:
+    """min_confidence shapes overlays and JSON only; a label map or a confidence map is the
+    same with it or without it (as every format ignores the options of the others)."""
+    async with serve(model_path) as client:
+        for plain, extra in [
+            ("format=png", "min_confidence=0.5"),
+            ("format=confidence", "min_confidence=0.5&legend=true"),
+        ]:
+            alone = await client.post(f"/segment?{plain}", files={"image": ("a", PNG)})
+            both = await client.post(f"/segment?{plain}&{extra}", files={"image": ("a", PNG)})
+            assert alone.status_code == both.status_code == 200, both.text
+            assert both.content == alone.content, plain
 
 
 async def test_a_model_without_confidence_refuses_it_and_keeps_serving_labels(

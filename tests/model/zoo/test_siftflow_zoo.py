@@ -78,7 +78,7 @@ async def test_a_sift_flow_net_is_fetched_converted_exported_with_geometry_and_s
     model = zoo.out / "siftflow-fcn16s.onnx"
     meta = read_metadata(model)  # the contract's checks, the geometry output's included
     assert (meta.arch, meta.dataset, meta.classes) == ("fcn16s", "siftflow", SIFTFLOW_CLASSES)
-    assert meta.outputs == ("labels", "geometry")
+    assert meta.outputs == ("labels", "confidence", "geometry")
     assert meta.metrics == MODELS["siftflow-fcn16s"].metrics
 
     # Both outputs are those of the weights run by PyTorch on SIFT Flow's mean.
