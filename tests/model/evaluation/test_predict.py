@@ -27,24 +27,13 @@ from model.nets.fcn import ModelSpec, build_fcn, network_tiling
 from model.nets.preprocessing import CAFFE, Normalize
 from tests.factory import exported
 from tests.images import pattern
+from tests.model.evaluation.conftest import PALETTE
 from tests.model.evaluation.margins import TIE, smallest_margin
 
-PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200)]
 MANY = 300
 # Larger than the smallest tile at the exact overlap (548 for FCN-16s) both ways, and odd.
 LARGE = (589, 717)
 EXACT = network_tiling("fcn16s").exact_overlap
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(1)
-    net = build_fcn(ModelSpec("fcn16s", 4, 1 / 32))
-    for name in ("score_fr", "score_pool4"):
-        torch.nn.init.normal_(getattr(net, name).weight, std=0.5)
-        torch.nn.init.zeros_(getattr(net, name).bias)
-    ckpt = Checkpoint(net.spec, net.state_dict(), ["sky", "roof", "tree", "car"], PALETTE, CAFFE)
-    return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +66,6 @@ def large_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("large") / "large.png"
     Image.fromarray(pattern(*LARGE, seed=3)).save(path)
     return path
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (30, 41, 3), dtype=np.uint8)).save(folder / "a.jpg")
-    Image.fromarray(rng.integers(0, 255, (17, 9), dtype=np.uint8), mode="L").save(folder / "b.png")
-    Image.fromarray(rng.integers(0, 255, (12, 20, 4), dtype=np.uint8), mode="RGBA").save(
-        folder / "c.webp"
-    )
-    (folder / "notes.txt").write_text("not an image")
-    return folder
 
 
 def expected_labels(checkpoint: Path, path: Path) -> np.ndarray:
@@ -193,49 +168,6 @@ def test_bad_inputs_are_named(
     assert "--alpha must be in [0, 1]" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(tmp_path / "x.pt"), "--out", out, str(photos)]) == 2
     assert "x.pt: no such checkpoint file" in capsys.readouterr().err
-
-
-def expected_confidence(checkpoint: Path, path: Path) -> np.ndarray:
-    """round(255 x the top softmax probability) of the checkpoint's logits, in float64."""
-    ckpt = load_checkpoint(checkpoint)
-    image = torch.from_numpy(np.array(decode_image(path))).permute(2, 0, 1)[None]
-    with torch.no_grad():
-        logits = ckpt.build_model().eval()(Normalize(ckpt.preprocessing)(image))
-    return (255 * logits.double().softmax(1).amax(1)[0]).round().numpy()
-
-
-@pytest.mark.slow
-def test_confidence_maps_are_grey_pngs_of_the_top_probability(
-    checkpoint: Path, photos: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "out"
-    args = ["predict", "--checkpoint", str(checkpoint), str(photos), "--out", str(out)]
-    assert main([*args, "--confidence", "--no-overlay"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
-        "a.png", "a_confidence.png", "b.png", "b_confidence.png", "c.png", "c_confidence.png",
-    ]  # fmt: skip
-    for source in (photos / "a.jpg", photos / "b.png", photos / "c.webp"):
-        with Image.open(out / f"{source.stem}_confidence.png") as picture:
-            assert picture.mode == "L"
-            confidence = np.asarray(picture, dtype=np.int16)
-        with Image.open(out / f"{source.stem}.png") as label:
-            assert confidence.shape == np.asarray(label).shape
-        assert np.abs(confidence - expected_confidence(checkpoint, source)).max() <= 1
-
-
-@pytest.mark.slow
-def test_a_file_without_confidence_is_refused_saying_how_to_export_it(
-    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    _, path = exported("fcn8s", confidence=False)
-    out = tmp_path / "out"
-    args = ["predict", "--checkpoint", str(path), str(photos), "--out", str(out)]
-    assert main([*args, "--confidence"]) == 2
-    err = capsys.readouterr().err
-    assert f"{path} has no 'confidence' output" in err
-    assert "fcn export --checkpoint CKPT --out MODEL.onnx" in err
-    assert not out.exists()
-    assert main(args) == 0  # its labels are still there
 
 
 @pytest.mark.slow

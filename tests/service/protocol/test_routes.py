@@ -20,15 +20,14 @@ from tritonclient.utils import InferenceServerException
 
 from service.main import create_app
 from tests.images import encode, pattern
+from tests.service.protocol.bodies import SMALL, binary_request, protocol_error, request_body
 from tests.service.support import (
     IMAGE,
     PNG,
-    busy,
     free_port,
     metric,
     metrics,
     png_labels,
-    running,
     serve,
     settings,
     wait_for_server,
@@ -165,7 +164,9 @@ async def test_a_model_without_confidence_offers_labels_alone(
         refused = await client.post(f"/v2/models/{name}/infer", json=body)
         plain = await client.post(f"/v2/models/{name}/infer", json=request_body(SMALL))
     assert [o["name"] for o in metadata["outputs"]] == ["labels"]
-    assert "no output named 'confidence'; the model gives ['labels']" in _error(refused, 400)
+    assert "no output named 'confidence'; the model gives ['labels']" in protocol_error(
+        refused, 400
+    )
     assert plain.status_code == 200
     assert [o["name"] for o in plain.json()["outputs"]] == ["labels"]
 
@@ -220,12 +221,6 @@ def test_the_server_stays_ready_after_bad_requests(client: triton.InferenceServe
 # In process: the raw bodies the client never sends.
 
 
-def request_body(image: np.ndarray, data: Any = None, **extra: Any) -> dict[str, Any]:
-    tensor = {"name": "image", "datatype": "UINT8", "shape": list(image.shape)}
-    tensor["data"] = image.tolist() if data is None else data
-    return {"inputs": [tensor], **extra}
-
-
 @pytest.mark.anyio
 @pytest.mark.runtimes
 async def test_nested_and_flat_json_data_give_the_same_json_labels(model_path: Path) -> None:
@@ -250,16 +245,6 @@ async def test_nested_and_flat_json_data_give_the_same_json_labels(model_path: P
     assert flat.json()["outputs"] == body["outputs"]
 
 
-def binary_request(image: np.ndarray, size: int | None = None, **parameters: Any) -> bytes:
-    tensor = {
-        "name": "image",
-        "datatype": "UINT8",
-        "shape": list(image.shape),
-        "parameters": {"binary_data_size": image.size if size is None else size},
-    }
-    return json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
-
-
 @pytest.mark.anyio
 async def test_binary_outputs_when_the_request_parameters_ask(model_path: Path) -> None:
     images = IMAGE[None]
@@ -278,151 +263,3 @@ async def test_binary_outputs_when_the_request_parameters_ask(model_path: Path) 
     assert output["parameters"] == {"binary_data_size": 45 * 61}
     labels = np.frombuffer(response.content[length:], np.uint8).reshape(output["shape"])
     np.testing.assert_array_equal(labels.ravel(), json_out.json()["outputs"][0]["data"])
-
-
-def _error(response: httpx.Response, status: int) -> str:
-    """The protocol's error: {"error": "message"} and the status."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert isinstance(body["error"], str)
-    return body["error"]
-
-
-SMALL = pattern(4, 5)[None]
-
-
-@pytest.mark.parametrize(
-    ("body", "headers", "message"),
-    [
-        (b"{", {}, "not valid JSON"),
-        (b"[]", {}, "the request must be a JSON object"),
-        (json.dumps({"inputs": []}).encode(), {}, "the model takes one input, 'image'"),
-        (
-            json.dumps(request_body(SMALL, SMALL.ravel().tolist()[:-1])).encode(),
-            {},
-            "data has 59 values; shape [1, 4, 5, 3] needs 60",
-        ),
-        (
-            json.dumps(request_body(SMALL, [256] * 60)).encode(),
-            {},
-            "data must be integers 0-255",
-        ),
-        (
-            json.dumps(request_body(SMALL, [[1, 2], [3]])).encode(),
-            {},
-            "data is not a regular array",
-        ),
-        (
-            json.dumps(request_body(SMALL, outputs=[{"name": "scores"}])).encode(),
-            {},
-            "no output named 'scores'; the model gives ['labels', 'confidence']",
-        ),
-        (
-            json.dumps(request_body(SMALL, id=3)).encode(),
-            {},
-            "the protocol's id is a string",
-        ),
-        (
-            binary_request(SMALL) + SMALL.tobytes()[:-1],
-            {"Inference-Header-Content-Length": str(len(binary_request(SMALL)))},
-            "59 bytes of binary data follow",
-        ),
-        (
-            binary_request(SMALL, size=7) + SMALL.tobytes(),
-            {"Inference-Header-Content-Length": str(len(binary_request(SMALL, size=7)))},
-            "binary_data_size is 7; shape [1, 4, 5, 3] of UINT8 is 60 bytes",
-        ),
-        (
-            binary_request(SMALL) + SMALL.tobytes(),
-            {"Inference-Header-Content-Length": "99999"},
-            "'99999' is not a length within the",
-        ),
-        (
-            json.dumps(request_body(SMALL)).encode(),
-            {"Content-Encoding": "gzip"},
-            "Content-Encoding 'gzip': send the request uncompressed",
-        ),
-    ],
-    ids=[
-        "truncated-json",
-        "not-an-object",
-        "no-inputs",
-        "too-few-values",
-        "out-of-range",
-        "ragged",
-        "unknown-output",
-        "numeric-id",
-        "short-binary",
-        "wrong-binary-size",
-        "header-beyond-body",
-        "compressed",
-    ],
-)
-@pytest.mark.anyio
-async def test_malformed_requests_are_400_naming_the_fault(
-    model_path: Path, body: bytes, headers: dict[str, str], message: str
-) -> None:
-    async with serve(model_path) as client:
-        response = await client.post(INFER, content=body, headers=headers)
-        assert message in _error(response, 400)
-        assert (await client.get(f"/v2/models/{MODEL}/ready")).status_code == 200
-
-
-@pytest.mark.slow
-@pytest.mark.anyio
-async def test_a_draining_model_is_not_ready_but_finishes_requests(model_path: Path) -> None:
-    app = create_app(settings(model_path, retry_after_s=4))
-    async with running(app) as client:
-        app.state.service.drain()  # as on SIGTERM
-        ready = await client.get(f"/v2/models/{MODEL}/ready")
-        answered = await client.post(INFER, json=request_body(SMALL))
-    assert ready.status_code == 503
-    assert ready.json() == {"name": MODEL, "ready": False}
-    assert ready.headers["retry-after"] == "4"
-    assert answered.status_code == 200
-
-
-@pytest.mark.anyio
-async def test_a_body_over_the_upload_limit_is_413(model_path: Path) -> None:
-    body = json.dumps(request_body(SMALL)).encode()
-    async with serve(model_path, max_upload_bytes=100) as client:
-        response = await client.post(INFER, content=body)
-    assert _error(response, 413) == f"the body is {len(body)} bytes; the limit is 100"
-
-
-@pytest.mark.anyio
-async def test_pixel_limits_are_413(model_path: Path) -> None:
-    wide = pattern(2, 700)[None]  # 1400 pixels, but (2 + 200) x (700 + 200) at the model
-    async with serve(model_path, max_pixels=1500, max_model_pixels=400 * 400) as client:
-        too_many = await client.post(INFER, json=request_body(pattern(50, 31)[None]))
-        too_wide = await client.post(INFER, json=request_body(wide))
-        fits = await client.post(INFER, json=request_body(pattern(30, 30)[None]))
-    assert _error(too_many, 413).endswith(
-        "50 = 1550 pixels; the limit is 1500 pixels, set by FCN_MAX_PIXELS"
-    )
-    assert "/v2 does not tile" in _error(too_wide, 413)
-    assert fits.status_code == 200
-
-
-@pytest.mark.slow
-@pytest.mark.anyio
-async def test_overload_is_503_with_retry_after_and_timeouts_504(
-    model_path: Path, big_image: bytes
-) -> None:
-    body = json.dumps(request_body(SMALL)).encode()
-    async with serve(model_path, max_queue=1, max_batch_size=1, retry_after_s=3) as client:
-        blocker = await busy(client, big_image)  # holds the one place
-        refused = await client.post(INFER, content=body)
-        assert (await blocker).status_code == 200
-    assert "the limit" in _error(refused, 503)
-    assert refused.headers["retry-after"] == "3"
-    big = np.tile(pattern(100, 100), (1, 20, 20, 1))  # 0.1 s or more at the model
-    head = binary_request(big)
-    async with serve(model_path, request_timeout_s=0.1) as client:
-        late = await client.post(
-            INFER,
-            content=head + big.tobytes(),
-            headers={"Inference-Header-Content-Length": str(len(head))},
-        )
-    assert "no result within 0.1 s" in _error(late, 504)
