@@ -34,7 +34,7 @@ from bench.bench_int8 import cpu_line
 from bench.bench_onnx import random_checkpoint
 from bench.bench_service import bench_http, scene_jpeg
 from bench.serving import free_port, start_service
-from contract.runtimes import native_bf16, openvino_installed
+from contract.runtimes import native_bf16, openvino_core, openvino_installed
 from model.data.synthetic import write_synthetic
 from model.export.exporter import export_model
 from model.export.quantize import image_set, quantize_file
@@ -121,7 +121,7 @@ def gemm_peak(precision: str, threads: int, size: int = 2048, runs: int = 7) -> 
         "NUM_STREAMS": 1,
         "INFERENCE_NUM_THREADS": threads,
     }
-    compiled = ov.Core().compile_model(model, "CPU", config)
+    compiled = openvino_core().compile_model(model, "CPU", config)
     x = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
     compiled(x)
     best = min(_timed(lambda: compiled(x)) for _ in range(runs))

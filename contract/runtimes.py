@@ -51,13 +51,26 @@ def openvino_installed() -> bool:
 
 
 @functools.cache
+def openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``, kept for its whole life.
+
+    A Core swaps the signal stack of the thread that makes it for its own and puts the old one
+    back when it is destroyed; two Cores destroyed out of order leave the thread on freed
+    memory, and the next signal handled there (Ctrl-C, a DataLoader worker's SIGCHLD) kills
+    the process with SIGSEGV. One Core that is never destroyed cannot do that.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
+@functools.cache
 def native_bf16() -> bool:
     """Whether OpenVINO runs bf16 natively on this CPU (AVX-512 BF16 or AMX), as it says."""
     if not openvino_installed():
         return False
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property(OPENVINO_DEVICE, "OPTIMIZATION_CAPABILITIES")
+    capabilities = openvino_core().get_property(OPENVINO_DEVICE, "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in capabilities
 
 
 def choose(runtime: str, precision: str, *, gpu: bool) -> Choice:
@@ -104,7 +117,7 @@ class OpenVinoModel:
         import openvino as ov
         import openvino.properties.hint as hints
 
-        core = ov.Core()
+        core = openvino_core()
         model = core.read_model(str(path))
         # The ONNX frontend keeps metadata_props in the model's "framework" rt_info.
         framework = model.get_rt_info()["framework"] if model.has_rt_info("framework") else {}
