@@ -222,7 +222,8 @@ import json, resource, sys, time
 from pathlib import Path
 import numpy as np
 from bench.bench_runtimes import CONFIGS, open_runtime
-from contract.tiling import DEFAULT_MAX_MODEL_PIXELS, DEFAULT_OVERLAP, plan_tiles, segment_tiled
+from contract.tiling import DEFAULT_MAX_MODEL_PIXELS, DEFAULT_OVERLAP, plan_tiles
+from contract.tiling import segment_tiled_maps
 path, key = sys.argv[1], sys.argv[2]
 threads, height, width = map(int, sys.argv[3:6])
 config = next(c for c in CONFIGS if c.key == key)
@@ -232,7 +233,8 @@ image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.u
 plan = plan_tiles(height, width, max_pixels=DEFAULT_MAX_MODEL_PIXELS, overlap=DEFAULT_OVERLAP,
                   tiling=runtime.info.meta.tiling)
 start = time.perf_counter()
-segment_tiled(image, plan, runtime.run)
+# Labels and confidence stitched tile by tile, as the service stitches them.
+segment_tiled_maps(image, plan, lambda batch: tuple(runtime.run(batch).values()))
 took = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"tiles": plan.count, "tile": list(plan.tile_shape), "seconds": took,
