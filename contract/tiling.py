@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 PAD = 100
 KEY = "fcn.tiling"
 # What a reader assumes of a file without ``fcn.tiling``: the VGG16 FCNs' values (output
-# stride 32; FCN-8s, the widest of them, depends on 245 pixels either side).
+# stride 32; FCN-8s, the widest of them, depends on 246 pixels either side).
 DEFAULT_ALIGN = 32
 DEFAULT_CONTEXT = 246
 # The overlap both halves tile with unless told: a quarter of the VGG16 FCNs' exact overlap
