@@ -32,6 +32,7 @@ from service.prediction import Prediction
 from service.runtime import Runtime
 from tests.images import encode, pattern
 from tests.service.support import (
+    TEST_RUNTIME,
     asgi_post,
     assert_error,
     busy,
@@ -125,7 +126,11 @@ async def test_requests_are_grouped_by_size_and_get_their_own_slice(
         assert result.labels.shape == image.shape[:2]
         assert result.labels.tobytes() == alone["labels"][0].tobytes()
         assert result.confidence is not None  # the model has it: every slice carries its own
-        assert result.confidence.tobytes() == alone["confidence"][0].tobytes()
+        if TEST_RUNTIME["runtime"] == "onnxruntime":
+            assert result.confidence.tobytes() == alone["confidence"][0].tobytes()
+        else:  # OpenVINO's exp and sums round per batch shape: one unit either way
+            moved = result.confidence.astype(np.int16) - alone["confidence"][0]
+            assert np.abs(moved).max() <= 1
     assert [r.batch_size for r in results] == [1, 3, 2, 3, 2, 3]
 
 

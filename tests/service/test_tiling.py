@@ -16,6 +16,7 @@ from service.main import create_app
 from tests.images import encode, pattern
 from tests.service.support import (
     ROOT,
+    TEST_RUNTIME,
     assert_error,
     metric,
     metrics,
@@ -80,8 +81,14 @@ async def test_tiles_at_the_exact_overlap_answer_the_same_bytes_as_one_pass(
     assert tiled.content == whole.content
     assert sure_whole.headers["X-Tiles"] == "1"
     assert sure_tiled.headers["X-Tiles"] == tiled.headers["X-Tiles"]
-    assert sure_tiled.content == sure_whole.content
-    assert len(np.unique(np.asarray(Image.open(io.BytesIO(sure_whole.content))))) > 10
+    sure_maps = [
+        np.asarray(Image.open(io.BytesIO(r.content)), np.int16) for r in (sure_whole, sure_tiled)
+    ]
+    if TEST_RUNTIME["runtime"] == "onnxruntime":
+        assert sure_tiled.content == sure_whole.content
+    else:  # OpenVINO's exp and sums round per shape: a tile's confidence may move by one unit
+        assert np.abs(sure_maps[1] - sure_maps[0]).max() <= 1
+    assert len(np.unique(sure_maps[0])) > 10
     assert overlay.status_code == 200
     assert Image.open(io.BytesIO(overlay.content)).size == (777, 613)
 
