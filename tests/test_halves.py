@@ -219,6 +219,8 @@ async def test_a_choice_neither_half_can_meet_is_refused_in_the_same_words(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.endswith("--precision bf16: bf16 runs on OpenVINO only")
     with pytest.raises(StartupError) as refused:
-        async with running(create_app(settings(onnx_path, precision="bf16"))):
+        async with running(
+            create_app(settings(onnx_path, runtime="onnxruntime", precision="bf16"))
+        ):
             pass
     assert str(refused.value) == "FCN_PRECISION=bf16: bf16 runs on OpenVINO only"

@@ -57,6 +57,8 @@ WIDTH8_METADATA: dict[str, str] = {
 # Tests marked `runtimes` run once per runtime: the `service_runtime` fixture sets it here.
 DEFAULT_TEST_RUNTIME = os.environ.get("SERVICE_TEST_RUNTIME", "onnxruntime")
 TEST_RUNTIME = {"runtime": DEFAULT_TEST_RUNTIME, "precision": "fp32"}
+# What /v1/model, /metrics and the page call the CPU that runs the tests' models.
+TEST_PROVIDER = "CPUExecutionProvider" if DEFAULT_TEST_RUNTIME == "onnxruntime" else "OpenVINO CPU"
 
 
 def server_environment(model: Path, **settings: str) -> dict[str, str]:

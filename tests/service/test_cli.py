@@ -109,7 +109,9 @@ def test_fcn_serve_exits_cleanly_when_a_required_gpu_is_missing(
         pytest.skip("a CUDA device works here")
     result = subprocess.run(
         [sys.executable, "-m", "service.cli"],
-        env=server_environment(model_path, providers="cuda,cpu", require_gpu="true", port="0"),
+        env=server_environment(
+            model_path, providers="cuda,cpu", require_gpu="true", port="0", runtime="onnxruntime"
+        ),
         cwd=ROOT,
         capture_output=True,
         text=True,

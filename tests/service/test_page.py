@@ -29,6 +29,7 @@ from tests.service.support import (
     IMAGE,
     PALETTE,
     ROOT,
+    TEST_PROVIDER,
     free_port,
     png_labels,
     serve,
@@ -314,7 +315,7 @@ def test_the_page_shows_the_services_error(server: str, browser: Any, tmp_path: 
     message = answer.json()["error"]["message"]
     assert answer.status_code == 400
 
-    open_page(browser, server, "CPUExecutionProvider, fp32")
+    open_page(browser, server, f"{TEST_PROVIDER}, fp32")
     browser.find_element(By.ID, "file").send_keys(str(tmp_path / "broken.png"))
     error = browser.find_element(By.ID, "error")
     wait(browser, lambda d: error.is_displayed())
@@ -336,7 +337,7 @@ def test_the_page_shows_an_image_the_browser_cannot_decode(
 
     image = pattern(30, 50, seed=2)
     (tmp_path / "scan.tiff").write_bytes(encode(image, "TIFF"))
-    open_page(browser, server, "CPUExecutionProvider, fp32")
+    open_page(browser, server, f"{TEST_PROVIDER}, fp32")
     browser.find_element(By.ID, "file").send_keys(str(tmp_path / "scan.tiff"))
     wait(browser, lambda d: d.find_element(By.ID, "status").text == "Segmented scan.tiff.")
     original = browser.find_element(By.ID, "original")

@@ -11,6 +11,7 @@ import pytest
 from service.cpus import available_cpus
 from tests.service.support import (
     PNG,
+    TEST_PROVIDER,
     busy,
     metric,
     metrics,
@@ -72,7 +73,7 @@ async def test_model_endpoint_and_metrics(model_path: Path) -> None:
     assert info["arch"] == "fcn8s"
     assert info["origin"] == {}  # trained here, not published weights
     assert info["classes"] == [f"class{i}" for i in range(5)]
-    assert info["runtime"]["provider"] == "CPUExecutionProvider"
+    assert info["runtime"]["provider"] == TEST_PROVIDER
     assert info["runtime"]["labels"] == "tensor(uint8)"
     # One server process per container takes all the CPUs it is allowed.
     assert info["runtime"]["intra_op_threads"] == available_cpus()
@@ -93,11 +94,12 @@ async def test_model_endpoint_and_metrics(model_path: Path) -> None:
     assert metric(text, "fcn_batch_size_count") == 1
     assert metric(text, "fcn_queue_depth") == 0
     assert metric(text, "fcn_requests_admitted") == 0
-    assert metric(text, "fcn_provider_info", provider="CPUExecutionProvider") == 1
+    assert metric(text, "fcn_provider_info", provider=TEST_PROVIDER) == 1
 
 
 async def test_the_provider_fallback_is_published(model_path: Path, cuda_works: bool) -> None:
-    async with serve(model_path, providers="cuda,cpu") as client:
+    # ONNX Runtime's providers, whatever runtime the other tests run on.
+    async with serve(model_path, providers="cuda,cpu", runtime="onnxruntime") as client:
         info = (await client.get("/v1/model")).json()
         text = await metrics(client)
     provider = "CUDAExecutionProvider" if cuda_works else "CPUExecutionProvider"
