@@ -320,9 +320,9 @@ def exchange(port: int, *parts: bytes, timeout_s: float = 30, await_close: bool 
         return read_reply(sock, await_close=await_close)
 
 
-def runtime_of(path: Path) -> Runtime:
+def runtime_of(path: Path, **choice: str) -> Runtime:
     """The service's runtime on the model at ``path``, on the CPU with two threads, on the
-    tests' runtime (``TEST_RUNTIME``)."""
+    tests' runtime (``TEST_RUNTIME``) or the ``runtime`` and ``precision`` given."""
     return load_runtime(
         path,
         name=path.stem,
@@ -334,7 +334,7 @@ def runtime_of(path: Path) -> Runtime:
         trt_fp16=False,
         trt_cache_dir=None,
         intra_op_threads=2,
-        **TEST_RUNTIME,
+        **{**TEST_RUNTIME, **choice},
     )
 
 

@@ -14,29 +14,10 @@ from contract.schema import LABELS
 from service.cli import run
 from service.errors import StartupError
 from service.main import create_app
-from service.runtime import Runtime, load_runtime
 from tests.images import pattern
-from tests.service.support import metric, metrics, serve, settings
+from tests.service.support import metric, metrics, runtime_of, serve, settings
 
 needs_openvino = pytest.mark.skipif(not openvino_installed(), reason="openvino is not installed")
-
-
-def cpu_runtime(path: Path, runtime: str, precision: str = "fp32") -> Runtime:
-    """The service's runtime on ``path``, on the CPU with two threads."""
-    return load_runtime(
-        path,
-        name=path.stem,
-        providers=["CPUExecutionProvider"],
-        require_gpu=False,
-        device_id=0,
-        gpu_mem_limit_mb=0,
-        cudnn_conv_algo_search="HEURISTIC",
-        trt_fp16=False,
-        trt_cache_dir=None,
-        intra_op_threads=2,
-        runtime=runtime,
-        precision=precision,
-    )
 
 
 @pytest.mark.anyio
@@ -58,7 +39,7 @@ async def test_the_runtime_device_and_precision_reported_are_what_runs(
 @needs_openvino
 @pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16")
 def test_bf16_is_reported_as_the_compiled_model_runs_it(model_path: Path) -> None:
-    runtime = cpu_runtime(model_path, "auto", "auto")
+    runtime = runtime_of(model_path, runtime="auto", precision="auto")
     assert (runtime.runtime, runtime.precision) == (OPENVINO, "bf16")
     assert runtime.run(np.zeros((1, 9, 13, 3), np.uint8))["labels"].shape == (1, 9, 13)
 
@@ -119,7 +100,7 @@ def test_openvino_fp32_labels_are_onnx_runtimes_but_for_near_ties(
     images = np.stack([pattern(61, 83), pattern(61, 83)[::-1], 255 - pattern(61, 83)])
     reference = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     expected, scores = reference.run([LABELS, "scores"], {"image": images})
-    found = cpu_runtime(path, OPENVINO).fetch(images, [LABELS, "scores"])
+    found = runtime_of(path, runtime=OPENVINO).fetch(images, [LABELS, "scores"])
     assert found[LABELS].dtype == expected.dtype
     differ = found[LABELS] != expected
     assert differ.mean() <= 0.001
