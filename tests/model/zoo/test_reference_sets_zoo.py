@@ -1,5 +1,5 @@
 """``fcn pretrained`` for the reference's PASCAL-Context and NYUDv2 colour nets: registry
-entries as the reference publishes them, and a NYUDv2 net fetched from the loopback server,
+entries as the reference publishes them, and each net fetched from the loopback server,
 converted with its data set's classes and mean, exported and served."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data.classes import NYUD_CLASSES
+from model.data.classes import CONTEXT_CLASSES, NYUD_CLASSES
 from model.export.metadata import read_metadata
 from model.zoo.registry import CAFFE_HOST, MODELS
 from tests.model.caffe import caffe_writer as cw
@@ -18,6 +18,7 @@ from tests.model.zoo.http_server import serving
 from tests.model.zoo.test_pretrained import WIDTH, Zoo, png, torch_labels
 from tests.service.support import png_labels, serve
 
+CLASSES = {"context": CONTEXT_CLASSES, "nyud": NYUD_CLASSES}
 # name: (the reference's folder, whose caffemodel-url names the file; arch; data set).
 REFERENCE = {
     "context-fcn32s": ("pascalcontext-fcn32s", "fcn32s", "context"),
@@ -65,27 +66,27 @@ def test_context_figures_improve_with_each_skip() -> None:
 
 @pytest.mark.slow
 @pytest.mark.anyio
-async def test_a_nyud_net_is_fetched_converted_with_its_classes_and_mean_and_served(
-    zoo: Zoo,
+@pytest.mark.parametrize("name", list(REFERENCE))
+async def test_each_net_is_fetched_converted_with_its_classes_and_mean_and_served(
+    zoo: Zoo, name: str
 ) -> None:
-    name = "nyud-fcn32s-color-heavy.caffemodel"
-    weights = zoo.server.root / name
-    cw.write(weights, cw.net(cw.reference_layers("fcn32s", WIDTH, len(NYUD_CLASSES), seed=5)))
+    folder, arch, dataset = REFERENCE[name]
+    classes = CLASSES[dataset]
+    weights = zoo.server.root / f"{folder}-heavy.caffemodel"
+    cw.write(weights, cw.net(cw.reference_layers(arch, WIDTH, len(classes), seed=5)))
     # --no-verify: the served labels are compared with PyTorch's below.
-    args = ("nyud-fcn32s-color", "--out", str(zoo.out), "--no-verify")
-    status, stdout, stderr = zoo.run(*args)
+    status, stdout, stderr = zoo.run(name, "--out", str(zoo.out), "--no-verify")
     assert status == 0, stderr
-    assert "published: mean IU 29.2, pixel accuracy 60.0, mean accuracy 42.2, f.w. IU 43.9" in (
-        stdout
-    )
+    figures = MODELS[name].metrics
+    assert f"published: mean IU {100 * figures['mean_iu']:.1f}, pixel accuracy" in stdout
     assert zoo.server.served  # fetched from the mirror, not found on disk
-    model = zoo.out / "nyud-fcn32s-color.onnx"
+    model = zoo.out / f"{name}.onnx"
     meta = read_metadata(model)
-    assert (meta.arch, meta.dataset, meta.classes) == ("fcn32s", "nyud", NYUD_CLASSES)
-    assert meta.metrics == MODELS["nyud-fcn32s-color"].metrics
-    assert meta.origin["name"] == "nyud-fcn32s-color"
+    assert (meta.arch, meta.dataset, meta.classes) == (arch, dataset, classes)
+    assert meta.metrics == figures
+    assert meta.origin["name"] == name
 
-    # Served with the labels of the weights run by PyTorch on NYUDv2's own mean.
+    # Served with the labels of the weights run by PyTorch on the data set's own mean.
     image = np.random.default_rng(3).integers(0, 256, size=(45, 60, 3), dtype=np.uint8)
     expected = torch_labels(weights, image)
     async with serve(model) as client:
@@ -96,4 +97,4 @@ async def test_a_nyud_net_is_fetched_converted_with_its_classes_and_mean_and_ser
         described = (await client.get("/v1/model")).json()
     assert len(np.unique(expected)) > 1
     assert (png_labels(response.content) == expected).mean() > 0.999
-    assert (described["dataset"], described["classes"]) == ("nyud", list(NYUD_CLASSES))
+    assert (described["dataset"], described["classes"]) == (dataset, list(classes))
