@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from contract import encode
 from contract.schema import GEOMETRY, LABELS
+from contract.tiling import segment_tiled_maps
 from model.evaluation.predictors import OnnxPredictor, Predictor, TorchPredictor
 from model.evaluation.tiles import TileOptions
 
@@ -54,11 +55,5 @@ def segment_with_geometry(
     if plan is None:
         labels, geometry = predict_maps(predictor, image[None])
         return labels[0], geometry[0]
-    whole: list[NDArray[Any]] = []
-    for tile in plan.tiles():
-        maps = predict_maps(predictor, tile.window(image)[None])
-        if not whole:
-            whole = [np.empty((plan.height, plan.width), dtype=m.dtype) for m in maps]
-        for part, out in zip(maps, whole, strict=True):
-            tile.place(part[0], out)
-    return whole[0], whole[1]
+    labels, geometry = segment_tiled_maps(image, plan, lambda batch: predict_maps(predictor, batch))
+    return labels, geometry
